@@ -1,0 +1,4 @@
+"""``python -m edgemvp`` is the same as the ``edgemvp`` command."""
+from edgemvp.cli import main
+
+main()

@@ -1,0 +1,220 @@
+"""The ``edgemvp`` command line: thin click commands over the library.
+
+Exit codes (DESIGN.md decision 10): 0 ok, 1 runtime error, 2 usage error, 3 latency budget exceeded.
+Errors a user can cause are printed as one line on stderr, never a traceback (``-v`` shows tracebacks of
+unexpected errors).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from edgemvp.errors import EdgeMVPError
+
+
+class Context:
+    """Options shared by every command, passed explicitly to the library."""
+
+    def __init__(self, cache: Path | None, data: Path | None, verbose: int) -> None:
+        self.cache = cache
+        self.data = data
+        self.verbose = verbose
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="EDGEMVP_CACHE",
+              help="Cache for bases, zoos and downloads [env EDGEMVP_CACHE; default ~/.cache/edgemvp].")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="EDGEMVP_DATA",
+              help="Where datasets are found and downloaded [env EDGEMVP_DATA; default <cache>/data].")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.version_option(package_name="edgemvp")
+@click.pass_context
+def cli(ctx: click.Context, cache_dir: Path | None, data_dir: Path | None, verbose: int) -> None:
+    """edgemvp: Meta-Vote Pruning of pre-trained vision models for edge devices."""
+    logging.basicConfig(level=logging.WARNING - 10 * min(verbose + 1, 2), format="%(levelname)s %(name)s: %(message)s")
+    if cache_dir is not None:
+        from edgemvp.paths import cache_dir as resolve
+
+        cache_dir = resolve(cache_dir)
+    ctx.obj = Context(cache_dir, data_dir, verbose)
+
+
+def _bar(desc: str) -> tqdm:
+    return tqdm(desc=desc, unit="step", dynamic_ncols=True, leave=True, file=sys.stderr)
+
+
+# --- datasets, tasks, WordNet ------------------------------------------------------------------------
+
+@cli.group()
+def datasets() -> None:
+    """Dataset sources."""
+
+
+@datasets.command("list")
+def datasets_list() -> None:
+    """List the dataset sources (and imagefolder:<path>)."""
+    from edgemvp.data.datasets import list_datasets
+
+    for source in list_datasets():
+        click.echo(f"{source.name:15s} {source.summary}")
+    click.echo(f"{'imagefolder:PATH':15s} your own <class>/<image> tree (or train/ and test/ subtrees)")
+
+
+@cli.group()
+def tasks() -> None:
+    """Named and ad-hoc tasks."""
+
+
+@tasks.command("list")
+def tasks_list() -> None:
+    """List the named tasks."""
+    from edgemvp.data.tasks import NAMED_TASKS
+
+    for task in NAMED_TASKS.values():
+        click.echo(f"{task.name:10s} {task.dataset:15s} {', '.join(task.classes)}  ({task.description})")
+
+
+@tasks.command("show")
+@click.argument("name", required=False)
+@click.option("--dataset", help="Dataset of an ad-hoc task.")
+@click.option("--classes", help="Comma-separated classes of an ad-hoc task.")
+@pass_ctx
+def tasks_show(ctx: Context, name: str | None, dataset: str | None, classes: str | None) -> None:
+    """Show a task's classes, WordNet synsets and image counts (counts need the data)."""
+    from edgemvp.data.datasets import get_dataset
+    from edgemvp.data.tasks import resolve_task, task_view
+
+    task = resolve_task(name, dataset, classes, ctx.data)
+    click.echo(f"task     {task.name}\ndataset  {task.dataset}")
+    try:
+        ds = get_dataset(task.dataset, ctx.data)
+        train, test = task_view(task, ds, "train"), task_view(task, ds, "test")
+        counts = {c: (int((train.targets == i).sum()), int((test.targets == i).sum()))
+                  for i, c in enumerate(task.classes)}
+    except EdgeMVPError as exc:
+        counts = {}
+        click.echo(f"data     not available: {exc}")
+    for cls, syn in zip(task.classes, task.synsets):
+        n = counts.get(cls)
+        click.echo(f"  {cls:28s} {syn or '-':22s} " + (f"train {n[0]:6d}  test {n[1]:6d}" if n else ""))
+
+
+@cli.group()
+def wordnet() -> None:
+    """WordNet 3.0 for task similarity (offline after set-up)."""
+
+
+@wordnet.command("setup")
+@pass_ctx
+def wordnet_setup(ctx: Context) -> None:
+    """Lay out Debian's WordNet files for nltk in the cache (idempotent)."""
+    from edgemvp.data.wordnet import wordnet as load
+
+    wn = load(ctx.cache)
+    click.echo(f"WordNet {wn.get_version()} ready ({wn.root})")
+
+
+@wordnet.command("similarity")
+@click.argument("a")
+@click.argument("b")
+@pass_ctx
+def wordnet_similarity(ctx: Context, a: str, b: str) -> None:
+    """Wu-Palmer similarity of two synsets (names like dog.n.01 or ImageNet wnids)."""
+    from edgemvp.data.wordnet import wup
+
+    click.echo(f"{wup(a, b, ctx.cache):.4f}")
+
+
+# --- models --------------------------------------------------------------------------------------------
+
+@cli.command()
+def archs() -> None:
+    """List the supported architectures."""
+    from edgemvp.models.factory import ARCHS
+
+    for spec in ARCHS.values():
+        click.echo(f"{spec.name:11s} {spec.family:4s} timm:{spec.timm_name:24s} {spec.summary}")
+
+
+@cli.command()
+@click.option("--arch", default="resnet18", show_default=True, help="Architecture (see 'edgemvp archs').")
+@click.option("--dataset", default="fashion-mnist", show_default=True, help="Dataset (see 'edgemvp datasets list').")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=12.0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.2, show_default=True)
+@click.option("--size", type=click.IntRange(min=8), default=32, show_default=True, help="Input side in px.")
+@click.option("--init", default="none", show_default=True,
+              help="Start weights: 'none' (random), 'hub' (timm hub, online) or a local weights file "
+                   "(.safetensors, or a tensor state dict).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Train again even if the cache has this base.")
+@pass_ctx
+def pretrain(ctx: Context, arch: str, dataset: str, epochs: float, batch_size: int, lr: float, size: int,
+             init: str, seed: int, force: bool) -> None:
+    """Pre-train the base model on all classes of a dataset and cache it."""
+    from edgemvp.models.base import find_base
+    from edgemvp.pretrain import PretrainConfig, pretrain as run
+
+    existing = None if force else find_base(arch, dataset, ctx.cache)
+    if existing is not None:
+        click.echo(f"cached: {arch} on {existing.dataset}, test accuracy {existing.test_acc:.2f}% "
+                   "(use --force to train again)")
+        return
+    cfg = PretrainConfig(epochs=epochs, batch_size=batch_size, size=size, seed=seed, init=init)  # type: ignore[arg-type]
+    cfg = replace(cfg, optim=replace(cfg.optim, lr=lr))
+    with _bar(f"pretrain {arch}") as bar:
+        manifest = run(arch, dataset, cfg, ctx.cache, ctx.data, progress=bar)
+    click.echo(f"{arch} on {manifest.dataset}: test accuracy {manifest.test_acc:.2f}% on "
+               f"{len(manifest.classes)} classes in {manifest.train['train_seconds']:.0f} s "
+               f"(sha256 {manifest.weights_sha256[:12]})")
+
+
+@cli.command("bases")
+@pass_ctx
+def bases(ctx: Context) -> None:
+    """List the cached base models."""
+    from edgemvp.models.base import MANIFEST, BaseManifest
+    from edgemvp.paths import cache_dir
+
+    for path in sorted((cache_dir(ctx.cache) / "bases").glob(f"*/{MANIFEST}")):
+        m = BaseManifest.from_json(path.read_text(), str(path))
+        click.echo(f"{m.arch:11s} {m.dataset:15s} {m.input_spec.channels}x{m.input_spec.size}px "
+                   f"acc {m.test_acc:6.2f}%  {json.dumps(m.train.get('epochs'))} epochs")
+
+
+def main() -> None:
+    """Console entry point: run the CLI, turning errors into one line and an exit code."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except EdgeMVPError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug or an environment problem: one line unless asked for the traceback
+        if any(arg in ("-v", "-vv", "--verbose") for arg in sys.argv[1:]):
+            raise
+        click.echo(f"error: unexpected {exc.__class__.__name__}: {exc} (run with -v for the traceback)", err=True)
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Data layer: dataset sources, input transforms, tasks and WordNet."""

@@ -1,0 +1,506 @@
+"""Dataset sources: class names, train/test splits and images fitted to a model's input size.
+
+A source is registered with :func:`register_dataset`; :func:`get_dataset` resolves a name (or
+``imagefolder:<path>``) to a :class:`Dataset`. Offline sources: ``fashion-mnist`` (Debian's
+``dataset-fashion-mnist`` IDX files, or a torchvision download in the data folder), ``digits``
+(scikit-learn's bundled set) and ``omniglot`` (torchvision's layout, folders or zips). Online sources
+download through torchvision into the data folder: ``oxford-pets``, ``flowers-102``, ``cifar-100``,
+``cifar-10``.
+
+The data folder is ``<cache>/data`` unless ``EDGEMVP_DATA`` or an explicit argument says otherwise.
+Downloads are skipped when ``EDGEMVP_OFFLINE`` or ``HF_HUB_OFFLINE`` is set.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import socket
+import zipfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from edgemvp.data.idx import read_idx
+from edgemvp.data.transforms import Fit, fit_images
+from edgemvp.errors import EdgeMVPError, UsageError, unknown
+from edgemvp.paths import cache_dir
+
+logger = logging.getLogger(__name__)
+
+ENV_DATA = "EDGEMVP_DATA"
+ENV_OMNIGLOT = "EDGEMVP_OMNIGLOT"
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The folder where datasets are looked for and downloaded to.
+
+    Args:
+        explicit: Overrides ``EDGEMVP_DATA`` and the default ``<cache>/data``.
+    """
+    if explicit is not None:
+        return Path(explicit).expanduser().resolve()
+    if os.environ.get(ENV_DATA):
+        return Path(os.environ[ENV_DATA]).expanduser().resolve()
+    return cache_dir() / "data"
+
+
+def online_allowed() -> bool:
+    """False when the environment asks edgemvp to stay offline."""
+    return not any(os.environ.get(var, "") not in ("", "0") for var in ("EDGEMVP_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def class_key(name: str) -> str:
+    """Normalise a class name for matching user input: case and punctuation are ignored."""
+    return re.sub(r"[^0-9a-z]+", "", name.lower())
+
+
+class ImageSplit(ABC):
+    """One split of a dataset: labels in memory, images fetched on demand at a given size."""
+
+    labels: np.ndarray  # (N,) int64 dataset labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @abstractmethod
+    def load(self, idx: np.ndarray, size: int) -> torch.Tensor:
+        """Images ``idx`` as uint8 ``(B, C, size, size)``."""
+
+
+class ArraySplit(ImageSplit):
+    """Images held as one uint8 array ``(N, H, W, C)``; fitted copies are kept per size."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, fit: Fit) -> None:
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError("images must be uint8 (N, H, W[, C]) with one label per image")
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.fit = fit
+        self._fitted: dict[int, torch.Tensor] = {}
+
+    def load(self, idx: np.ndarray, size: int) -> torch.Tensor:
+        if size not in self._fitted:
+            raw = torch.from_numpy(self.images).permute(0, 3, 1, 2)
+            self._fitted[size] = torch.cat([fit_images(chunk, size, self.fit) for chunk in raw.split(4096)])
+        return self._fitted[size][torch.as_tensor(idx, dtype=torch.long)]
+
+
+class FileSplit(ImageSplit):
+    """Images decoded one by one (files, or a torchvision dataset); decoded images are memoised."""
+
+    def __init__(self, get: Callable[[int], Image.Image], labels: np.ndarray, channels: int, fit: Fit) -> None:
+        self._get = get
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self._mode = "L" if channels == 1 else "RGB"
+        self.fit = fit
+        self._memo: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _one(self, i: int, size: int) -> torch.Tensor:
+        key = (size, i)
+        if key not in self._memo:
+            img = np.asarray(self._get(i).convert(self._mode), dtype=np.uint8)
+            img = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
+            self._memo[key] = fit_images(torch.from_numpy(img.copy())[None], size, self.fit)[0]
+        return self._memo[key]
+
+    def load(self, idx: np.ndarray, size: int) -> torch.Tensor:
+        return torch.stack([self._one(int(i), size) for i in np.asarray(idx)])
+
+
+@dataclass
+class Dataset:
+    """A labelled image dataset with a fixed train/test split.
+
+    Attributes:
+        name: The registry name (or ``imagefolder:<path>``).
+        classes: Class names in label order.
+        train: Training split.
+        test: Test split.
+        channels: Native channels (1 grey, 3 RGB).
+        hflip: Whether a mirrored image keeps its label (used by augmentation).
+        hierarchy: Optional parent → classes tree (e.g. Omniglot alphabet → characters).
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    train: ImageSplit
+    test: ImageSplit
+    channels: int
+    hflip: bool
+    hierarchy: dict[str, tuple[str, ...]] | None = None
+    _keys: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._keys = {class_key(c): i for i, c in enumerate(self.classes)}
+
+    def class_index(self, name: str) -> int:
+        """Label of a class given by name (case and punctuation ignored) or by number.
+
+        Raises:
+            UsageError: When the dataset has no such class.
+        """
+        key = class_key(name)
+        if key in self._keys:
+            return self._keys[key]
+        shown = ", ".join(self.classes[:12]) + (", ..." if len(self.classes) > 12 else "")
+        raise UsageError(f"class '{name}' is not in dataset '{self.name}'; its classes: {shown}")
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A registered dataset: how to load it and a one-line summary for ``edgemvp datasets``."""
+
+    name: str
+    summary: str
+    needs_network: bool
+    loader: Callable[[Path, bool], Dataset]
+
+
+_SOURCES: dict[str, DatasetSource] = {}
+
+
+def register_dataset(name: str, summary: str, needs_network: bool = False) -> Callable:
+    """Decorator that registers ``loader(data_dir, download) -> Dataset`` under ``name``."""
+
+    def wrap(loader: Callable[[Path, bool], Dataset]) -> Callable[[Path, bool], Dataset]:
+        _SOURCES[name] = DatasetSource(name, summary, needs_network, loader)
+        return loader
+
+    return wrap
+
+
+def list_datasets() -> list[DatasetSource]:
+    """All registered sources (``imagefolder:<path>`` is accepted too)."""
+    return sorted(_SOURCES.values(), key=lambda s: s.name)
+
+
+_LOADED: dict[tuple[str, str], Dataset] = {}
+
+
+def get_dataset(name: str, root: str | os.PathLike[str] | None = None, download: bool | None = None) -> Dataset:
+    """Load a dataset by name, memoised per (name, data folder).
+
+    Args:
+        name: A registered name or ``imagefolder:<path>``.
+        root: The data folder (see :func:`data_dir`).
+        download: Allow downloads; defaults to :func:`online_allowed`.
+
+    Returns:
+        The dataset.
+
+    Raises:
+        UsageError: Unknown name, missing or corrupt files (with how to get them).
+    """
+    folder = data_dir(root)
+    key = (name, str(folder))
+    if key not in _LOADED:
+        allow = online_allowed() if download is None else download
+        if name.startswith("imagefolder:"):
+            _LOADED[key] = load_imagefolder(Path(name.split(":", 1)[1]))
+        elif name in _SOURCES:
+            _LOADED[key] = _SOURCES[name].loader(folder, allow)
+        else:
+            raise unknown("dataset", name, [*_SOURCES, "imagefolder:<path>"])
+    return _LOADED[key]
+
+
+@contextmanager
+def _network_timeout(seconds: float = 30.0) -> Iterator[None]:
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _torchvision_download(factory: Callable[[], Any], what: str, how: str) -> Any:
+    """Run a torchvision dataset constructor with ``download=True``; network failures become one line."""
+    try:
+        with _network_timeout():
+            return factory()
+    except (OSError, RuntimeError) as exc:
+        raise UsageError(f"{what} could not be downloaded ({exc.__class__.__name__}: {exc}); {how}") from exc
+
+
+def _torchvision_datasets() -> Any:
+    from edgemvp._compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    import torchvision.datasets as tvd
+
+    return tvd
+
+
+# --- Fashion-MNIST ---------------------------------------------------------------------------------
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_fashion(folder: Path) -> Dataset:
+    arrays = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = read_idx(_find_idx(folder, f"{prefix}-images-idx3-ubyte"))  # type: ignore[arg-type]
+        labels = read_idx(_find_idx(folder, f"{prefix}-labels-idx1-ubyte"))  # type: ignore[arg-type]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels) or images.dtype != np.uint8:
+            raise UsageError(f"{folder}: Fashion-MNIST {split} files disagree (images {images.shape}, "
+                             f"labels {labels.shape})")
+        if labels.size and int(labels.max()) >= len(FASHION_MNIST_CLASSES):
+            raise UsageError(f"{folder}: Fashion-MNIST {split} labels out of range (max {int(labels.max())})")
+        arrays[split] = ArraySplit(images, labels.astype(np.int64), fit="pad")
+    return Dataset("fashion-mnist", FASHION_MNIST_CLASSES, arrays["train"], arrays["test"], channels=1, hflip=True)
+
+
+def _fashion_folders(root: Path) -> list[Path]:
+    return [root / "fashion-mnist", root / "FashionMNIST" / "raw", DEBIAN_FASHION_MNIST]
+
+
+def _has_fashion(folder: Path) -> bool:
+    stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
+    return all(_find_idx(folder, stem) for stem in stems)
+
+
+@register_dataset("fashion-mnist", "Fashion-MNIST, 10 clothing classes, 28 px grey (offline: Debian package)")
+def load_fashion_mnist(root: Path, download: bool) -> Dataset:
+    """Fashion-MNIST from the data folder, Debian's package, or a torchvision download."""
+    folders = _fashion_folders(root)
+    for folder in folders:
+        if _has_fashion(folder):
+            return _read_fashion(folder)
+    how = ("install it: 'apt-get install dataset-fashion-mnist' on Debian (or 'make setup'), or put the four "
+           f"IDX files in {folders[0]}, or run online to download it")
+    if not download:
+        raise UsageError(f"Fashion-MNIST not found in {', '.join(map(str, folders))}; {how}")
+    tvd = _torchvision_datasets()
+    for train in (True, False):
+        _torchvision_download(lambda: tvd.FashionMNIST(str(root), train=train, download=True), "Fashion-MNIST", how)
+    return _read_fashion(root / "FashionMNIST" / "raw")
+
+
+# --- scikit-learn digits -------------------------------------------------------------------------
+
+@register_dataset("digits", "scikit-learn's bundled 8x8 digits, 10 classes, 1,797 images (offline)")
+def load_digits(root: Path, download: bool) -> Dataset:
+    """scikit-learn's digits with a fixed, stratified 80/20 split (seed 0)."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sk_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = bunch.target.astype(np.int64)
+    tr, te = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=0, stratify=labels)
+    classes = tuple(str(c) for c in bunch.target_names)
+    return Dataset("digits", classes, ArraySplit(images[tr], labels[tr], "resize"),
+                   ArraySplit(images[te], labels[te], "resize"), channels=1, hflip=False)
+
+
+# --- Omniglot --------------------------------------------------------------------------------------
+
+def _omniglot_roots(root: Path) -> list[Path]:
+    roots = [Path(os.environ[ENV_OMNIGLOT])] if os.environ.get(ENV_OMNIGLOT) else []
+    roots += [root / "omniglot-py", root / "omniglot"]
+    shared = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "omniglot"
+    return roots + [shared]
+
+
+def _omniglot_members(root: Path) -> Iterator[tuple[str, str, str, Callable[[], bytes]]]:
+    """Yield (alphabet, character, drawing file name, reader) from folders and zips named images_*."""
+    for entry in sorted(root.glob("images_*")):
+        if entry.is_dir():
+            for png in sorted(entry.glob("*/*/*.png")):
+                yield png.parts[-3], png.parts[-2], png.name, png.read_bytes
+        elif entry.suffix == ".zip":
+            archive = zipfile.ZipFile(entry)
+            for member in sorted(archive.namelist()):
+                parts = member.split("/")
+                if len(parts) == 4 and parts[-1].endswith(".png"):
+                    yield parts[1], parts[2], parts[3], (lambda m=member, a=archive: a.read(m))
+
+
+def _read_omniglot(root: Path) -> Dataset:
+    drawings: dict[str, dict[str, Callable[[], bytes]]] = {}
+    for alphabet, character, name, read in _omniglot_members(root):
+        drawings.setdefault(f"{alphabet}/{character}", {})[name] = read
+    if not drawings:
+        raise UsageError(f"{root}: no Omniglot drawings (expected images_*/<alphabet>/<character>/*.png)")
+    classes = tuple(sorted(drawings))
+    split: dict[str, tuple[list[np.ndarray], list[int]]] = {"train": ([], []), "test": ([], [])}
+    for label, cls in enumerate(classes):
+        names = sorted(drawings[cls])
+        n_train = max(1, round(0.75 * len(names)))  # 15 of the 20 drawings for training, 5 for test
+        for j, name in enumerate(names):
+            img = np.asarray(Image.open(io.BytesIO(drawings[cls][name]())).convert("L"), dtype=np.uint8)
+            images, labels = split["train" if j < n_train else "test"]
+            images.append(img)
+            labels.append(label)
+    hierarchy: dict[str, list[str]] = {}
+    for cls in classes:
+        hierarchy.setdefault(cls.split("/")[0], []).append(cls)
+    parts = {k: ArraySplit(np.stack(v[0]), np.array(v[1]), "resize") for k, v in split.items()}
+    return Dataset("omniglot", classes, parts["train"], parts["test"], channels=1, hflip=False,
+                   hierarchy={k: tuple(v) for k, v in hierarchy.items()})
+
+
+@register_dataset("omniglot", "Omniglot characters (alphabet → character), 105 px grey (offline: local root)")
+def load_omniglot(root: Path, download: bool) -> Dataset:
+    """Omniglot in torchvision's layout: ``images_background*`` folders or zips under a root."""
+    for candidate in _omniglot_roots(root):
+        if candidate.is_dir() and any(candidate.glob("images_*")):
+            return _read_omniglot(candidate)
+    how = (f"set {ENV_OMNIGLOT} to a folder holding images_background*.zip or extracted folders, "
+           "or run online to download it")
+    if not download:
+        raise UsageError(f"Omniglot not found in {', '.join(map(str, _omniglot_roots(root)))}; {how}")
+    tvd = _torchvision_datasets()
+    _torchvision_download(lambda: tvd.Omniglot(str(root), background=True, download=True), "Omniglot", how)
+    return _read_omniglot(root / "omniglot-py")
+
+
+# --- torchvision datasets for online users ---------------------------------------------------------
+
+def _tv_split(ds: Any, labels: Any, channels: int) -> FileSplit:
+    return FileSplit(lambda i: ds[i][0], np.asarray(labels), channels, "resize-crop")
+
+
+def _online_only(name: str, download: bool) -> None:
+    if not download:
+        raise UsageError(f"{name} is downloaded by torchvision on first use, but downloads are off "
+                         "(EDGEMVP_OFFLINE/HF_HUB_OFFLINE is set); run once online to cache it")
+
+
+@register_dataset("oxford-pets", "Oxford-IIIT Pets, 37 cat and dog breeds (online: torchvision)", True)
+def load_pets(root: Path, download: bool) -> Dataset:
+    """Oxford-IIIT Pets: trainval for training, test for testing."""
+    tvd = _torchvision_datasets()
+    how = f"download it online into {root} (torchvision OxfordIIITPet)"
+    make = lambda split: tvd.OxfordIIITPet(str(root), split=split, download=download)  # noqa: E731
+    try:
+        train, test = make("trainval"), make("test")
+    except RuntimeError as exc:
+        _online_only("Oxford-IIIT Pets", download)
+        raise UsageError(f"Oxford-IIIT Pets not found in {root}; {how} ({exc})") from exc
+    except OSError as exc:
+        raise UsageError(f"Oxford-IIIT Pets could not be downloaded ({exc}); {how}") from exc
+    return Dataset("oxford-pets", tuple(train.classes), _tv_split(train, train._labels, 3),
+                   _tv_split(test, test._labels, 3), channels=3, hflip=True)
+
+
+@register_dataset("flowers-102", "Oxford Flowers-102, 102 flower species (online: torchvision)", True)
+def load_flowers(root: Path, download: bool) -> Dataset:
+    """Flowers-102: train + val for training, test for testing."""
+    tvd = _torchvision_datasets()
+    how = f"download it online into {root} (torchvision Flowers102)"
+    try:
+        parts = {s: tvd.Flowers102(str(root), split=s, download=download) for s in ("train", "val", "test")}
+    except RuntimeError as exc:
+        _online_only("Flowers-102", download)
+        raise UsageError(f"Flowers-102 not found in {root}; {how} ({exc})") from exc
+    except OSError as exc:
+        raise UsageError(f"Flowers-102 could not be downloaded ({exc}); {how}") from exc
+    train_ds = torch.utils.data.ConcatDataset([parts["train"], parts["val"]])
+    train_labels = list(parts["train"]._labels) + list(parts["val"]._labels)
+    return Dataset("flowers-102", tuple(parts["test"].classes), _tv_split(train_ds, train_labels, 3),
+                   _tv_split(parts["test"], parts["test"]._labels, 3), channels=3, hflip=True)
+
+
+def _load_cifar(name: str, cls_name: str, root: Path, download: bool) -> Dataset:
+    tvd = _torchvision_datasets()
+    factory = getattr(tvd, cls_name)
+    how = f"download it online into {root} (torchvision {cls_name})"
+    try:
+        train, test = factory(str(root), train=True, download=download), factory(str(root), train=False, download=download)
+    except RuntimeError as exc:
+        _online_only(name, download)
+        raise UsageError(f"{name} not found in {root}; {how} ({exc})") from exc
+    except OSError as exc:
+        raise UsageError(f"{name} could not be downloaded ({exc}); {how}") from exc
+    return Dataset(name, tuple(train.classes), ArraySplit(train.data, np.array(train.targets), "resize"),
+                   ArraySplit(test.data, np.array(test.targets), "resize"), channels=3, hflip=True)
+
+
+@register_dataset("cifar-100", "CIFAR-100, 100 classes, 32 px RGB (online: torchvision)", True)
+def load_cifar100(root: Path, download: bool) -> Dataset:
+    """CIFAR-100 fine labels."""
+    return _load_cifar("cifar-100", "CIFAR100", root, download)
+
+
+@register_dataset("cifar-10", "CIFAR-10, 10 classes, 32 px RGB (online: torchvision)", True)
+def load_cifar10(root: Path, download: bool) -> Dataset:
+    """CIFAR-10."""
+    return _load_cifar("cifar-10", "CIFAR10", root, download)
+
+
+# --- ImageFolder ------------------------------------------------------------------------------------
+
+def _scan_tree(folder: Path) -> dict[str, list[Path]]:
+    tree = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = sorted(f for f in sub.rglob("*") if f.suffix.lower() in _IMAGE_SUFFIXES)
+        if files:
+            tree[sub.name] = files
+    return tree
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except OSError as exc:
+        raise EdgeMVPError(f"{path}: cannot decode image ({exc})") from exc
+
+
+def load_imagefolder(folder: Path, seed: int = 0) -> Dataset:
+    """An ImageFolder tree: ``<folder>/<class>/*.jpg``, or ``train/`` and ``test/`` (or ``val/``) subtrees.
+
+    A single tree is split per class 80/20 with a fixed seed.
+
+    Raises:
+        UsageError: When the folder is missing, has no class folders, or its splits disagree on classes.
+    """
+    folder = folder.expanduser()
+    if not folder.is_dir():
+        raise UsageError(f"imagefolder: {folder} is not a folder")
+    test_dir = next((folder / n for n in ("test", "val") if (folder / n).is_dir()), None)
+    if (folder / "train").is_dir() and test_dir is not None:
+        train_tree, test_tree = _scan_tree(folder / "train"), _scan_tree(test_dir)
+        if set(train_tree) != set(test_tree):
+            raise UsageError(f"imagefolder: {folder}/train and {test_dir} have different class folders")
+    else:
+        rng = np.random.default_rng(seed)
+        train_tree, test_tree = {}, {}
+        for cls, files in _scan_tree(folder).items():
+            order = rng.permutation(len(files))
+            n_test = max(1, round(0.2 * len(files))) if len(files) > 1 else 0
+            test_tree[cls] = [files[i] for i in order[:n_test]]
+            train_tree[cls] = [files[i] for i in order[n_test:]]
+    if not train_tree:
+        raise UsageError(f"imagefolder: {folder} has no class folders with images")
+    classes = tuple(sorted(train_tree))
+
+    def split(tree: dict[str, list[Path]]) -> FileSplit:
+        files = [(f, classes.index(c)) for c in classes for f in tree.get(c, [])]
+        return FileSplit(lambda i: _open_image(files[i][0]), np.array([y for _, y in files]), 3, "resize-crop")
+
+    return Dataset(f"imagefolder:{folder}", classes, split(train_tree), split(test_tree), channels=3, hflip=True)

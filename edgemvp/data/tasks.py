@@ -1,0 +1,136 @@
+"""Tasks: a set of classes of one dataset (the paper's downstream tasks are 5-class tasks).
+
+Named tasks: ``pets5`` (five Oxford-IIIT Pets breeds, online data) and ``fashion5`` (five Fashion-MNIST
+classes, reserved as the held-out demo task: the default zoo never contains exactly these classes).
+Ad-hoc tasks are ``--dataset D --classes a,b,c``; zoo builds draw seeded random k-class tasks.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgemvp.data.datasets import Dataset, get_dataset
+from edgemvp.data.loader import LabeledView
+from edgemvp.data.wordnet import synset_map
+from edgemvp.errors import UsageError, unknown
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A downstream task.
+
+    Attributes:
+        name: Task name (named tasks) or a name derived from dataset and classes.
+        dataset: Dataset name.
+        classes: Class names, in the task's label order.
+        synsets: WordNet synset per class where known (``None`` where not).
+        description: One line for ``edgemvp tasks``.
+    """
+
+    name: str
+    dataset: str
+    classes: tuple[str, ...]
+    synsets: tuple[str | None, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.classes) < 2:
+            raise UsageError(f"task '{self.name}' needs at least 2 classes, got {len(self.classes)}")
+        if len(set(self.classes)) != len(self.classes):
+            raise UsageError(f"task '{self.name}' lists a class twice")
+        if not self.synsets:
+            known = synset_map(self.dataset)
+            object.__setattr__(self, "synsets", tuple(known.get(c) for c in self.classes))
+
+
+NAMED_TASKS: dict[str, TaskSpec] = {
+    "pets5": TaskSpec("pets5", "oxford-pets", ("Abyssinian", "Bengal", "Beagle", "Pug", "Samoyed"),
+                      description="2 cat and 3 dog breeds of Oxford-IIIT Pets (needs the data: online once)"),
+    "fashion5": TaskSpec("fashion5", "fashion-mnist", ("Pullover", "Dress", "Sandal", "Shirt", "Bag"),
+                         description="5 Fashion-MNIST classes, held out of the default zoo (offline demo)"),
+}
+
+
+def task_name(dataset: str, classes: tuple[str, ...]) -> str:
+    """A short, stable name for an ad-hoc task: dataset, class count and a hash of the classes."""
+    digest = hashlib.sha256("\n".join(classes).encode()).hexdigest()[:8]
+    return f"{dataset.replace(':', '_').replace('/', '_')}-{len(classes)}c-{digest}"
+
+
+def resolve_task(name: str | None = None, dataset: str | None = None, classes: str | None = None,
+                 data_root: str | None = None) -> TaskSpec:
+    """A named task, or an ad-hoc one from a dataset and comma-separated class names.
+
+    Class names are checked against the dataset and replaced by its spelling.
+
+    Raises:
+        UsageError: Unknown task, missing dataset or classes, classes not in the dataset.
+    """
+    if name is not None:
+        if name not in NAMED_TASKS:
+            raise unknown("task", name, list(NAMED_TASKS))
+        return NAMED_TASKS[name]
+    if not dataset or not classes:
+        raise UsageError("give a task name, or --dataset and --classes (comma-separated)")
+    ds = get_dataset(dataset, data_root)
+    wanted = [c.strip() for c in classes.split(",") if c.strip()]
+    picked = tuple(ds.classes[ds.class_index(c)] for c in wanted)
+    return TaskSpec(task_name(ds.name, picked), ds.name, picked)
+
+
+def random_tasks(dataset: Dataset, count: int, classes_per_task: int, seed: int,
+                 exclude: tuple[tuple[str, ...], ...] = ()) -> list[TaskSpec]:
+    """``count`` distinct random tasks (as class sets) of a dataset, reproducible from ``seed``.
+
+    Args:
+        dataset: The dataset to draw classes from.
+        count: Number of tasks.
+        classes_per_task: Classes in each task.
+        seed: Random seed; the i-th task does not depend on ``count``.
+        exclude: Class sets that must not be drawn (e.g. held-out targets), in any order.
+
+    Raises:
+        UsageError: When the dataset has too few classes or not enough distinct tasks exist.
+    """
+    n = len(dataset.classes)
+    if classes_per_task > n:
+        raise UsageError(f"dataset '{dataset.name}' has {n} classes, fewer than {classes_per_task} per task")
+    rng = np.random.default_rng(seed)
+    seen = {frozenset(e) for e in exclude}
+    tasks: list[TaskSpec] = []
+    for _ in range(count * 1000):
+        if len(tasks) == count:
+            break
+        pick = tuple(dataset.classes[i] for i in sorted(rng.choice(n, classes_per_task, replace=False)))
+        if frozenset(pick) not in seen:
+            seen.add(frozenset(pick))
+            tasks.append(TaskSpec(task_name(dataset.name, pick), dataset.name, pick))
+    if len(tasks) < count:
+        raise UsageError(f"dataset '{dataset.name}' has fewer than {count} distinct {classes_per_task}-class tasks")
+    return tasks
+
+
+def task_view(task: TaskSpec, dataset: Dataset, split: str, per_class: int | None = None,
+              seed: int = 0) -> LabeledView:
+    """The images of a task's classes in one split, labelled 0..k-1 in the task's class order.
+
+    Args:
+        task: The task.
+        dataset: Its dataset (already loaded).
+        split: ``train`` or ``test``.
+        per_class: Keep at most this many images per class (seeded), e.g. 100 for few-data runs.
+        seed: Seed for the per-class subsample.
+    """
+    part = dataset.train if split == "train" else dataset.test
+    labels = [dataset.class_index(c) for c in task.classes]
+    rng = np.random.default_rng(seed)
+    idx, tgt = [], []
+    for t, label in enumerate(labels):
+        pos = np.flatnonzero(part.labels == label)
+        if per_class is not None and len(pos) > per_class:
+            pos = np.sort(rng.choice(pos, per_class, replace=False))
+        idx.append(pos)
+        tgt.append(np.full(len(pos), t, dtype=np.int64))
+    return LabeledView(part, np.concatenate(idx), np.concatenate(tgt), dataset.hflip)

@@ -1,0 +1,103 @@
+"""Pre-trained base models kept in the cache: ``<cache>/bases/<arch>--<dataset>/``.
+
+Each folder holds ``model.safetensors`` and ``manifest.json`` (arch, dataset, input spec, classes, test
+accuracy, weights sha256, training settings, tool versions). The manifest is written last, so a folder
+without one is an unfinished pre-training and is ignored.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from edgemvp.errors import UsageError
+from edgemvp.models.factory import create_model, get_arch, load_into
+from edgemvp.models.weights import load_weights, save_weights
+from edgemvp.paths import atomic_write_bytes, cache_dir
+from edgemvp.spec import InputSpec
+
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BaseManifest:
+    """What identifies and describes a pre-trained base model."""
+
+    arch: str
+    dataset: str
+    input_spec: InputSpec
+    classes: tuple[str, ...]
+    test_acc: float
+    weights_sha256: str
+    train: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        """Serialise (stable key order)."""
+        data = asdict(self)
+        data["input_spec"] = self.input_spec.to_dict()
+        data["classes"] = list(self.classes)
+        return json.dumps(data, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "manifest") -> "BaseManifest":
+        """Parse, refusing unknown schema versions and missing fields."""
+        try:
+            data = json.loads(text)
+            if int(data.get("schema_version", 0)) > SCHEMA_VERSION:
+                raise UsageError(f"{source}: written by a newer edgemvp (schema {data['schema_version']})")
+            data["input_spec"] = InputSpec.from_dict(data["input_spec"])
+            data["classes"] = tuple(data["classes"])
+            return cls(**data)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{source}: invalid base-model manifest ({exc})") from exc
+
+
+def base_folder(arch: str, dataset: str, cache: str | os.PathLike[str] | None = None) -> Path:
+    """The cache folder of the base model for (arch, dataset)."""
+    slug = re.sub(r"[^0-9A-Za-z._-]+", "_", dataset)
+    return cache_dir(cache) / "bases" / f"{arch}--{slug}"
+
+
+def save_base(model: nn.Module, manifest: BaseManifest, folder: Path) -> BaseManifest:
+    """Write weights, then the manifest with their sha256 (the manifest marks a finished base)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sha = save_weights(model.state_dict(), folder / WEIGHTS)
+    final = BaseManifest(**{**asdict(manifest), "input_spec": manifest.input_spec,
+                            "classes": manifest.classes, "weights_sha256": sha})
+    atomic_write_bytes(folder / MANIFEST, final.to_json().encode())
+    return final
+
+
+def find_base(arch: str, dataset: str, cache: str | os.PathLike[str] | None = None) -> BaseManifest | None:
+    """The manifest of a cached base model, or None when it has not been pre-trained."""
+    get_arch(arch)
+    path = base_folder(arch, dataset, cache) / MANIFEST
+    if not path.is_file():
+        return None
+    return BaseManifest.from_json(path.read_text(), str(path))
+
+
+def load_base(arch: str, dataset: str, cache: str | os.PathLike[str] | None = None
+              ) -> tuple[nn.Module, BaseManifest]:
+    """Rebuild a cached base model: create(arch) → load_state_dict(strict=True), sha256 verified.
+
+    Raises:
+        UsageError: When it has not been pre-trained, or its files are corrupt.
+    """
+    manifest = find_base(arch, dataset, cache)
+    if manifest is None:
+        raise UsageError(f"no pre-trained {arch} base for dataset '{dataset}' in the cache; run "
+                         f"'edgemvp pretrain --arch {arch} --dataset {dataset}'")
+    folder = base_folder(arch, dataset, cache)
+    model = create_model(arch, len(manifest.classes), manifest.input_spec)
+    load_into(model, load_weights(folder / WEIGHTS, manifest.weights_sha256), str(folder / WEIGHTS))
+    return model.eval(), manifest

@@ -1,0 +1,130 @@
+"""One entry point to build the supported architectures with timm: :func:`create_model`.
+
+Architectures are registered with :func:`register_arch`, so adding one is adding one :class:`ArchSpec`.
+Small inputs: ResNets keep timm's standard stem (it works at 32 px and keeps training cheap); ViTs use a
+4 px patch below 128 px so a 32 px image still gives 8 x 8 tokens.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import edgemvp.models  # noqa: F401  (torchvision compatibility step before timm)
+import timm
+import torch.nn as nn
+
+from edgemvp.errors import UsageError, unknown
+from edgemvp.models.weights import load_weights
+from edgemvp.spec import InputSpec
+
+logger = logging.getLogger(__name__)
+
+Family = Literal["cnn", "vit"]
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A supported architecture.
+
+    Attributes:
+        name: edgemvp's name (``resnet18``).
+        timm_name: The timm model name it is built from.
+        family: ``cnn`` (channel groups are pruned) or ``vit`` (heads and MLP nodes are pruned).
+        summary: One line for ``edgemvp archs``.
+    """
+
+    name: str
+    timm_name: str
+    family: Family
+    summary: str
+
+    def timm_kwargs(self, spec: InputSpec) -> dict[str, int]:
+        """Extra timm arguments that adapt the architecture to an input size."""
+        if self.family == "vit":
+            return {"img_size": spec.size, "patch_size": 16 if spec.size >= 128 else 4}
+        return {}
+
+
+ARCHS: dict[str, ArchSpec] = {}
+
+
+def register_arch(spec: ArchSpec) -> ArchSpec:
+    """Add an architecture to the registry."""
+    ARCHS[spec.name] = spec
+    return spec
+
+
+register_arch(ArchSpec("resnet18", "resnet18", "cnn", "ResNet-18, 11.7 M params at 1,000 classes"))
+register_arch(ArchSpec("resnet50", "resnet50", "cnn", "ResNet-50, 25.6 M params at 1,000 classes"))
+register_arch(ArchSpec("vit_tiny", "vit_tiny_patch16_224", "vit", "ViT-Ti/16 (AugReg), 3 heads x 64, 12 blocks"))
+register_arch(ArchSpec("deit_tiny", "deit_tiny_patch16_224", "vit", "DeiT-Ti/16, 3 heads x 64, 12 blocks"))
+register_arch(ArchSpec("deit_small", "deit_small_patch16_224", "vit", "DeiT-S/16, 6 heads x 64, 12 blocks"))
+
+
+def get_arch(name: str) -> ArchSpec:
+    """Look up an architecture.
+
+    Raises:
+        UsageError: Unknown name, listing the valid ones.
+    """
+    if name not in ARCHS:
+        raise unknown("arch", name, list(ARCHS))
+    return ARCHS[name]
+
+
+def create_model(
+    arch: str,
+    num_classes: int,
+    spec: InputSpec,
+    pretrained: Literal["none", "hub"] = "none",
+    checkpoint_path: str | os.PathLike[str] | None = None,
+) -> nn.Module:
+    """Build an architecture for an input spec and class count, optionally with weights.
+
+    Args:
+        arch: A registered architecture name.
+        num_classes: Classifier outputs.
+        spec: Input channels and size.
+        pretrained: ``hub`` loads timm's pre-trained weights (needs the network or a warm HF cache).
+        checkpoint_path: A local safetensors file or tensor state dict to load with ``strict=True``.
+
+    Returns:
+        The model in train mode on the CPU.
+
+    Raises:
+        UsageError: Unknown arch, hub weights unavailable, or a checkpoint that does not fit.
+    """
+    info = get_arch(arch)
+    kwargs = dict(num_classes=num_classes, in_chans=spec.channels, **info.timm_kwargs(spec))
+    if pretrained == "hub":
+        try:
+            model = timm.create_model(info.timm_name, pretrained=True, **kwargs)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise UsageError(f"timm hub weights for {info.timm_name} are unavailable ({exc.__class__.__name__}); "
+                             "go online once, or pass a local weights file") from exc
+    else:
+        model = timm.create_model(info.timm_name, pretrained=False, **kwargs)
+    if checkpoint_path is not None:
+        load_into(model, load_weights(Path(checkpoint_path)), str(checkpoint_path))
+    return model
+
+
+def load_into(model: nn.Module, state: dict, source: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming what did not fit.
+
+    Raises:
+        UsageError: Missing or unexpected keys, or shape mismatches.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or extra or shapes:
+        detail = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                           for label, keys in (("missing", missing), ("unexpected", extra), ("shape", shapes))
+                           if keys)
+        raise UsageError(f"{source}: weights do not fit this model ({detail})")
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,176 @@
+"""Training and evaluation loops shared by pre-training, pruners and fine-tuning.
+
+CUDA with automatic mixed precision when a GPU is present, CPU otherwise. Progress is reported through an
+optional object with tqdm's ``update``/``set_postfix`` methods; only the CLI creates progress bars.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Literal, Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+
+class Progress(Protocol):
+    """The part of tqdm's interface the loops use."""
+
+    def reset(self, total: int | None = None) -> object: ...
+
+    def update(self, n: int = 1) -> object: ...
+
+    def set_postfix(self, **kwargs: object) -> object: ...
+
+
+class _NoProgress:
+    def reset(self, total: int | None = None) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        return None
+
+    def set_postfix(self, **kwargs: object) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and schedule.
+
+    Attributes:
+        optimizer: ``sgd`` (momentum, Nesterov) or ``adamw``.
+        lr: Peak learning rate.
+        weight_decay: Decoupled for AdamW, L2 for SGD; not applied to biases and norm parameters.
+        momentum: SGD momentum.
+        warmup_steps: Linear warm-up before the cosine decay to zero.
+        label_smoothing: Cross-entropy label smoothing.
+    """
+
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    warmup_steps: int = 0
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """An optimiser with no weight decay on 1-D parameters and a warm-up + cosine schedule."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    else:
+        opt = torch.optim.AdamW(groups, lr=cfg.lr)
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        span = max(1, total_steps - cfg.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / span)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), making bf16 autocast pay."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    if amp and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    if amp and device.type == "cpu" and cpu_supports_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_steps(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int,
+                cfg: OptimConfig, device: torch.device | None = None, progress: Progress | None = None,
+                amp: bool = True) -> list[float]:
+    """Run ``steps`` optimisation steps of cross-entropy training.
+
+    Args:
+        model: Trained in place (moved to ``device``).
+        batches: Endless ``(x, y)`` batches.
+        steps: Number of optimiser steps.
+        cfg: Optimiser and schedule.
+        device: Defaults to :func:`default_device`.
+        progress: Receives one ``update`` per step and the running loss.
+        amp: Mixed precision where the hardware has it: fp16/bf16 on CUDA, bf16 on CPUs with native bf16.
+
+    Returns:
+        The loss of every step.
+    """
+    device = device or default_device()
+    progress = _NoProgress() if progress is None else progress  # tqdm has no truth value
+    model.to(device).train()
+    channels_last = any(p.ndim == 4 for p in model.parameters())  # CNNs run faster in NHWC
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt, sched = make_optimizer(model, cfg, steps)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    losses: list[float] = []
+    progress.reset(total=steps)
+    for _, (x, y) in zip(range(steps), batches):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        losses.append(float(loss.detach()))
+        progress.update(1)
+        if len(losses) % 10 == 0:
+            progress.set_postfix(loss=f"{sum(losses[-10:]) / 10:.3f}")
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    return losses
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                   device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32, CPU) and labels for every batch, in eval mode (autocast on CUDA only)."""
+    device = device or default_device()
+    model.to(device).eval()
+    outs, labels = [], []
+    for x, y in batches:
+        with _autocast(device, amp=device.type == "cuda"):
+            outs.append(model(x.to(device)).float().cpu())
+        labels.append(y)
+    return torch.cat(outs), torch.cat(labels)
+
+
+def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             device: torch.device | None = None) -> float:
+    """Top-1 accuracy in percent."""
+    logits, labels = predict_logits(model, batches, device)
+    return 100.0 * float((logits.argmax(1) == labels).float().mean())

@@ -1,0 +1,58 @@
+"""Tiny on-disk datasets for tests."""
+from __future__ import annotations
+
+import gzip
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array as IDX (type 0x08)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_fashion(folder: Path, n_train: int = 40, n_test: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Write a tiny Fashion-MNIST (gzip IDX) whose class c images have mean brightness ~ 20 c."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        images = (labels[:, None, None] * 20 + rng.integers(0, 20, (n, 28, 28))).astype(np.uint8)
+        (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images)))
+        (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels.astype(np.uint8))))
+        out.append(images)
+    return out[0], out[1]
+
+
+def write_omniglot_zip(path: Path, alphabets: dict[str, int], drawings: int = 4, size: int = 21) -> None:
+    """A zip in torchvision's Omniglot layout: images_background/<alphabet>/characterNN/<id>.png."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for alphabet, n_chars in alphabets.items():
+            for c in range(1, n_chars + 1):
+                for d in range(drawings):
+                    img = Image.fromarray(np.full((size, size), (c * 40 + d) % 256, np.uint8))
+                    member = f"images_background/{alphabet}/character{c:02d}/{c:04d}_{d + 1:02d}.png"
+                    with zf.open(member, "w") as fh:
+                        img.save(fh, format="PNG")
+
+
+def write_imagefolder(root: Path, classes: dict[str, int], size: int = 12) -> None:
+    """An ImageFolder tree of solid-colour RGB PNGs."""
+    for k, (cls, n) in enumerate(classes.items()):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", (size, size + 4), (k * 60, i * 10, 0)).save(root / cls / f"{i}.png")
+
+
+class Payload:
+    """An object whose unpickling would run code (prints 'pwned')."""
+
+    def __reduce__(self):  # noqa: D105
+        return (print, ("pwned",))
