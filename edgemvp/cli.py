@@ -48,8 +48,33 @@ def cli(ctx: click.Context, cache_dir: Path | None, data_dir: Path | None, verbo
     ctx.obj = Context(cache_dir, data_dir, verbose)
 
 
-def _bar(desc: str) -> tqdm:
-    return tqdm(desc=desc, unit="step", dynamic_ncols=True, leave=True, file=sys.stderr)
+class _Bar:
+    """A tqdm bar that appears only when work starts (errors before that stay one line)."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.bar: tqdm | None = None
+
+    def reset(self, total: int | None = None) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.desc, unit="step", dynamic_ncols=True, file=sys.stderr)
+        else:
+            self.bar.reset(total=total)
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def set_postfix(self, **kwargs: object) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(**kwargs)
+
+    def __enter__(self) -> "_Bar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # --- datasets, tasks, WordNet ------------------------------------------------------------------------
@@ -171,7 +196,7 @@ def pretrain(ctx: Context, arch: str, dataset: str, epochs: float, batch_size: i
         return
     cfg = PretrainConfig(epochs=epochs, batch_size=batch_size, size=size, seed=seed, init=init)  # type: ignore[arg-type]
     cfg = replace(cfg, optim=replace(cfg.optim, lr=lr))
-    with _bar(f"pretrain {arch}") as bar:
+    with _Bar(f"pretrain {arch}") as bar:
         manifest = run(arch, dataset, cfg, ctx.cache, ctx.data, progress=bar)
     click.echo(f"{arch} on {manifest.dataset}: test accuracy {manifest.test_acc:.2f}% on "
                f"{len(manifest.classes)} classes in {manifest.train['train_seconds']:.0f} s "

@@ -135,8 +135,14 @@ def synset(name: str, cache: str | os.PathLike[str] | None = None) -> Any:
 
 
 def wup(a: str, b: str, cache: str | os.PathLike[str] | None = None) -> float:
-    """Wu-Palmer similarity of two synsets given by name or wnid."""
-    return float(synset(a, cache).wup_similarity(synset(b, cache)) or 0.0)
+    """Wu-Palmer similarity of two synsets given by name or wnid.
+
+    A synset is identical to itself (1.0); nltk can return less when a synset has several hypernym paths of
+    different depths (``dog.n.01`` with itself gives 0.929), which would make a task less similar to itself
+    than to nothing better.
+    """
+    sa, sb = synset(a, cache), synset(b, cache)
+    return 1.0 if sa == sb else float(sa.wup_similarity(sb) or 0.0)
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,0 +1,194 @@
+"""Physical shrinking with torch-pruning, the masked-dense reference, and index-space transforms.
+
+* :func:`shrink` removes the units a :class:`~edgemvp.masks.Masks` does not keep, giving a dense smaller
+  model (CNN: one torch-pruning group per unit group; ViT: heads and MLP nodes with torch-pruning's
+  linear pruning functions, then ``num_heads``/``attn_dim`` fixed so timm's attention reshapes right).
+* :func:`mask_dense` zeroes the same units in place instead: same outputs, original shapes.
+* :func:`contract_state` / :func:`expand_state` move state dicts between the full index space and a mask's
+  shrunk layout; ``expand_state`` also says which elements are present (what weight averaging needs).
+* :func:`save_pruned` / :func:`load_pruned`: ``masks.json`` + ``weights.safetensors``; rebuilding is
+  create(arch) → shrink(masks) → load_state_dict(strict=True).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from edgemvp.errors import UsageError
+from edgemvp.masks import Masks
+from edgemvp.models.factory import create_model, get_arch, load_into
+from edgemvp.models.weights import StateDict, load_weights, save_weights
+from edgemvp.spec import InputSpec
+from edgemvp.units import UnitSpace, unit_space
+
+MASKS_FILE = "masks.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def _removed(masks: Masks, unit: str, size: int) -> list[int]:
+    keep = set(masks.kept[unit])
+    return [i for i in range(size) if i not in keep]
+
+
+def _first_conv(model: nn.Module) -> nn.Conv2d:
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def _shrink_cnn(model: nn.Module, masks: Masks, space: UnitSpace) -> None:
+    example = torch.zeros(1, _first_conv(model).in_channels, 32, 32)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    modules = dict(model.named_modules())
+    for unit in space.units:
+        removed = _removed(masks, unit.name, unit.size)
+        if removed:
+            root = modules[unit.name]
+            dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, removed).prune()
+
+
+def _shrink_vit(model: nn.Module, masks: Masks, space: UnitSpace) -> None:
+    for i, block in enumerate(model.blocks):
+        attn, mlp = block.attn, block.mlp
+        heads = space.by_name[f"blocks.{i}.attn"]
+        removed = torch.tensor(_removed(masks, heads.name, heads.size), dtype=torch.long)
+        if len(removed):
+            qkv_cut, proj_cut = space.cuts_by_key[f"{heads.name}.qkv.weight"][0], space.cuts_by_key[
+                f"{heads.name}.proj.weight"][0]
+            tp.prune_linear_out_channels(attn.qkv, space.tensor_index(qkv_cut, removed).tolist())
+            tp.prune_linear_in_channels(attn.proj, space.tensor_index(proj_cut, removed).tolist())
+            attn.num_heads = len(masks.kept[heads.name])
+            attn.attn_dim = attn.num_heads * attn.head_dim  # timm reshapes the attention output to attn_dim
+        mlp_unit = space.by_name[f"blocks.{i}.mlp"]
+        removed_nodes = _removed(masks, mlp_unit.name, mlp_unit.size)
+        if removed_nodes:
+            tp.prune_linear_out_channels(mlp.fc1, removed_nodes)
+            tp.prune_linear_in_channels(mlp.fc2, removed_nodes)
+
+
+def shrink(model: nn.Module, masks: Masks) -> nn.Module:
+    """Physically remove the units the masks do not keep (in place).
+
+    Args:
+        model: A fresh, unpruned model of ``masks.arch`` (any class count, channels and input size).
+        masks: Validated masks.
+
+    Returns:
+        The same module object, now dense and smaller.
+    """
+    space = unit_space(masks.arch)
+    if get_arch(masks.arch).family == "vit":
+        with torch.no_grad():
+            _shrink_vit(model, masks, space)
+    else:
+        with torch.enable_grad():  # the dependency graph traces with autograd
+            _shrink_cnn(model, masks, space)
+    return model
+
+
+@torch.no_grad()
+def mask_dense(model: nn.Module, masks: Masks) -> nn.Module:
+    """Zero every weight, bias and norm statistic of the removed units (in place, shapes unchanged).
+
+    For CNNs the zeroed BatchNorm affine parameters make removed channels exactly zero after each norm, so the
+    outputs equal those of :func:`shrink` (the reference the tests compare against).
+    """
+    space = unit_space(masks.arch)
+    state = dict(model.state_dict(keep_vars=True))
+    for cut in space.cuts:
+        unit = space.by_name[cut.unit]
+        removed = torch.tensor(_removed(masks, unit.name, unit.size), dtype=torch.long)
+        if len(removed):
+            state[cut.key].data.index_fill_(cut.dim, space.tensor_index(cut, removed), 0.0)
+    return model
+
+
+def contract_state(full: StateDict, masks: Masks) -> StateDict:
+    """Select a mask's kept elements from a full-index-space state dict (the shrunk layout)."""
+    space = unit_space(masks.arch)
+    out = {}
+    for key, tensor in full.items():
+        for cut in sorted(space.cuts_by_key.get(key, ()), key=lambda c: c.dim):
+            tensor = tensor.index_select(cut.dim, space.tensor_index(cut, masks.index(cut.unit)))
+        out[key] = tensor
+    return out
+
+
+def expand_state(shrunk: StateDict, masks: Masks, full_shapes: dict[str, torch.Size]
+                 ) -> tuple[StateDict, dict[str, torch.Tensor]]:
+    """Place a shrunk state dict into the full index space.
+
+    Args:
+        shrunk: State dict in the masks' shrunk layout.
+        masks: The masks it was shrunk with.
+        full_shapes: Shapes of the unpruned model's state dict.
+
+    Returns:
+        The full-shape state dict (zeros where absent) and, per key, a bool tensor marking present elements.
+    """
+    space = unit_space(masks.arch)
+    full, present = {}, {}
+    for key, tensor in shrunk.items():
+        mark = torch.ones(tensor.shape, dtype=torch.bool)
+        for cut in sorted(space.cuts_by_key.get(key, ()), key=lambda c: c.dim):
+            idx = space.tensor_index(cut, masks.index(cut.unit))
+            shape = list(tensor.shape)
+            shape[cut.dim] = full_shapes[key][cut.dim]
+            tensor = torch.zeros(shape, dtype=tensor.dtype).index_copy_(cut.dim, idx, tensor)
+            mark = torch.zeros(shape, dtype=torch.bool).index_copy_(cut.dim, idx, mark)
+        if tuple(tensor.shape) != tuple(full_shapes[key]):
+            raise UsageError(f"{key}: shape {tuple(tensor.shape)} does not expand to {tuple(full_shapes[key])}")
+        full[key], present[key] = tensor, mark
+    return full, present
+
+
+def build_pruned(arch: str, num_classes: int, spec: InputSpec, masks: Masks) -> nn.Module:
+    """create(arch) → shrink(masks): the empty skeleton that pruned weights load into."""
+    if masks.arch != arch:
+        raise UsageError(f"masks are for arch '{masks.arch}', not '{arch}'")
+    return shrink(create_model(arch, num_classes, spec), masks)
+
+
+def save_pruned(model: nn.Module, masks: Masks, spec: InputSpec, num_classes: int, folder: Path) -> str:
+    """Write ``masks.json`` and ``weights.safetensors`` (with arch, classes and input spec in its header).
+
+    Returns:
+        The sha256 of the weights file.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    masks.save(folder / MASKS_FILE)
+    meta = {"arch": masks.arch, "num_classes": str(num_classes), "input_spec": json.dumps(spec.to_dict())}
+    return save_weights(model.state_dict(), folder / WEIGHTS_FILE, metadata=meta)
+
+
+def load_pruned(folder: str | os.PathLike[str], expected_sha256: str | None = None) -> tuple[nn.Module, Masks]:
+    """Rebuild a pruned model from ``masks.json`` + ``weights.safetensors`` (strict, no pickle).
+
+    Raises:
+        UsageError: Missing or invalid files, or weights that do not fit the masks.
+    """
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    weights = folder / WEIGHTS_FILE
+    state = load_weights(weights, expected_sha256)
+    with safe_open(str(weights), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    try:
+        arch, num_classes = meta["arch"], int(meta["num_classes"])
+        spec = InputSpec.from_dict(json.loads(meta["input_spec"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UsageError(f"{weights}: header lacks arch/num_classes/input_spec metadata") from exc
+    masks = Masks.load(folder / MASKS_FILE, arch=arch)
+    model = build_pruned(arch, num_classes, spec, masks)
+    load_into(model, state, str(weights))
+    return model.eval(), masks
+
+
+def params_and_macs(model: nn.Module, spec: InputSpec) -> tuple[int, int]:
+    """Parameter count and multiply-accumulates of one forward pass at batch 1 (torch-pruning's counter)."""
+    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(spec.shape(1)))
+    return int(params), int(macs)
