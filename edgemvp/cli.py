@@ -172,6 +172,18 @@ def archs() -> None:
 
 @cli.command()
 @click.option("--arch", default="resnet18", show_default=True, help="Architecture (see 'edgemvp archs').")
+def units(arch: str) -> None:
+    """Print the prunable units of an architecture: name, kind, size."""
+    from edgemvp.units import unit_space
+
+    space = unit_space(arch)
+    for unit in space.units:
+        click.echo(f"{unit.name:24s} {unit.kind:9s} {unit.size:6d}")
+    click.echo(f"{len(space.units)} unit groups, {sum(u.size for u in space.units)} units")
+
+
+@cli.command()
+@click.option("--arch", default="resnet18", show_default=True, help="Architecture (see 'edgemvp archs').")
 @click.option("--dataset", default="fashion-mnist", show_default=True, help="Dataset (see 'edgemvp datasets list').")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=12.0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)

@@ -32,10 +32,14 @@ def test_listings() -> None:
     assert "resnet50" in run("archs").stdout
     assert "omniglot" in run("datasets", "list").stdout
     assert run("wordnet", "similarity", "dog.n.01", "cat.n.01").stdout.strip() == "0.8571"
+    units = run("units", "--arch", "deit_tiny").stdout.splitlines()
+    assert units[0].split() == ["blocks.0.attn", "heads", "3"] and units[1].split() == ["blocks.0.mlp", "mlp", "768"]
+    assert units[-1] == "24 unit groups, 9252 units"
 
 
 @pytest.mark.parametrize("args, fragments", [
     (["pretrain", "--arch", "resnet19"], ["unknown arch 'resnet19'", "resnet18"]),
+    (["units", "--arch", "vgg16"], ["unknown arch 'vgg16'", "deit_small"]),
     (["pretrain", "--dataset", "mnist2"], ["unknown dataset 'mnist2'", "fashion-mnist"]),
     (["tasks", "show", "pets6"], ["unknown task 'pets6'", "pets5"]),
     (["tasks", "show", "--dataset", "fashion-mnist", "--classes", "bag,kilt"], ["'kilt' is not in dataset"]),

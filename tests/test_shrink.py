@@ -64,7 +64,6 @@ def test_shrunk_equals_masked_dense_small(arch: str, ratio: float, tmp_path: Pat
     _check_exact(arch, SMALL, ratio, tmp_path)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("ratio", [0.5, 0.9])
 @pytest.mark.parametrize("arch", ARCH_LIST)
 def test_shrunk_equals_masked_dense_224(arch: str, ratio: float, tmp_path: Path) -> None:
