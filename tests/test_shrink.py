@@ -70,7 +70,7 @@ def test_shrunk_equals_masked_dense_224(arch: str, ratio: float, tmp_path: Path)
     _check_exact(arch, BIG, ratio, tmp_path)
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "deit_tiny"])
+@pytest.mark.parametrize("arch", ARCH_LIST)
 def test_keep_all_gives_original_outputs(arch: str) -> None:
     model = _randomised(arch, SMALL)
     x = torch.randn(2, 1, 32, 32)
