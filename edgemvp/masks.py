@@ -20,7 +20,7 @@ import torch
 
 from edgemvp.errors import UsageError
 from edgemvp.paths import atomic_write_bytes
-from edgemvp.units import UnitSpace, unit_space
+from edgemvp.units import unit_space
 
 SCHEMA_VERSION = 1
 
@@ -167,7 +167,3 @@ def random_masks(arch: str, ratio: float, seed: int, round_to: int = 1, base_sha
     scores = {u.name: torch.rand(u.size, generator=gen) for u in space.units}
     return masks_from_scores(arch, scores, ratio, round_to, base_sha256)
 
-
-def space_of(masks: Masks) -> UnitSpace:
-    """The unit space the masks live in."""
-    return unit_space(masks.arch)

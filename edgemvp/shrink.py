@@ -56,8 +56,8 @@ def _shrink_vit(model: nn.Module, masks: Masks, space: UnitSpace) -> None:
         heads = space.by_name[f"blocks.{i}.attn"]
         removed = torch.tensor(_removed(masks, heads.name, heads.size), dtype=torch.long)
         if len(removed):
-            qkv_cut, proj_cut = space.cuts_by_key[f"{heads.name}.qkv.weight"][0], space.cuts_by_key[
-                f"{heads.name}.proj.weight"][0]
+            qkv_cut = space.cuts_by_key[f"{heads.name}.qkv.weight"][0]
+            proj_cut = space.cuts_by_key[f"{heads.name}.proj.weight"][0]
             tp.prune_linear_out_channels(attn.qkv, space.tensor_index(qkv_cut, removed).tolist())
             tp.prune_linear_in_channels(attn.proj, space.tensor_index(proj_cut, removed).tolist())
             attn.num_heads = len(masks.kept[heads.name])

@@ -106,8 +106,8 @@ def _cnn_space(arch: str, model: nn.Module) -> UnitSpace:
             if module not in order or list(idxs) != list(range(size)):
                 continue  # graph-only nodes (add, relu) carry no tensors; resnets map channels 1:1
             cuts.extend(_module_cuts(names[module], module, dim=0 if _is_out_fn(dg, fn) else 1, unit=name))
-    return UnitSpace(arch, tuple(sorted(units, key=lambda u: order[dict(model.named_modules())[u.name]])),
-                     tuple(cuts))
+    modules = dict(model.named_modules())
+    return UnitSpace(arch, tuple(sorted(units, key=lambda u: order[modules[u.name]])), tuple(cuts))
 
 
 def _module_cuts(prefix: str, module: nn.Module, dim: int, unit: str) -> list[Cut]:
