@@ -92,21 +92,19 @@ def _is_out_fn(dg: tp.DependencyGraph, fn: object) -> bool:
 
 def _cnn_space(arch: str, model: nn.Module) -> UnitSpace:
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(_TRACE_SPEC.shape(1)))
-    order = {m: i for i, (_, m) in enumerate(model.named_modules())}
-    names = {m: n for n, m in model.named_modules()}
-    classifier = model.get_classifier()
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    order = {m: i for i, m in enumerate(modules.values())}
     units, cuts = [], []
-    for group in dg.get_all_groups(ignored_layers=[classifier], root_module_types=[nn.Conv2d, nn.Linear]):
-        members = [(dep.target.module, dep.handler, idxs) for dep, idxs in group]
-        outs = [m for m, fn, _ in members if _is_out_fn(dg, fn) and m in order]
-        name = names[min(outs, key=order.__getitem__)]
+    for group in dg.get_all_groups(ignored_layers=[model.get_classifier()], root_module_types=[nn.Conv2d, nn.Linear]):
+        members = [(dep.target.module, dep.handler, idxs) for dep, idxs in group if dep.target.module in order]
+        name = names[min((m for m, fn, _ in members if _is_out_fn(dg, fn)), key=order.__getitem__)]
         size = len(group[0][1])
         units.append(Unit(name, "channels", size))
-        for module, fn, idxs in members:
-            if module not in order or list(idxs) != list(range(size)):
-                continue  # graph-only nodes (add, relu) carry no tensors; resnets map channels 1:1
+        for module, fn, idxs in members:  # graph-only nodes (add, relu) carry no tensors and are left out above
+            if list(idxs) != list(range(size)):
+                raise NotImplementedError(f"{arch}: {names[module]} maps channels of group {name} non-trivially")
             cuts.extend(_module_cuts(names[module], module, dim=0 if _is_out_fn(dg, fn) else 1, unit=name))
-    modules = dict(model.named_modules())
     return UnitSpace(arch, tuple(sorted(units, key=lambda u: order[modules[u.name]])), tuple(cuts))
 
 
