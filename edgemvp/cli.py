@@ -51,13 +51,14 @@ def cli(ctx: click.Context, cache_dir: Path | None, data_dir: Path | None, verbo
 class _Bar:
     """A tqdm bar that appears only when work starts (errors before that stay one line)."""
 
-    def __init__(self, desc: str) -> None:
-        self.desc = desc
+    def __init__(self, desc: str, unit: str = "step", position: int | None = None, leave: bool = True) -> None:
+        self.desc, self.unit, self.position, self.leave = desc, unit, position, leave
         self.bar: tqdm | None = None
 
     def reset(self, total: int | None = None) -> None:
         if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.desc, unit="step", dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, dynamic_ncols=True, file=sys.stderr,
+                            position=self.position, leave=self.leave)
         else:
             self.bar.reset(total=total)
 
@@ -255,3 +256,8 @@ def main() -> None:
             raise
         click.echo(f"error: unexpected {exc.__class__.__name__}: {exc} (run with -v for the traceback)", err=True)
         sys.exit(1)
+
+
+from edgemvp import cli_zoo  # noqa: E402  (registers the zoo commands on the group above)
+
+cli_zoo.register(cli)

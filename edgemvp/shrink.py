@@ -35,46 +35,67 @@ def _removed(masks: Masks, unit: str, size: int) -> list[int]:
     return [i for i in range(size) if i not in keep]
 
 
+def _positions(masks: Masks, current: Masks | None, unit: str, size: int) -> tuple[list[int], int]:
+    """Positions to remove in the model's current layout of ``unit``, and the current unit count."""
+    if current is None:
+        return _removed(masks, unit, size), size
+    have = current.kept[unit]
+    keep = set(masks.kept[unit])
+    if not keep <= set(have):
+        raise UsageError(f"unit '{unit}': the new masks keep units the model no longer has")
+    return [p for p, i in enumerate(have) if i not in keep], len(have)
+
+
 def _first_conv(model: nn.Module) -> nn.Conv2d:
     return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
-def _shrink_cnn(model: nn.Module, masks: Masks, space: UnitSpace) -> None:
+def _shrink_cnn(model: nn.Module, masks: Masks, space: UnitSpace, current: Masks | None) -> None:
+    todo = {u.name: _positions(masks, current, u.name, u.size)[0] for u in space.units}
+    if not any(todo.values()):
+        return
     example = torch.zeros(1, _first_conv(model).in_channels, 32, 32)
+    was_training = model.training
+    model.eval()  # tracing in train mode would move BatchNorm running statistics
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    model.train(was_training)
     modules = dict(model.named_modules())
     for unit in space.units:
-        removed = _removed(masks, unit.name, unit.size)
+        removed = todo[unit.name]
         if removed:
             root = modules[unit.name]
             dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, removed).prune()
 
 
-def _shrink_vit(model: nn.Module, masks: Masks, space: UnitSpace) -> None:
+def _shrink_vit(model: nn.Module, masks: Masks, space: UnitSpace, current: Masks | None) -> None:
     for i, block in enumerate(model.blocks):
         attn, mlp = block.attn, block.mlp
         heads = space.by_name[f"blocks.{i}.attn"]
-        removed = torch.tensor(_removed(masks, heads.name, heads.size), dtype=torch.long)
+        pos, have = _positions(masks, current, heads.name, heads.size)
+        removed = torch.tensor(pos, dtype=torch.long)
         if len(removed):
             qkv_cut = space.cuts_by_key[f"{heads.name}.qkv.weight"][0]
             proj_cut = space.cuts_by_key[f"{heads.name}.proj.weight"][0]
-            tp.prune_linear_out_channels(attn.qkv, space.tensor_index(qkv_cut, removed).tolist())
-            tp.prune_linear_in_channels(attn.proj, space.tensor_index(proj_cut, removed).tolist())
+            tp.prune_linear_out_channels(attn.qkv, space.tensor_index(qkv_cut, removed, have).tolist())
+            tp.prune_linear_in_channels(attn.proj, space.tensor_index(proj_cut, removed, have).tolist())
             attn.num_heads = len(masks.kept[heads.name])
             attn.attn_dim = attn.num_heads * attn.head_dim  # timm reshapes the attention output to attn_dim
         mlp_unit = space.by_name[f"blocks.{i}.mlp"]
-        removed_nodes = _removed(masks, mlp_unit.name, mlp_unit.size)
+        removed_nodes, _ = _positions(masks, current, mlp_unit.name, mlp_unit.size)
         if removed_nodes:
             tp.prune_linear_out_channels(mlp.fc1, removed_nodes)
             tp.prune_linear_in_channels(mlp.fc2, removed_nodes)
 
 
-def shrink(model: nn.Module, masks: Masks) -> nn.Module:
+def shrink(model: nn.Module, masks: Masks, current: Masks | None = None) -> nn.Module:
     """Physically remove the units the masks do not keep (in place).
 
     Args:
-        model: A fresh, unpruned model of ``masks.arch`` (any class count, channels and input size).
+        model: A model of ``masks.arch`` (any class count, channels and input size): unpruned, or already
+            shrunk to ``current``.
         masks: Validated masks.
+        current: The masks ``model`` is already shrunk to (``None``: unpruned). ``masks`` must keep a subset
+            of them; this is how pruners shrink progressively.
 
     Returns:
         The same module object, now dense and smaller.
@@ -82,10 +103,10 @@ def shrink(model: nn.Module, masks: Masks) -> nn.Module:
     space = unit_space(masks.arch)
     if get_arch(masks.arch).family == "vit":
         with torch.no_grad():
-            _shrink_vit(model, masks, space)
+            _shrink_vit(model, masks, space, current)
     else:
         with torch.enable_grad():  # the dependency graph traces with autograd
-            _shrink_cnn(model, masks, space)
+            _shrink_cnn(model, masks, space, current)
     return model
 
 
@@ -160,8 +181,12 @@ def save_pruned(model: nn.Module, masks: Masks, spec: InputSpec, num_classes: in
     """
     folder.mkdir(parents=True, exist_ok=True)
     masks.save(folder / MASKS_FILE)
-    meta = {"arch": masks.arch, "num_classes": str(num_classes), "input_spec": json.dumps(spec.to_dict())}
-    return save_weights(model.state_dict(), folder / WEIGHTS_FILE, metadata=meta)
+    return save_weights(model.state_dict(), folder / WEIGHTS_FILE, metadata=pruned_metadata(masks, spec, num_classes))
+
+
+def pruned_metadata(masks: Masks, spec: InputSpec, num_classes: int) -> dict[str, str]:
+    """The safetensors header fields that make pruned weights self-describing."""
+    return {"arch": masks.arch, "num_classes": str(num_classes), "input_spec": json.dumps(spec.to_dict())}
 
 
 def load_pruned(folder: str | os.PathLike[str], expected_sha256: str | None = None) -> tuple[nn.Module, Masks]:

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Literal, Protocol
+from typing import Iterable, Iterator, Literal, Protocol, Sequence
 
 import torch
 import torch.nn as nn
@@ -71,24 +71,45 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def make_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int
-                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """An optimiser with no weight decay on 1-D parameters and a warm-up + cosine schedule."""
+def lr_factor(cfg: OptimConfig, step: int, total_steps: int) -> float:
+    """The schedule: linear warm-up to the peak, then cosine decay to zero at ``total_steps``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, total_steps - cfg.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / span)))
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, extra_groups: Sequence[dict] = ()) -> torch.optim.Optimizer:
+    """An optimiser with no weight decay on 1-D parameters; ``extra_groups`` carry their own ``lr``.
+
+    Every group records its peak learning rate as ``peak_lr`` (the schedule scales from it).
+    """
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "peak_lr": cfg.lr},
+              {"params": no_decay, "weight_decay": 0.0, "peak_lr": cfg.lr}]
+    groups += [{"weight_decay": 0.0, **g, "peak_lr": g.get("lr", cfg.lr)} for g in extra_groups]
     if cfg.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    else:
-        opt = torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        span = max(1, total_steps - cfg.warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / span)))
 
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+class StepHook:
+    """Lets a pruner take part in training without its own loop (the default does nothing).
+
+    ``param_groups`` adds optimiser groups (e.g. AHNP's scores with a larger learning rate), ``penalty`` adds
+    to the loss (e.g. their L1 norm), and ``after_step`` may change the model; returning True says its
+    parameters were replaced (progressive shrinking), so the optimiser is rebuilt.
+    """
+
+    def param_groups(self) -> list[dict]:
+        return []
+
+    def penalty(self) -> torch.Tensor | None:
+        return None
+
+    def after_step(self, step: int) -> bool:
+        return False
 
 
 def cpu_supports_bf16() -> bool:
@@ -110,7 +131,7 @@ def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextMana
 
 def train_steps(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int,
                 cfg: OptimConfig, device: torch.device | None = None, progress: Progress | None = None,
-                amp: bool = True) -> list[float]:
+                amp: bool = True, hook: StepHook | None = None) -> list[float]:
     """Run ``steps`` optimisation steps of cross-entropy training.
 
     Args:
@@ -121,37 +142,42 @@ def train_steps(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Te
         device: Defaults to :func:`default_device`.
         progress: Receives one ``update`` per step and the running loss.
         amp: Mixed precision where the hardware has it: fp16/bf16 on CUDA, bf16 on CPUs with native bf16.
+        hook: A pruner's additions (extra parameter groups, a penalty, changes after a step).
 
     Returns:
         The loss of every step.
     """
     device = device or default_device()
     progress = _NoProgress() if progress is None else progress  # tqdm has no truth value
+    hook = hook or StepHook()
     model.to(device).train()
     channels_last = any(p.ndim == 4 for p in model.parameters())  # CNNs run faster in NHWC
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    opt, sched = make_optimizer(model, cfg, steps)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=memory)
+    opt = build_optimizer(model, cfg, hook.param_groups())
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
     losses: list[float] = []
     progress.reset(total=steps)
-    for _, (x, y) in zip(range(steps), batches):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    for step, (x, y) in zip(range(steps), batches):
+        for group in opt.param_groups:
+            group["lr"] = group["peak_lr"] * lr_factor(cfg, step, steps)
+        x, y = x.to(device, non_blocking=True).contiguous(memory_format=memory), y.to(device, non_blocking=True)
         with _autocast(device, amp):
             loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+        penalty = hook.penalty()
+        total = loss if penalty is None else loss + penalty
         opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(total).backward()
         scaler.step(opt)
         scaler.update()
-        sched.step()
         losses.append(float(loss.detach()))
+        if hook.after_step(step):
+            model.to(device=device, memory_format=memory)
+            opt = build_optimizer(model, cfg, hook.param_groups())
         progress.update(1)
         if len(losses) % 10 == 0:
             progress.set_postfix(loss=f"{sum(losses[-10:]) / 10:.3f}")
-    if channels_last:
-        model.to(memory_format=torch.contiguous_format)
+    model.to(memory_format=torch.contiguous_format)
     return losses
 
 

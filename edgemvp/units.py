@@ -78,11 +78,17 @@ class UnitSpace:
             out.setdefault(cut.key, []).append(cut)
         return {k: tuple(v) for k, v in out.items()}
 
-    def tensor_index(self, cut: Cut, kept: torch.Tensor) -> torch.Tensor:
-        """Tensor indices along ``cut.dim`` that belong to the kept unit indices (sorted)."""
+    def tensor_index(self, cut: Cut, kept: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Tensor indices along ``cut.dim`` that belong to the kept unit indices (sorted).
+
+        Args:
+            cut: Which tensor and dimension.
+            kept: Unit positions.
+            size: Units the tensor currently holds (default: the unpruned count; less in a shrunk model).
+        """
         unit = self.by_name[cut.unit]
         rows = (kept[:, None] * unit.width + torch.arange(unit.width)).reshape(-1)
-        block = unit.size * unit.width
+        block = (unit.size if size is None else size) * unit.width
         return torch.cat([rows + r * block for r in range(cut.repeat)])
 
 

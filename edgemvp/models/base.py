@@ -6,6 +6,7 @@ without one is an unfinished pre-training and is ignored.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from edgemvp.errors import UsageError
@@ -101,3 +103,25 @@ def load_base(arch: str, dataset: str, cache: str | os.PathLike[str] | None = No
     model = create_model(arch, len(manifest.classes), manifest.input_spec)
     load_into(model, load_weights(folder / WEIGHTS, manifest.weights_sha256), str(folder / WEIGHTS))
     return model.eval(), manifest
+
+
+def task_model(base: nn.Module, base_classes: tuple[str, ...], classes: tuple[str, ...],
+               seed: int = 0) -> nn.Module:
+    """A copy of ``base`` whose classifier predicts ``classes`` (DESIGN.md decision 5, single-parent case).
+
+    A row for a class the base knows is copied from the base's row for that class (by identity, not position);
+    other rows keep timm's default initialisation, seeded.
+    """
+    model = copy.deepcopy(base)
+    old = model.get_classifier()
+    torch.manual_seed(seed)
+    model.reset_classifier(len(classes))
+    new = model.get_classifier()
+    index = {c: i for i, c in enumerate(base_classes)}
+    with torch.no_grad():
+        for row, name in enumerate(classes):
+            if name in index:
+                new.weight[row] = old.weight[index[name]]
+                if new.bias is not None and old.bias is not None:
+                    new.bias[row] = old.bias[index[name]]
+    return model

@@ -6,7 +6,9 @@ never loaded with a fallback.
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 
@@ -35,13 +37,27 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def weights_bytes(state: StateDict, metadata: dict[str, str] | None = None) -> bytes:
+    """A state dict as safetensors bytes, byte-for-byte deterministic for equal tensors and metadata.
+
+    safetensors writes its JSON header from a hash map, so key order (of the metadata in particular) varies
+    between processes; the header is rewritten with sorted keys, keeping the format's 8-byte alignment, so
+    content addressing (zoo entry ids) does not depend on the process that wrote the file.
+    """
+    raw = st_save({k: v.detach().contiguous().cpu() for k, v in state.items()}, metadata=metadata)
+    size = struct.unpack("<Q", raw[:8])[0]
+    header = json.dumps(json.loads(raw[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + raw[8 + size :]
+
+
 def save_weights(state: StateDict, path: Path, metadata: dict[str, str] | None = None) -> str:
     """Write a state dict as safetensors atomically.
 
     Returns:
         The sha256 of the written file.
     """
-    data = st_save({k: v.detach().contiguous().cpu() for k, v in state.items()}, metadata=metadata)
+    data = weights_bytes(state, metadata)
     atomic_write_bytes(path, data)
     return sha256_bytes(data)
 

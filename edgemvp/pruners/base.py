@@ -1,0 +1,169 @@
+"""The pruner interface, its typed configuration and the registry."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Literal, Protocol
+
+import torch
+import torch.nn as nn
+
+from edgemvp.errors import UsageError, unknown
+from edgemvp.masks import Masks, keep_count
+from edgemvp.train import OptimConfig, Progress
+from edgemvp.units import unit_space
+
+Family = Literal["cnn", "vit"]
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+
+# Learning rates measured on zoo tasks (docs/results.md, "Zoo pruner calibration"); the paper's 0.005 was far
+# from converged for resnet18 at 32 px on 2 CPU cores within J = 1000.
+DEFAULT_OPTIM: dict[Family, OptimConfig] = {
+    "cnn": OptimConfig(optimizer="sgd", lr=0.05, weight_decay=5e-4, momentum=0.9),
+    "vit": OptimConfig(optimizer="adamw", lr=2e-4, weight_decay=0.05),
+}
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Hyper-parameters of a single-task pruning run (paper defaults where it gives them).
+
+    Attributes:
+        ratio: Fraction of units removed in every group (paper: 0.9).
+        iters: Optimiser steps J in all (AHNP: score phase plus ``finetune_iters``).
+        batch_size: Training batch (paper: 128).
+        lr: Peak learning rate of inherited weights; ``None`` takes the family default (:data:`DEFAULT_OPTIM`).
+        weight_decay: ``None`` takes the family default.
+        prune_fraction: p, the share of each group's remaining units removed at every pruning event.
+        prune_every: h, steps between pruning events; ``None`` spreads the events evenly so the target is
+            reached at ``prune_until`` of the score/pruning phase.
+        prune_until: Fraction of the pruning phase by which the target ratio is reached when ``prune_every``
+            is ``None``; the rest is fine-tuning of the final sub-network.
+        finetune_iters: AHNP's K fine-tune steps after thresholding; ``None`` is ``iters // 2``.
+        score_lr: AHNP's learning rate for head/node scores (larger than ``lr``).
+        l1: AHNP's L1 weight on the scores (summed over groups of per-group mean |score|).
+        seed: Seeds batches, random masks and initialisation.
+        amp: Mixed precision where the hardware has it.
+    """
+
+    ratio: float = 0.9
+    iters: int = 1000
+    batch_size: int = 128
+    lr: float | None = None
+    weight_decay: float | None = None
+    prune_fraction: float = 0.2
+    prune_every: int | None = None
+    prune_until: float = 0.5
+    finetune_iters: int | None = None
+    score_lr: float = 0.05
+    l1: float = 1e-2
+    seed: int = 0
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ratio < 1.0:
+            raise UsageError(f"ratio must be in (0, 1), got {self.ratio}")
+        if self.iters < 1 or self.batch_size < 1:
+            raise UsageError("iters and batch size must be at least 1")
+        if not 0.0 < self.prune_fraction < 1.0:
+            raise UsageError(f"prune fraction must be in (0, 1), got {self.prune_fraction}")
+        if not 0.0 < self.prune_until <= 1.0:
+            raise UsageError(f"prune-until must be in (0, 1], got {self.prune_until}")
+        if self.prune_every is not None and self.prune_every < 1:
+            raise UsageError("prune-every must be at least 1")
+        if self.finetune_iters is not None and not 0 <= self.finetune_iters < self.iters:
+            raise UsageError("finetune iters must be in [0, iters)")
+
+    def optim(self, family: Family) -> OptimConfig:
+        """The optimiser for inherited weights: family default with this config's overrides."""
+        base = DEFAULT_OPTIM[family]
+        return OptimConfig(optimizer=base.optimizer, lr=self.lr if self.lr is not None else base.lr,
+                           weight_decay=base.weight_decay if self.weight_decay is None else self.weight_decay,
+                           momentum=base.momentum)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for manifests."""
+        return asdict(self)
+
+
+@dataclass
+class PruneOutcome:
+    """What a pruner returns: the shrunk, trained model, its masks and the training losses."""
+
+    model: nn.Module
+    masks: Masks
+    losses: list[float] = field(default_factory=list)
+    events: int = 0
+
+
+class Pruner(Protocol):
+    """A single-task pruning algorithm."""
+
+    name: str
+    families: tuple[Family, ...]
+
+    def __call__(self, model: nn.Module, arch: str, batches: Batches, cfg: PruneConfig, base_sha256: str,
+                 device: torch.device | None, progress: Progress | None) -> PruneOutcome: ...
+
+
+PRUNERS: dict[str, Pruner] = {}
+
+
+def register_pruner(name: str, families: tuple[Family, ...]) -> Callable[[Callable], Pruner]:
+    """Register a pruning function under ``name`` for the given model families."""
+
+    def wrap(fn: Callable) -> Pruner:
+        fn.name, fn.families = name, families  # type: ignore[attr-defined]
+        PRUNERS[name] = fn  # type: ignore[assignment]
+        return fn  # type: ignore[return-value]
+
+    return wrap
+
+
+def get_pruner(name: str, family: Family | None = None) -> Pruner:
+    """A registered pruner, checked against the model family.
+
+    Raises:
+        UsageError: Unknown pruner, or one that does not prune this family.
+    """
+    if name not in PRUNERS:
+        raise unknown("pruner", name, sorted(PRUNERS))
+    pruner = PRUNERS[name]
+    if family is not None and family not in pruner.families:
+        fits = sorted(n for n, p in PRUNERS.items() if family in p.families)
+        raise UsageError(f"pruner '{name}' does not prune {family.upper()} models; use one of: {', '.join(fits)}")
+    return pruner
+
+
+def final_keep(arch: str, ratio: float) -> dict[str, int]:
+    """Units each group keeps at the end: max(1, round((1 - r) n)) (DESIGN.md decision 2)."""
+    return {u.name: keep_count(u.size, ratio) for u in unit_space(arch).units}
+
+
+def next_keep(have: int, final: int, fraction: float) -> int:
+    """Units a group keeps after one pruning event: p% of the remaining removed (at least one), not below final."""
+    return max(final, have - max(1, round(fraction * have)))
+
+
+def pruning_events(sizes: dict[str, int], finals: dict[str, int], fraction: float) -> int:
+    """Events needed until every group reaches its final size."""
+    worst = 0
+    for name, have in sizes.items():
+        count = 0
+        while have > finals[name]:
+            have, count = next_keep(have, finals[name], fraction), count + 1
+        worst = max(worst, count)
+    return worst
+
+
+def event_interval(cfg: PruneConfig, phase_steps: int, events: int) -> int:
+    """h: the configured interval, or one that finishes ``events`` events by ``prune_until`` of the phase."""
+    if cfg.prune_every is not None:
+        return cfg.prune_every
+    return max(1, math.floor(cfg.prune_until * phase_steps / max(1, events)))
+
+
+def prune_positions(scores: torch.Tensor, keep: int) -> list[int]:
+    """Positions of the ``keep`` highest scores, in increasing order (ties keep the lower position)."""
+    order = torch.argsort(-scores.double(), stable=True)[:keep]
+    return sorted(order.tolist())
