@@ -188,7 +188,8 @@ def units(arch: str) -> None:
 @click.option("--dataset", default="fashion-mnist", show_default=True, help="Dataset (see 'edgemvp datasets list').")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=12.0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.2, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate [default: 0.2 SGD for CNNs, 1e-3 AdamW for ViTs].")
 @click.option("--size", type=click.IntRange(min=8), default=32, show_default=True, help="Input side in px.")
 @click.option("--init", default="none", show_default=True,
               help="Start weights: 'none' (random), 'hub' (timm hub, online) or a local weights file "
@@ -196,7 +197,7 @@ def units(arch: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Train again even if the cache has this base.")
 @pass_ctx
-def pretrain(ctx: Context, arch: str, dataset: str, epochs: float, batch_size: int, lr: float, size: int,
+def pretrain(ctx: Context, arch: str, dataset: str, epochs: float, batch_size: int, lr: float | None, size: int,
              init: str, seed: int, force: bool) -> None:
     """Pre-train the base model on all classes of a dataset and cache it."""
     from edgemvp.models.base import find_base
@@ -208,7 +209,11 @@ def pretrain(ctx: Context, arch: str, dataset: str, epochs: float, batch_size: i
                    "(use --force to train again)")
         return
     cfg = PretrainConfig(epochs=epochs, batch_size=batch_size, size=size, seed=seed, init=init)  # type: ignore[arg-type]
-    cfg = replace(cfg, optim=replace(cfg.optim, lr=lr))
+    if lr is not None:
+        from edgemvp.models.factory import get_arch
+        from edgemvp.pretrain import PRETRAIN_OPTIM
+
+        cfg = replace(cfg, optim=replace(PRETRAIN_OPTIM[get_arch(arch).family], lr=lr))
     with _Bar(f"pretrain {arch}") as bar:
         manifest = run(arch, dataset, cfg, ctx.cache, ctx.data, progress=bar)
     click.echo(f"{arch} on {manifest.dataset}: test accuracy {manifest.test_acc:.2f}% on "

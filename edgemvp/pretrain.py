@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
@@ -34,8 +34,15 @@ class PretrainConfig:
     seed: int = 0
     init: str = "none"  # "none", "hub" or a local weights file
     amp: bool = True
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
-        optimizer="sgd", lr=0.2, weight_decay=5e-4, warmup_steps=100, label_smoothing=0.1))
+    optim: OptimConfig | None = None  # None: the family's default (PRETRAIN_OPTIM)
+
+
+# CNNs: measured on resnet18/Fashion-MNIST (docs/results.md). ViTs train badly with that SGD recipe from
+# scratch; AdamW with warm-up is the usual one (DeiT), at a learning rate suited to a small batch.
+PRETRAIN_OPTIM = {
+    "cnn": OptimConfig(optimizer="sgd", lr=0.2, weight_decay=5e-4, warmup_steps=100, label_smoothing=0.1),
+    "vit": OptimConfig(optimizer="adamw", lr=1e-3, weight_decay=0.05, warmup_steps=200, label_smoothing=0.1),
+}
 
 
 def input_spec_for(dataset: Dataset, size: int, init: str = "none", sample: int = 10000) -> InputSpec:
@@ -83,11 +90,12 @@ def pretrain(arch: str, dataset_name: str, cfg: PretrainConfig = PretrainConfig(
     steps = pretrain_steps(len(train), cfg)
     start = time.perf_counter()
     batches = train_batches(train, spec, cfg.batch_size, cfg.seed)
-    train_steps(model, batches, steps, cfg.optim, device, progress, amp=cfg.amp)
+    optim = cfg.optim or PRETRAIN_OPTIM[get_arch(arch).family]
+    train_steps(model, batches, steps, optim, device, progress, amp=cfg.amp)
     train_s = time.perf_counter() - start
     acc = accuracy(model, eval_batches(test, spec), device)
     logger.info("%s on %s: %.2f%% test accuracy after %d steps (%.0f s)", arch, dataset.name, acc, steps, train_s)
-    settings = {**asdict(cfg), "steps": steps, "train_seconds": round(train_s, 1),
+    settings = {**asdict(cfg), "optim": asdict(optim), "steps": steps, "train_seconds": round(train_s, 1),
                 "device": str(device or default_device())}
     manifest = BaseManifest(arch, dataset.name, spec, dataset.classes, round(acc, 3), "", settings, tool_versions())
     return save_base(model.cpu(), manifest, base_folder(arch, dataset.name, cache))

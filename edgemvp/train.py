@@ -131,7 +131,7 @@ def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextMana
 
 def train_steps(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int,
                 cfg: OptimConfig, device: torch.device | None = None, progress: Progress | None = None,
-                amp: bool = True, hook: StepHook | None = None) -> list[float]:
+                amp: bool = True, hook: StepHook | None = None, deterministic: bool = False) -> list[float]:
     """Run ``steps`` optimisation steps of cross-entropy training.
 
     Args:
@@ -143,6 +143,8 @@ def train_steps(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Te
         progress: Receives one ``update`` per step and the running loss.
         amp: Mixed precision where the hardware has it: fp16/bf16 on CUDA, bf16 on CPUs with native bf16.
         hook: A pruner's additions (extra parameter groups, a penalty, changes after a step).
+        deterministic: Bit-reproducible on CPU: fp32 instead of bf16 autocast (oneDNN's bf16 kernels were
+            measured to give different weights from run to run with the same seeds; fp32 does not).
 
     Returns:
         The loss of every step.
@@ -162,7 +164,7 @@ def train_steps(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Te
         for group in opt.param_groups:
             group["lr"] = group["peak_lr"] * lr_factor(cfg, step, steps)
         x, y = x.to(device, non_blocking=True).contiguous(memory_format=memory), y.to(device, non_blocking=True)
-        with _autocast(device, amp):
+        with _autocast(device, amp and not (deterministic and device.type == "cpu")):
             loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
         penalty = hook.penalty()
         total = loss if penalty is None else loss + penalty

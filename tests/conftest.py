@@ -17,3 +17,18 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Every test run gets its own cache, so nothing depends on (or touches) the user's."""
     os.environ["EDGEMVP_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     os.environ.pop("EDGEMVP_DATA", None)
+
+
+@pytest.fixture(scope="session")
+def tiny_bases(tmp_path_factory: pytest.TempPathFactory):
+    """A cache with tiny digits bases (16 px grey): resnet18 and vit_tiny, briefly trained."""
+    from edgemvp.pretrain import PretrainConfig, pretrain
+    from edgemvp.train import OptimConfig
+
+    cache = tmp_path_factory.mktemp("bases")
+    pretrain("resnet18", "digits", PretrainConfig(epochs=2, batch_size=64, size=16,
+                                                  optim=OptimConfig(lr=0.05, warmup_steps=5)), cache=cache)
+    pretrain("vit_tiny", "digits", PretrainConfig(epochs=1, batch_size=64, size=16,
+                                                  optim=OptimConfig("adamw", lr=1e-3, weight_decay=0.05,
+                                                                    warmup_steps=5)), cache=cache)
+    return cache

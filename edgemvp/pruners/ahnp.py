@@ -70,7 +70,7 @@ class _ScoreHook(StepHook):
     def threshold(self) -> None:
         """One event: every group not at its target switches off p% of its remaining units (smallest |score|)."""
         for name in self.units:
-            alive = torch.flatnonzero(self.alive[name])
+            alive = self.alive[name].nonzero().flatten()
             keep = next_keep(len(alive), self.finals[name], self.cfg.prune_fraction)
             if keep < len(alive):
                 score = self.scores[name.replace(".", "_")].detach().abs().cpu()[alive]
@@ -79,7 +79,7 @@ class _ScoreHook(StepHook):
         self.events += 1
 
     def masks(self, base_sha256: str, arch: str) -> Masks:
-        return Masks(arch, {n: tuple(torch.flatnonzero(a).tolist()) for n, a in self.alive.items()}, base_sha256)
+        return Masks(arch, {n: tuple(a.nonzero().flatten().tolist()) for n, a in self.alive.items()}, base_sha256)
 
     @torch.no_grad()
     def fold(self, model: nn.Module) -> None:
@@ -100,12 +100,14 @@ def ahnp(model: nn.Module, arch: str, batches: Batches, cfg: PruneConfig, base_s
     finetune = cfg.iters // 2 if cfg.finetune_iters is None else cfg.finetune_iters
     phase = cfg.iters - finetune
     hook = _ScoreHook(model, arch, cfg, phase)
-    losses = train_steps(model, batches, phase, cfg.optim("vit"), device, progress, cfg.amp, hook=hook)
+    losses = train_steps(model, batches, phase, cfg.optim("vit"), device, progress, cfg.amp,
+                         hook=hook, deterministic=True)
     while not hook.done:  # the last event may fall after the phase when h does not divide it
         hook.threshold()
     hook.fold(model)
     masks = hook.masks(base_sha256, arch)
     shrink(model.cpu(), masks)
     if finetune:
-        losses += train_steps(model, batches, finetune, cfg.optim("vit"), device, progress, cfg.amp)
+        losses += train_steps(model, batches, finetune, cfg.optim("vit"), device, progress, cfg.amp,
+                              deterministic=True)
     return PruneOutcome(model.eval(), masks, losses, hook.events)

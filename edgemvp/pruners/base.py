@@ -43,7 +43,7 @@ class PruneConfig:
         score_lr: AHNP's learning rate for head/node scores (larger than ``lr``).
         l1: AHNP's L1 weight on the scores (summed over groups of per-group mean |score|).
         seed: Seeds batches, random masks and initialisation.
-        amp: Mixed precision where the hardware has it.
+        amp: Mixed precision on CUDA. CPU runs fp32 so that builds are bit-reproducible.
     """
 
     ratio: float = 0.9

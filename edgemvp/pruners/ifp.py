@@ -105,7 +105,8 @@ def run_ifp(model: nn.Module, arch: str, batches: Batches, cfg: PruneConfig, bas
     """Prune ``model`` (the base with the task's head) with IFP; see the module docstring."""
     hook = _IFPHook(model, full_masks(arch, base_sha256), cfg, importance)
     try:
-        losses = train_steps(model, batches, cfg.iters, cfg.optim("cnn"), device, progress, cfg.amp, hook=hook)
+        losses = train_steps(model, batches, cfg.iters, cfg.optim("cnn"), device, progress, cfg.amp,
+                         hook=hook, deterministic=True)
         if not hook.done:  # fewer steps than events: finish on the last scores (no fine-tuning left)
             logger.warning("IFP: %d iterations were too few to reach the target by pruning every %d steps; "
                            "pruning the rest at the end", cfg.iters, hook.every)

@@ -1,0 +1,149 @@
+"""Zoo builds: resumable, deterministic, crash-safe under SIGKILL, the same through Ray; CLI bad input."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgemvp.data.datasets import get_dataset
+from edgemvp.data.loader import eval_batches
+from edgemvp.data.tasks import task_view
+from edgemvp.pruners import PruneConfig
+from edgemvp.train import accuracy
+from edgemvp.zoo import ZooStore
+from edgemvp.zoo.build import BuildSpec, build
+
+ROOT = Path(__file__).parent.parent
+SPEC = BuildSpec("resnet18", "digits", tasks=4, classes_per_task=3, pruner="ifp-activation",
+                 config=PruneConfig(iters=12, batch_size=32), seed=0)
+CLI_BUILD = ["zoo", "build", "--dataset", "digits", "--tasks", "4", "--classes-per-task", "3", "--iters", "12",
+             "--batch-size", "32", "--threads", "2"]
+
+
+def _cli(cache: Path, *args: str, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "EDGEMVP_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "edgemvp", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, **kw)
+
+
+def test_build_resume_and_rebuild_from_store(tiny_bases, tmp_path: Path) -> None:
+    zoo = tmp_path / "zoo"
+    first = build(SPEC, zoo, tiny_bases, threads=2)
+    assert first.built == 4 and first.skipped == 0 and len(set(first.ids)) == 4
+    again = build(SPEC, zoo, tiny_bases, threads=2)
+    assert again.built == 0 and again.skipped == 4 and again.ids == first.ids
+    more = build(BuildSpec(**{**SPEC.__dict__, "tasks": 5}), zoo, tiny_bases, threads=2)
+    assert more.built == 1 and more.ids[:4] == first.ids  # the i-th task does not depend on the count
+    ds = get_dataset("digits")
+    with ZooStore.open(zoo) as store:
+        assert len(store) == 5 and store.verify().clean
+        for row in store.rows():
+            entry = store.get(row.id)
+            assert set(entry.manifest.task.classes) <= set(ds.classes) and len(entry.manifest.task.classes) == 3
+            view = task_view(entry.manifest.task, ds, "test")
+            acc = accuracy(entry.load_model(), eval_batches(view, entry.manifest.base.input_spec), torch.device("cpu"))
+            assert acc == pytest.approx(row.test_acc, abs=0.1)  # rebuilt from the store, same accuracy
+
+
+def test_same_seeds_same_entries_in_another_process(tiny_bases, tmp_path: Path) -> None:
+    here = build(SPEC, tmp_path / "a", tiny_bases, threads=2)
+    proc = _cli(tiny_bases, *CLI_BUILD, "--zoo", str(tmp_path / "b"))
+    assert proc.returncode == 0, proc.stderr
+    with ZooStore.open(tmp_path / "b") as store:
+        assert tuple(r.id for r in store.rows()) == here.ids
+
+
+def test_sigkill_at_random_moments_then_resume(tiny_bases, tmp_path: Path) -> None:
+    start = time.perf_counter()
+    clean = _cli(tiny_bases, *CLI_BUILD, "--zoo", str(tmp_path / "clean"))  # the reference, and its duration
+    duration = time.perf_counter() - start
+    assert clean.returncode == 0, clean.stderr
+    zoo = tmp_path / "zoo"
+    env = {**os.environ, "EDGEMVP_CACHE": str(tiny_bases)}
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(10):  # each run resumes the previous one and is killed somewhere in start-up, training or writing
+        proc = subprocess.Popen([sys.executable, "-m", "edgemvp", *CLI_BUILD, "--zoo", str(zoo)], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.15, 0.8) * duration)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 5  # most runs were really interrupted
+    done = _cli(tiny_bases, *CLI_BUILD, "--zoo", str(zoo))
+    assert done.returncode == 0, done.stderr
+    verify = _cli(tiny_bases, "zoo", "verify", "--zoo", str(zoo))
+    assert verify.returncode == 0, verify.stderr
+    assert "0 corrupt, 0 missing" in verify.stdout
+    with ZooStore.open(zoo) as store:
+        rows = store.rows()
+        assert len(rows) == 4 and len({r.job_key for r in rows}) == 4  # every task once
+        assert not list((zoo / "objects").glob(".tmp-*"))
+        on_disk = {p.name for p in store.objects()}
+    assert on_disk == {r.id for r in rows}
+    with ZooStore.open(tmp_path / "clean") as reference:
+        assert {r.id for r in rows} == {r.id for r in reference.rows()}  # the interruptions changed nothing
+
+
+def test_ray_build_gives_the_same_entries(tiny_bases, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    local = build(SPEC, tmp_path / "local", tiny_bases, threads=2)
+    try:
+        distributed = build(SPEC, tmp_path / "ray", tiny_bases, ray_address="local", threads=2)
+    finally:
+        ray.shutdown()
+    assert distributed.ids == local.ids and distributed.built == 4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pruner", "magic"], "unknown pruner 'magic'"),
+    (["--arch", "resnet9"], "unknown arch"),
+    (["--ratio", "1.5"], "ratio must be in (0, 1)"),
+    (["--ratio", "0"], "ratio must be in (0, 1)"),
+    (["--classes-per-task", "11"], "fewer than 11 per task"),
+    (["--pruner", "ahnp"], "does not prune CNN models"),
+])
+def test_bad_build_input_one_line_exit_2_store_untouched(tiny_bases, tmp_path: Path, args, message) -> None:
+    zoo = tmp_path / "zoo"
+    proc = _cli(tiny_bases, "zoo", "build", "--dataset", "digits", "--tasks", "2", "--iters", "2", "--zoo", str(zoo), *args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr
+    assert not zoo.exists()
+
+
+def test_newer_schema_zoo_is_refused_by_the_cli(tiny_bases, tmp_path: Path) -> None:
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    (zoo / "zoo.json").write_text('{"format": "edgemvp-zoo", "schema_version": 7}')
+    for args in (["zoo", "build", "--dataset", "digits", "--tasks", "1", "--zoo", str(zoo)],
+                 ["zoo", "list", "--zoo", str(zoo)], ["zoo", "verify", "--zoo", str(zoo)]):
+        proc = _cli(tiny_bases, *args)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "newer edgemvp" in proc.stderr
+    assert [p.name for p in zoo.iterdir()] == ["zoo.json"]
+
+
+def test_cli_list_show_verify_export_import(tiny_bases, tmp_path: Path) -> None:
+    zoo = tmp_path / "zoo"
+    ids = build(SPEC, zoo, tiny_bases, threads=2).ids
+    listed = _cli(tiny_bases, "zoo", "list", "--zoo", str(zoo))
+    assert listed.returncode == 0 and all(i[:12] in listed.stdout for i in ids)
+    shown = _cli(tiny_bases, "zoo", "show", ids[0][:8], "--zoo", str(zoo))
+    assert shown.returncode == 0 and ids[0] in shown.stdout and '"pruner": "ifp-activation"' in shown.stdout
+    assert _cli(tiny_bases, "zoo", "export", str(tmp_path / "b.tar"), "--zoo", str(zoo)).returncode == 0
+    imported = _cli(tiny_bases, "zoo", "import", str(tmp_path / "b.tar"), "--zoo", str(tmp_path / "copy"))
+    assert imported.returncode == 0 and "imported 4 entries" in imported.stdout
+    weights = next((zoo / "objects").glob(f"{ids[1][:2]}/{ids[1]}")) / "weights.safetensors"
+    weights.chmod(0o644)
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    verify = _cli(tiny_bases, "zoo", "verify", "--zoo", str(zoo))
+    assert verify.returncode == 1 and f"zoo entry {ids[1][:12]}" in verify.stderr
+    missing = _cli(tiny_bases, "zoo", "show", "abc", "--zoo", str(zoo))
+    assert missing.returncode == 2 and "no zoo entry with id abc" in missing.stderr
