@@ -255,3 +255,6 @@ def main() -> None:
             raise
         click.echo(f"error: unexpected {exc.__class__.__name__}: {exc} (run with -v for the traceback)", err=True)
         sys.exit(1)
+
+
+import edgemvp.cli_deploy  # noqa: E402,F401  (registers export, check, devices)

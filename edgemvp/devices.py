@@ -396,7 +396,8 @@ class ProfileRegistry:
         env = [Path(p) for p in os.environ.get(ENV_PROFILES, "").split(os.pathsep) if p]
         cached = user_profile_dir(cache)
         self.profiles: dict[str, DeviceProfile] = {}
-        for root in [PACKAGED, cached, *env, *extra]:
+        roots = [PACKAGED, *([cached] if cached.is_dir() else []), *env, *extra]
+        for root in roots:
             for file in _yaml_files(Path(root)):
                 profile = load_profile(file)
                 self.profiles[profile.name] = profile
@@ -448,3 +449,17 @@ def write_calibrated(profile: DeviceProfile, references: list[Reference], consta
     out = folder / f"{profile.name}.yaml"
     atomic_write_bytes(out, yaml.safe_dump(data, sort_keys=False).encode())
     return out
+
+
+def profile_summary(profile: DeviceProfile) -> dict[str, Any]:
+    """A YAML-ready view of a loaded profile (``devices show``)."""
+    from dataclasses import asdict
+
+    data = asdict(profile)
+    data["path"] = str(profile.path) if profile.path else None
+    data["detected_here"] = profile.is_current()
+    cal = data["calibration"]
+    cal["references"] = [f"{r.model.key()}: {r.latency_ms:g} ms {r.statistic} [{r.source}]"
+                         for r in profile.calibration.references]
+    cal["suite"] = [m.key() for m in profile.calibration.suite]
+    return data

@@ -286,3 +286,30 @@ def calibrate(profile: DeviceProfile, cache: str | os.PathLike[str] | None = Non
                     note=f"median of {runs} runs per model, batch 1, {profile.runtime.threads or 'default'} threads")
     path = write_calibrated(profile, refs, fit.constants.to_dict(), source, user_profile_dir(cache))
     return path, fit
+
+
+def check_model(path: str | os.PathLike[str], profile: DeviceProfile, budget_ms: float | None = None,
+                force_measure: bool = False, cache: str | os.PathLike[str] | None = None, runs: int = 100) -> str:
+    """Validate an ONNX file for a device and hold it to the device's budget (``edgemvp check``).
+
+    Returns:
+        ``within budget: <figure> <= <budget> ms`` with the figure's statistic and source.
+
+    Raises:
+        UsageError: Not ONNX, truncated, failing the checker, or an input shape the device does not take.
+        BudgetExceeded: Over the latency (or model size) budget.
+    """
+    from edgemvp.export import check_onnx, image_input_shape
+
+    model = check_onnx(path)
+    shape = image_input_shape(model, str(path))
+    want = profile.export.input_size
+    if want is not None and shape[2] != want:
+        raise UsageError(f"{path}: wrong input shape {tuple(shape)}: device '{profile.name}' expects {want} px")
+    size_mb = Path(path).stat().st_size / 2 ** 20
+    limit = profile.budget.model_size_mb
+    if limit is not None and size_mb > limit:
+        raise BudgetExceeded(f"over budget: model size {size_mb:.1f} MB > {limit:g} MB ({profile.name})")
+    report = latency(path, profile, force_measure, cache, runs)
+    budget = enforce_budget(report, profile, budget_ms)
+    return f"within budget: {report.label()} <= {budget:g} ms"
