@@ -139,7 +139,8 @@ def export_raw(model: nn.Module, spec: InputSpec, out: Path, cfg: ExportConfig =
             logger.warning("dynamo export failed (%s); falling back to the legacy torchscript exporter",
                            exc.__class__.__name__)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is the documented fallback
             torch.onnx.export(model, example, str(out), dynamo=False,
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **kwargs)
     except Exception as exc:

@@ -25,6 +25,7 @@ def tiny_model(arch: str = "resnet18", ratio: float = 0.9, classes: int = 5, see
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)  # timm zero-initialises the last norm of each block
     if ratio > 0:
         model = shrink(model, random_masks(arch, ratio, seed))
     return model.eval()
