@@ -264,5 +264,6 @@ def main() -> None:
 
 
 from edgemvp import cli_zoo  # noqa: E402  (registers the zoo commands on the group above)
+import edgemvp.cli_deploy  # noqa: E402,F401  (registers export, check, devices)
 
 cli_zoo.register(cli)

@@ -1,0 +1,278 @@
+"""The latency cost model: per-operator FLOPs and bytes of an ONNX graph, and per-device constants fitted to
+reference latencies.
+
+The graph is made static at batch 1 and optimised by onnxruntime at the *basic* level (constant folding,
+Conv+BatchNorm fusion: the graph a runtime executes, before any hardware-specific layout), then shapes are
+inferred and each node becomes one row of an :class:`OpTable`. A node costs a smooth roofline of compute and
+memory time plus a per-operator overhead::
+
+    t_op = sqrt(compute² + memory²) + overhead [+ weight bytes / pack rate for channel-misaligned convolutions]
+    compute = flops / F[class]            class: conv, conv (channels not a multiple of the SIMD block), matmul, other
+    memory  = activation bytes / B_act + weight bytes · (1 / B_cache + spill / B_dram)
+    spill   = max(0, 1 - cache / all weight bytes)   (the share of the weights that cannot stay in cache)
+    latency = Σ t_op + run overhead
+
+The channel split exists because onnxruntime's blocked (NCHWc) convolution kernels need channel counts that
+are multiples of the SIMD width and otherwise fall back to im2col + GEMM with the weights packed on every run;
+pruning to odd widths is the commonest way a pruned model ends up no faster. The ten constants
+(:class:`CostConstants`) start from priors derived from the device's hardware numbers and are fitted by
+non-linear least squares on log latency, with a weak pull towards the priors so that a device with only a few
+reference figures still gets a sensible model.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
+
+    from edgemvp.devices import Hardware
+
+logger = logging.getLogger(__name__)
+
+OP_CLASSES = ("conv", "conv_unaligned", "matmul", "other")
+SMOOTH_P = 2.0  # exponent of the smooth maximum of compute and memory time
+_BYTES = {1: 4, 2: 1, 3: 1, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}  # onnx elem_type -> bytes
+_WEIGHT_OPS = {"Conv": "conv", "ConvInteger": "conv", "QLinearConv": "conv", "MatMul": "matmul", "Gemm": "matmul",
+               "MatMulInteger": "matmul", "QLinearMatMul": "matmul"}
+
+
+@dataclass(frozen=True)
+class CostConstants:
+    """Per-device cost-model constants (rates in GFLOP/s and GB/s, overheads in µs and ms)."""
+
+    gflops_conv: float
+    gflops_conv_unaligned: float
+    gflops_matmul: float
+    gflops_other: float
+    gbs_act: float
+    gbs_cache: float
+    gbs_dram: float
+    gbs_pack: float
+    op_overhead_us: float
+    run_overhead_ms: float
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON/YAML-ready form."""
+        return {k: float(f"{v:.6g}") for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, float]) -> "CostConstants":
+        """Inverse of :meth:`to_dict` (every field required)."""
+        from edgemvp.errors import UsageError
+
+        missing = [f.name for f in fields(cls) if f.name not in data]
+        if missing:
+            raise UsageError(f"cost-model constants lack {', '.join(missing)}")
+        return cls(**{f.name: float(data[f.name]) for f in fields(cls)})
+
+    def vector(self) -> np.ndarray:
+        """The constants in SI units (FLOP/s, B/s, s, s) in field order."""
+        scale = np.array([1e9] * 4 + [1e9] * 4 + [1e-6, 1e-3])
+        return np.array([getattr(self, f.name) for f in fields(self)]) * scale
+
+    @classmethod
+    def from_vector(cls, v: np.ndarray) -> "CostConstants":
+        """Inverse of :meth:`vector`."""
+        scale = np.array([1e9] * 4 + [1e9] * 4 + [1e-6, 1e-3])
+        return cls(*(float(x) for x in np.asarray(v) / scale))
+
+
+def prior_constants(hw: "Hardware") -> CostConstants:
+    """Priors from the hardware numbers: typical efficiencies of onnxruntime kernels (fitted values replace them)."""
+    peak, bw = hw.peak_gflops, hw.mem_bandwidth_gbs
+    overhead = 10.0 if hw.accelerator else 1.0  # µs per node: kernel launches cost more than CPU dispatch
+    return CostConstants(0.5 * peak, 0.25 * peak, 0.5 * peak, 0.02 * peak, 2 * bw, 8 * bw, 0.5 * bw, bw, overhead, 0.05)
+
+
+@dataclass(frozen=True)
+class OpTable:
+    """Per-node features of one graph at batch 1 (arrays of equal length, one entry per node).
+
+    Attributes:
+        op: ONNX op type per node.
+        base: ``conv``, ``matmul`` or ``other``.
+        cin: Input channels per group of a convolution's weight (0 otherwise).
+        cout: Output channels of a convolution (0 otherwise).
+        flops: Floating-point operations (2 per multiply-accumulate; output elements for other nodes).
+        act_bytes: Bytes of the node's activation inputs and outputs.
+        weight_bytes: Bytes of the node's constant inputs.
+    """
+
+    op: tuple[str, ...]
+    base: tuple[str, ...]
+    cin: np.ndarray
+    cout: np.ndarray
+    flops: np.ndarray
+    act_bytes: np.ndarray
+    weight_bytes: np.ndarray
+
+    def classes(self, channel_block: int) -> np.ndarray:
+        """Index into :data:`OP_CLASSES` per node, given the device's SIMD channel block."""
+        out = np.array([OP_CLASSES.index(b) for b in self.base], dtype=np.int64)
+        misaligned = (self.cout % channel_block != 0) | ((self.cin % channel_block != 0) & (self.cin >= 4))
+        out[(out == 0) & misaligned] = 1
+        return out
+
+    def totals(self) -> dict[str, float]:
+        """Whole-graph sums (for reports)."""
+        return {"nodes": len(self.op), "gflops": float(self.flops.sum()) / 1e9,
+                "weight_mb": float(self.weight_bytes.sum()) / 2 ** 20, "act_mb": float(self.act_bytes.sum()) / 2 ** 20}
+
+    def to_json(self) -> str:
+        """Serialise (no pickle)."""
+        data = {"op": list(self.op), "base": list(self.base)}
+        data.update({k: getattr(self, k).tolist() for k in ("cin", "cout", "flops", "act_bytes", "weight_bytes")})
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "OpTable":
+        """Inverse of :meth:`to_json`."""
+        d = json.loads(text)
+        arrays = {k: np.asarray(d[k], dtype=np.float64) for k in ("cin", "cout", "flops", "act_bytes", "weight_bytes")}
+        return cls(tuple(d["op"]), tuple(d["base"]), **arrays)
+
+
+def _static_batch(model: "onnx.ModelProto") -> "onnx.ModelProto":
+    """Fix every symbolic input/output dimension to 1 (batch 1), so that shapes fold to constants."""
+    for value in list(model.graph.input) + list(model.graph.output):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param or not dim.HasField("dim_value"):
+                dim.Clear()
+                dim.dim_value = 1
+    return model
+
+
+def _basic_optimized(model: "onnx.ModelProto") -> "onnx.ModelProto":
+    """The graph onnxruntime executes before hardware-specific rewrites (ORT_ENABLE_BASIC)."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "out.onnx")
+        onnx.save(model, src)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = dst
+        ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+        return onnx.load(dst)
+
+
+def op_table(path: str | os.PathLike[str]) -> OpTable:
+    """Walk an ONNX graph (batch 1, basic-optimised, shapes inferred) into per-node FLOPs and bytes."""
+    import onnx
+    from onnx import shape_inference
+
+    model = shape_inference.infer_shapes(_basic_optimized(_static_batch(onnx.load(str(path)))), data_prop=True)
+    g = model.graph
+    shapes: dict[str, tuple[list[int], int]] = {}
+    for vi in [*g.value_info, *g.input, *g.output]:
+        tt = vi.type.tensor_type
+        shapes[vi.name] = ([max(d.dim_value, 1) for d in tt.shape.dim], _BYTES.get(tt.elem_type, 4))
+    consts = {t.name for t in g.initializer}
+    shapes.update({t.name: (list(t.dims), _BYTES.get(t.data_type, 4)) for t in g.initializer})
+    rows = [_node_row(node, shapes, consts) for node in g.node]
+    ops, base, cin, cout, flops, act, weight = zip(*rows) if rows else ((),) * 7
+    return OpTable(tuple(ops), tuple(base), *(np.asarray(a, dtype=np.float64) for a in (cin, cout, flops, act, weight)))
+
+
+def _node_row(node: "onnx.NodeProto", shapes: dict[str, tuple[list[int], int]], consts: set[str]) -> tuple:
+    def nbytes(name: str) -> int:
+        dims, size = shapes.get(name, ([0], 4))
+        return int(np.prod(dims)) * size
+
+    act = sum(nbytes(n) for n in [*node.input, *node.output] if n and n not in consts)
+    weight = sum(nbytes(n) for n in node.input if n in consts)
+    out_elems = int(np.prod(shapes.get(node.output[0], ([0], 4))[0])) if node.output else 0
+    base, cin, cout, flops = _WEIGHT_OPS.get(node.op_type, "other"), 0, 0, out_elems
+    w_index = 3 if node.op_type == "QLinearConv" else 1
+    if base == "conv" and len(node.input) > w_index and node.input[w_index] in shapes:
+        w = shapes[node.input[w_index]][0]  # (Cout, Cin/groups, kh, kw)
+        cout, cin = w[0], w[1] if len(w) > 1 else 1
+        flops = 2 * out_elems * int(np.prod(w[1:]))
+    elif base == "matmul" and node.input and node.input[0] in shapes:
+        a = shapes[node.input[0]][0]
+        k = a[0] if node.op_type == "Gemm" and any(at.name == "transA" and at.i for at in node.attribute) else a[-1]
+        flops = 2 * out_elems * k
+    return node.op_type, base, cin, cout, flops, act, weight
+
+
+def _predict(v: np.ndarray, table: OpTable, channel_block: int, cache_bytes: float) -> float:
+    """Latency in seconds for constants ``v`` (SI units, :meth:`CostConstants.vector` order)."""
+    rates, b_act, b_cache, b_dram, b_pack, overhead, run = v[:4], *v[4:]
+    cls = table.classes(channel_block)
+    spill = max(0.0, 1.0 - cache_bytes / max(float(table.weight_bytes.sum()), 1.0))
+    compute = table.flops / rates[cls]
+    memory = table.act_bytes / b_act + table.weight_bytes * (1.0 / b_cache + spill / b_dram)
+    node = (compute ** SMOOTH_P + memory ** SMOOTH_P) ** (1.0 / SMOOTH_P) + overhead
+    node = node + (cls == 1) * table.weight_bytes / b_pack
+    return float(node.sum() + run)
+
+
+def estimate_ms(table: OpTable, constants: CostConstants, channel_block: int, cache_mb: float) -> float:
+    """Estimated batch-1 latency of a graph in milliseconds.
+
+    Args:
+        table: The graph's per-node features (:func:`op_table`).
+        constants: The device's constants.
+        channel_block: The device's SIMD channel block (convolutions off it are costed as misaligned).
+        cache_mb: The device's last-level cache.
+    """
+    return 1e3 * _predict(constants.vector(), table, channel_block, cache_mb * 2 ** 20)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Fitted constants and how well they reproduce the references they were fitted to."""
+
+    constants: CostConstants
+    rel_errors: tuple[float, ...]
+
+    def within(self, tol: float = 0.2) -> float:
+        """Share of references estimated within ``tol`` (relative)."""
+        return float(np.mean(np.abs(self.rel_errors) <= tol)) if self.rel_errors else 0.0
+
+
+def fit_constants(tables: list[OpTable], latencies_ms: list[float], prior: CostConstants, channel_block: int,
+                  cache_mb: float, prior_weight: float = 0.05) -> FitResult:
+    """Fit a device's constants to reference latencies (least squares on log latency, pulled to the prior).
+
+    Args:
+        tables: Reference graphs.
+        latencies_ms: Their latency on the device.
+        prior: Starting point and regulariser (see :func:`prior_constants`).
+        channel_block: The device's SIMD channel block.
+        cache_mb: The device's last-level cache.
+        prior_weight: Weight of each constant's log-distance to its prior, relative to one reference.
+
+    Returns:
+        The fitted constants and the relative error on every reference.
+    """
+    from scipy.optimize import least_squares
+
+    if len(tables) != len(latencies_ms) or not tables:
+        raise ValueError("need one latency per reference table, and at least one")
+    target = np.log(np.asarray(latencies_ms, dtype=np.float64) / 1e3)
+    theta0 = np.log(prior.vector())
+    cache = cache_mb * 2 ** 20
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        v = np.exp(theta)
+        pred = np.log([_predict(v, t, channel_block, cache) for t in tables])
+        return np.concatenate([pred - target, prior_weight * (theta - theta0)])
+
+    sol = least_squares(residuals, theta0, method="trf", x_scale=1.0, max_nfev=2000)
+    fitted = CostConstants.from_vector(np.exp(sol.x))
+    est = np.array([estimate_ms(t, fitted, channel_block, cache_mb) for t in tables])
+    errors = tuple(float(e) for e in est / np.asarray(latencies_ms) - 1.0)
+    logger.info("cost model fitted to %d references: %.0f%% within 20%%", len(tables),
+                100 * np.mean(np.abs(errors) <= 0.2))
+    return FitResult(fitted, errors)

@@ -1,0 +1,303 @@
+"""ONNX export with a proof of equivalence, and int8 quantization.
+
+:func:`export_model` exports a PyTorch model with an explicitly chosen exporter (``dynamo``: torch.export +
+onnxscript, the default; ``torchscript``: the legacy tracer, used as a documented fallback when the dynamo
+exporter fails), at opset 18 unless asked otherwise, with a dynamic batch axis only, as a single file. The file
+must pass ``onnx.checker`` (full check) and a parity check against PyTorch on seeded inputs: max abs difference
+of the logits and top-1 agreement within the arch's tolerances (:data:`TOLERANCES`). An export that fails parity
+is refused with the numbers and never lands at its destination.
+
+:func:`quantize_model` makes an int8 copy with onnxruntime: static QDQ with a calibration reader over task
+images for CNNs, dynamic (weights only) for ViTs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgemvp.errors import EdgeMVPError, UsageError
+from edgemvp.models.weights import sha256_file
+from edgemvp.spec import InputSpec
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+Exporter = Literal["dynamo", "torchscript"]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Parity tolerances: max abs difference of the logits and the minimum top-1 agreement (0..1)."""
+
+    atol: float
+    min_top1: float = 1.0
+
+
+# Per-arch tolerances (optimum-style): ViT attention and GELU accumulate a little more float error than ResNets.
+TOLERANCES: dict[str, Tolerance] = {
+    "resnet18": Tolerance(1e-3), "resnet50": Tolerance(1e-3),
+    "vit_tiny": Tolerance(2e-3), "deit_tiny": Tolerance(2e-3), "deit_small": Tolerance(2e-3),
+}
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How to export.
+
+    Attributes:
+        opset: ONNX opset requested (the one produced is recorded).
+        exporter: ``dynamo`` (default) or ``torchscript`` (legacy).
+        fallback: Retry with the legacy exporter when the dynamo exporter fails (recorded and logged).
+        parity_samples: Seeded inputs compared with PyTorch.
+        seed: Seed of those inputs.
+    """
+
+    opset: int = 18
+    exporter: Exporter = "dynamo"
+    fallback: bool = True
+    parity_samples: int = 256
+    seed: int = 0
+
+
+class ParityError(EdgeMVPError):
+    """An export whose outputs do not match PyTorch's (exit code 1: the exporter, not the user, is at fault)."""
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    """Outputs of the ONNX file against PyTorch on seeded inputs."""
+
+    samples: int
+    max_abs_diff: float
+    top1_agreement: float
+    atol: float
+    min_top1: float
+
+    @property
+    def passed(self) -> bool:
+        """Within both tolerances."""
+        return self.max_abs_diff <= self.atol and self.top1_agreement >= self.min_top1
+
+    def summary(self) -> str:
+        """One line with the numbers."""
+        return (f"max abs diff {self.max_abs_diff:.3g} (tolerance {self.atol:g}), top-1 agreement "
+                f"{100 * self.top1_agreement:.2f}% (required {100 * self.min_top1:.2f}%) on {self.samples} seeded inputs")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export produced."""
+
+    path: str
+    arch: str
+    exporter: str
+    opset: int
+    input_shape: tuple[int | str, ...]
+    parity: ParityResult
+    file_bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        data = asdict(self)
+        data["parity"]["passed"] = self.parity.passed
+        return data
+
+
+def export_raw(model: nn.Module, spec: InputSpec, out: Path, cfg: ExportConfig = ExportConfig()) -> str:
+    """Export to one ONNX file (dynamic batch axis only), without checks.
+
+    Returns:
+        The exporter that produced the file (``dynamo`` or ``torchscript``).
+
+    Raises:
+        EdgeMVPError: Both exporters failed.
+    """
+    model = model.eval()
+    example = (torch.randn(2, *spec.shape()[1:]),)  # batch 2: torch.export would specialise a batch of 1
+    kwargs = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=cfg.opset)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.exporter == "dynamo":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                torch.onnx.export(model, example, str(out), dynamo=True, external_data=False, optimize=True,
+                                  verbose=False, dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), **kwargs)
+            return "dynamo"
+        except Exception as exc:  # the dynamo exporter raises many types; the fallback is documented
+            if not cfg.fallback:
+                raise EdgeMVPError(f"dynamo ONNX export failed: {exc.__class__.__name__}: {str(exc)[:200]}") from exc
+            logger.warning("dynamo export failed (%s); falling back to the legacy torchscript exporter",
+                           exc.__class__.__name__)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is the documented fallback
+            torch.onnx.export(model, example, str(out), dynamo=False,
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **kwargs)
+    except Exception as exc:
+        raise EdgeMVPError(f"ONNX export failed: {exc.__class__.__name__}: {str(exc)[:200]}") from exc
+    return "torchscript"
+
+
+def check_onnx(path: str | os.PathLike[str]):
+    """Load an ONNX file and run ``onnx.checker`` (full check, with shape inference).
+
+    Returns:
+        The loaded ``onnx.ModelProto``.
+
+    Raises:
+        UsageError: Missing file, not ONNX, truncated, or failing the checker (one line).
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"ONNX file not found: {path}")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise UsageError(f"{path}: not an ONNX model, or truncated ({exc.__class__.__name__})") from exc
+    if not model.graph.node or not model.graph.input or not model.graph.output:
+        raise UsageError(f"{path}: not an ONNX model, or truncated (empty graph)")
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:  # ValidationError, InferenceError
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+        raise UsageError(f"{path}: fails onnx.checker ({first})") from exc
+    return model
+
+
+def opset_of(model) -> int:
+    """The default-domain opset a model declares."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def image_input_shape(model, source: str) -> tuple[int | str, ...]:
+    """The single image input's shape ``(batch, C, H, W)`` with a symbolic or fixed batch.
+
+    Raises:
+        UsageError: Not one 4-D float image input with fixed channels and a square size.
+    """
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if len(inputs) != 1:
+        raise UsageError(f"{source}: wrong input shape: expected one image input, found {len(inputs)} inputs")
+    dims = [d.dim_param or d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
+    ok = len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[1:]) and dims[2] == dims[3]
+    if not ok:
+        raise UsageError(f"{source}: wrong input shape {tuple(dims)}: expected (batch, channels, size, size)")
+    return tuple(dims)
+
+
+def seeded_inputs(spec: InputSpec, samples: int, seed: int) -> torch.Tensor:
+    """``samples`` standard-normal inputs (the model's normalised space), reproducible from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(samples, *spec.shape()[1:], generator=gen)
+
+
+def run_onnx(session, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Logits of an onnxruntime session for a float array, in batches."""
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def check_parity(model: nn.Module, path: Path, spec: InputSpec, tol: Tolerance, samples: int = 256,
+                 seed: int = 0) -> ParityResult:
+    """Compare the ONNX file's logits with PyTorch's on seeded inputs."""
+    import onnxruntime as ort
+
+    x = seeded_inputs(spec, samples, seed)
+    with torch.no_grad():
+        ref = torch.cat([model.eval()(chunk) for chunk in x.split(64)]).numpy()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    got = run_onnx(session, x.numpy())
+    diff = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
+    agree = float((got.argmax(1) == ref.argmax(1)).mean()) if got.shape == ref.shape else 0.0
+    return ParityResult(samples, diff, agree, tol.atol, tol.min_top1)
+
+
+def export_model(model: nn.Module, arch: str, spec: InputSpec, out: Path, cfg: ExportConfig = ExportConfig()
+                 ) -> ExportResult:
+    """Export, check and prove parity; the file appears at ``out`` only when everything passes.
+
+    Raises:
+        ParityError: Outputs differ beyond the arch's tolerances (the message has the numbers).
+        UsageError: The produced file fails ``onnx.checker``.
+    """
+    from edgemvp.models.factory import get_arch
+
+    get_arch(arch)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        staged = Path(tmp) / out.name
+        exporter = export_raw(model, spec, staged, cfg)
+        onnx_model = check_onnx(staged)
+        parity = check_parity(model, staged, spec, TOLERANCES[arch], cfg.parity_samples, cfg.seed)
+        if not parity.passed:
+            raise ParityError(f"export refused: ONNX outputs differ from PyTorch: {parity.summary()}")
+        result = ExportResult(str(out), arch, exporter, opset_of(onnx_model), image_input_shape(onnx_model, str(out)),
+                              parity, staged.stat().st_size, sha256_file(staged))
+        os.replace(staged, out)
+    logger.info("exported %s with %s at opset %d: %s", out, exporter, result.opset, parity.summary())
+    return result
+
+
+class _Reader:
+    """onnxruntime's calibration data reader over an array of inputs, in batches."""
+
+    def __init__(self, name: str, x: np.ndarray, batch: int = 32) -> None:
+        self._batches: Iterator[np.ndarray] = iter([x[i:i + batch] for i in range(0, len(x), batch)])
+        self.name = name
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {self.name: batch}
+
+    def rewind(self) -> None:  # the calibrator reads once
+        return None
+
+
+def quantize_model(fp32: Path, out: Path, mode: str, per_channel: bool = True,
+                   calibration: np.ndarray | None = None) -> Path:
+    """Write an int8 copy of an fp32 ONNX file with onnxruntime quantization.
+
+    Args:
+        fp32: The checked fp32 file.
+        out: Destination of the int8 file.
+        mode: ``static-qdq`` (QDQ format, activations calibrated with min-max on ``calibration``) or ``dynamic``
+            (weights int8, activations quantized at run time).
+        per_channel: Per-output-channel weight scales.
+        calibration: Model inputs ``(N, C, S, S)`` float32 for static quantization.
+
+    Raises:
+        UsageError: Unknown mode, or static quantization without calibration data.
+    """
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
+                                          quantize_dynamic, quantize_static)
+
+    if mode not in ("static-qdq", "dynamic"):
+        raise UsageError(f"unknown quantization mode '{mode}'; valid modes: dynamic, static-qdq")
+    if mode == "static-qdq" and (calibration is None or not len(calibration)):
+        raise UsageError("static int8 quantization needs calibration images: give --task (or --dataset and --classes)")
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)  # fold BatchNorm, infer shapes
+        if mode == "dynamic":
+            quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=per_channel)
+        else:
+            reader = _Reader(INPUT_NAME, calibration.astype(np.float32))
+            quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+    return out

@@ -1,0 +1,315 @@
+"""Latency of an ONNX model on a device: *measured* with onnxruntime here, or *estimated* by the cost model.
+
+Every figure is a :class:`LatencyReport` labelled ``measured`` or ``estimated``. A device measures for real when
+edgemvp runs on it (its profile's ``detect`` block matches; ``host`` always does) or when asked (``measure=True``);
+otherwise its cost model, fitted to the profile's reference latencies, estimates (see :mod:`edgemvp.costmodel`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from edgemvp.costmodel import CostConstants, FitResult, OpTable, estimate_ms, fit_constants, op_table, prior_constants
+from edgemvp.devices import DeviceProfile, ReferenceModel, Runtime
+from edgemvp.errors import BudgetExceeded, UsageError
+from edgemvp.paths import atomic_write_bytes, cache_dir
+
+logger = logging.getLogger(__name__)
+
+_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+               "all": "ORT_ENABLE_ALL"}
+COST_MODEL_VERSION = 1  # bump when op_table or the cost formula changes: cached tables and fits are keyed on it
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    """A latency figure and how it was obtained.
+
+    Attributes:
+        model: The ONNX file.
+        device: Profile name.
+        value_ms: The figure at ``statistic``.
+        statistic: ``p50``, ``p90``, ``p99`` or ``mean``.
+        source: ``measured`` (onnxruntime on this machine) or ``estimated`` (the device's cost model).
+        provider: Execution provider that ran it (measured) or that the device profile names first (estimated).
+        threads: Intra-op threads (0: onnxruntime's default).
+        stats: Every statistic available (measured: p50/p90/p99/mean in ms).
+        runs: Timed runs (0 for estimates).
+    """
+
+    model: str
+    device: str
+    value_ms: float
+    statistic: str
+    source: Literal["measured", "estimated"]
+    provider: str
+    threads: int
+    stats: dict[str, float] = field(default_factory=dict)
+    runs: int = 0
+
+    def label(self) -> str:
+        """``12.3 ms p90 (estimated, jetson-nano cost model)`` or ``(measured, CPUExecutionProvider, 1 thread)``."""
+        if self.source == "estimated":
+            how = f"estimated, {self.device} cost model"
+        else:
+            how = f"measured, {self.provider}, {self.threads or 'default'} thread{'s' if self.threads != 1 else ''}"
+        return f"{self.value_ms:.3f} ms {self.statistic} ({how})"
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def make_session(path: str | os.PathLike[str], runtime: Runtime, required: bool = False):
+    """An onnxruntime session with a profile's providers (those available here, in order), threads and level.
+
+    Args:
+        path: ONNX file.
+        runtime: The profile's runtime block.
+        required: Refuse when none of the profile's providers is available (a real on-device measurement).
+
+    Raises:
+        UsageError: No usable provider, or a file onnxruntime cannot load.
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    chosen = [(p.name, dict(p.options)) for p in runtime.providers if p.name in available]
+    if not chosen:
+        if required:
+            raise UsageError(f"none of the profile's execution providers ({', '.join(p.name for p in runtime.providers)}) "
+                             f"is available here; available: {', '.join(available)}")
+        chosen = [("CPUExecutionProvider", {})]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = runtime.threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[runtime.graph_optimization])
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=[n for n, _ in chosen],
+                                    provider_options=[o for _, o in chosen])
+    except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+        raise UsageError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from exc
+
+
+def batch1_input(session, seed: int = 0) -> dict[str, np.ndarray]:
+    """A seeded batch-1 float input for every graph input (symbolic dimensions set to 1)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for inp in session.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        feeds[inp.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def percentiles(times_ms: np.ndarray) -> dict[str, float]:
+    """p50/p90/p99/mean of run times."""
+    p50, p90, p99 = np.percentile(times_ms, [50, 90, 99])
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(np.mean(times_ms))}
+
+
+def measure(path: str | os.PathLike[str], profile: DeviceProfile, runs: int = 100, warmup: int = 10,
+            statistic: str | None = None, required_providers: bool = False) -> LatencyReport:
+    """Measure batch-1 latency with onnxruntime here, with the profile's providers and threads.
+
+    Args:
+        path: ONNX file.
+        profile: The device (its runtime block is used).
+        runs: Timed runs after ``warmup`` untimed ones.
+        statistic: Reported statistic (default: the profile budget's).
+        required_providers: Refuse when none of the profile's providers exists here.
+    """
+    session = make_session(path, profile.runtime, required_providers)
+    feeds = batch1_input(session)
+    for _ in range(warmup):
+        session.run(None, feeds)
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times[i] = (time.perf_counter() - start) * 1e3
+    stats = percentiles(times)
+    stat = statistic or profile.budget.statistic
+    return LatencyReport(str(path), profile.name, stats[stat], stat, "measured", session.get_providers()[0],
+                         profile.runtime.threads, stats, runs)
+
+
+def _cost_dir(cache: str | os.PathLike[str] | None) -> Path:
+    return cache_dir(cache) / "costmodel"
+
+
+def reference_table(ref: ReferenceModel, cache: str | os.PathLike[str] | None = None) -> OpTable:
+    """The op table of a reference model: built (random weights, seeded random masks), exported, cached."""
+    path = _cost_dir(cache) / f"ops-v{COST_MODEL_VERSION}-{ref.key()}.json"
+    if path.is_file():
+        return OpTable.from_json(path.read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = build_reference_onnx(ref, Path(tmp) / "ref.onnx")
+        table = op_table(onnx_path)
+    atomic_write_bytes(path, table.to_json().encode())
+    return table
+
+
+def build_reference_onnx(ref: ReferenceModel, out: Path) -> Path:
+    """Export a reference model to ``out`` with the default exporter (no parity check: weights are random)."""
+    import torch
+
+    from edgemvp.export import ExportConfig, export_raw
+    from edgemvp.masks import random_masks
+    from edgemvp.models.factory import create_model
+    from edgemvp.shrink import shrink
+    from edgemvp.spec import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+
+    spec = InputSpec(ref.channels, ref.size, IMAGENET_MEAN[:ref.channels], IMAGENET_STD[:ref.channels])
+    torch.manual_seed(ref.seed)
+    model = create_model(ref.arch, ref.classes, spec)
+    if ref.ratio > 0:
+        model = shrink(model, random_masks(ref.arch, ref.ratio, ref.seed))
+    export_raw(model.eval(), spec, out, ExportConfig())
+    return out
+
+
+def _fit_key(profile: DeviceProfile) -> str:
+    data = {"v": COST_MODEL_VERSION, "hw": asdict(profile.hardware),
+            "refs": [[r.model.key(), r.latency_ms, r.statistic] for r in profile.calibration.references]}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fit_profile(profile: DeviceProfile, cache: str | os.PathLike[str] | None = None) -> FitResult:
+    """Fit a device's constants to its profile's reference latencies (fp32 references only)."""
+    refs = [r for r in profile.calibration.references if r.precision == "fp32"]
+    if not refs:
+        raise UsageError(f"device '{profile.name}' has no fp32 calibration references to fit its cost model; run "
+                         f"'edgemvp devices calibrate {profile.name}' on the device")
+    tables = [reference_table(r.model, cache) for r in refs]
+    hw = profile.hardware
+    return fit_constants(tables, [r.latency_ms for r in refs], prior_constants(hw), hw.channel_block, hw.cache_mb)
+
+
+def device_constants(profile: DeviceProfile, cache: str | os.PathLike[str] | None = None) -> CostConstants:
+    """The device's cost-model constants: from the profile, else fitted to its references (cached)."""
+    if profile.calibration.constants:
+        return CostConstants.from_dict(dict(profile.calibration.constants))
+    path = _cost_dir(cache) / f"fit-{profile.name}-{_fit_key(profile)}.json"
+    if path.is_file():
+        return CostConstants.from_dict(json.loads(path.read_text()))
+    constants = fit_profile(profile, cache).constants
+    atomic_write_bytes(path, json.dumps(constants.to_dict(), indent=1).encode())
+    return constants
+
+
+def estimate(path: str | os.PathLike[str], profile: DeviceProfile, cache: str | os.PathLike[str] | None = None,
+             table: OpTable | None = None) -> LatencyReport:
+    """Estimate batch-1 latency on a device from its cost model.
+
+    The figure is at the statistic most of the device's references report (public figures are mostly medians).
+    """
+    table = table if table is not None else op_table(path)
+    constants = device_constants(profile, cache)
+    value = estimate_ms(table, constants, profile.hardware.channel_block, profile.hardware.cache_mb)
+    stats = [r.statistic for r in profile.calibration.references] or ["p50"]
+    statistic = max(set(stats), key=stats.count)
+    return LatencyReport(str(path), profile.name, value, statistic, "estimated", profile.runtime.providers[0].name,
+                         profile.runtime.threads, {statistic: value})
+
+
+def latency(path: str | os.PathLike[str], profile: DeviceProfile, force_measure: bool = False,
+            cache: str | os.PathLike[str] | None = None, runs: int = 100) -> LatencyReport:
+    """Measured when on the device (detected, or ``force_measure``), else estimated."""
+    if force_measure or profile.is_current():
+        return measure(path, profile, runs=runs, required_providers=force_measure and not profile.is_current())
+    return estimate(path, profile, cache)
+
+
+def enforce_budget(report: LatencyReport, profile: DeviceProfile, budget_ms: float | None = None) -> float:
+    """Compare a latency figure with the budget.
+
+    Returns:
+        The budget in ms.
+
+    Raises:
+        BudgetExceeded: ``over budget: 12.3 ms p90 (estimated, jetson-nano cost model) > 10.0 ms``.
+    """
+    budget = budget_ms if budget_ms is not None else profile.budget.latency_ms
+    if report.value_ms > budget:
+        raise BudgetExceeded(f"over budget: {report.label()} > {budget:g} ms")
+    return budget
+
+
+MEASURED_SOURCE = "measured-here"
+
+
+def calibrate(profile: DeviceProfile, cache: str | os.PathLike[str] | None = None, runs: int = 50,
+              force: bool = False) -> tuple[Path, FitResult]:
+    """Measure the profile's calibration suite on this machine, fit the constants, write a user profile.
+
+    Args:
+        profile: The device; edgemvp must run on it (or ``force``).
+        cache: Cache folder; the profile is written to ``<cache>/profiles/<name>.yaml``.
+        runs: Timed runs per suite model (the median is kept).
+        force: Measure even when the profile's ``detect`` block does not match this machine.
+
+    Returns:
+        The written profile file and the fit (its errors are on the suite itself).
+    """
+    import platform
+
+    from edgemvp.devices import Reference, Source, user_profile_dir, write_calibrated
+
+    if not (force or profile.is_current()):
+        raise UsageError(f"device '{profile.name}' is not detected on this machine; calibrate measures on the device "
+                         "itself (use --force to measure here anyway)")
+    if not profile.calibration.suite:
+        raise UsageError(f"{profile.path}: field 'calibration.suite' lists no models to measure")
+    refs, tables = [], []
+    for model in profile.calibration.suite:
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path = build_reference_onnx(model, Path(tmp) / "ref.onnx")
+            report = measure(onnx_path, profile, runs=runs, statistic="p50")
+            tables.append(op_table(onnx_path))
+        refs.append(Reference(model, report.value_ms, "p50", MEASURED_SOURCE))
+        logger.info("%s: %.3f ms p50", model.key(), report.value_ms)
+    hw = profile.hardware
+    fit = fit_constants(tables, [r.latency_ms for r in refs], prior_constants(hw), hw.channel_block, hw.cache_mb)
+    source = Source(MEASURED_SOURCE, f"measured by 'edgemvp devices calibrate {profile.name}' on {platform.node()} "
+                    f"({platform.machine()}, {hw.cores} cores) on {time.strftime('%Y-%m-%d')}",
+                    note=f"median of {runs} runs per model, batch 1, {profile.runtime.threads or 'default'} threads")
+    path = write_calibrated(profile, refs, fit.constants.to_dict(), source, user_profile_dir(cache))
+    return path, fit
+
+
+def check_model(path: str | os.PathLike[str], profile: DeviceProfile, budget_ms: float | None = None,
+                force_measure: bool = False, cache: str | os.PathLike[str] | None = None, runs: int = 100) -> str:
+    """Validate an ONNX file for a device and hold it to the device's budget (``edgemvp check``).
+
+    Returns:
+        ``within budget: <figure> <= <budget> ms`` with the figure's statistic and source.
+
+    Raises:
+        UsageError: Not ONNX, truncated, failing the checker, or an input shape the device does not take.
+        BudgetExceeded: Over the latency (or model size) budget.
+    """
+    from edgemvp.export import check_onnx, image_input_shape
+
+    model = check_onnx(path)
+    shape = image_input_shape(model, str(path))
+    want = profile.export.input_size
+    if want is not None and shape[2] != want:
+        raise UsageError(f"{path}: wrong input shape {tuple(shape)}: device '{profile.name}' expects {want} px")
+    size_mb = Path(path).stat().st_size / 2 ** 20
+    limit = profile.budget.model_size_mb
+    if limit is not None and size_mb > limit:
+        raise BudgetExceeded(f"over budget: model size {size_mb:.1f} MB > {limit:g} MB ({profile.name})")
+    report = latency(path, profile, force_measure, cache, runs)
+    budget = enforce_budget(report, profile, budget_ms)
+    return f"within budget: {report.label()} <= {budget:g} ms"
