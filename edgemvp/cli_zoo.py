@@ -69,7 +69,7 @@ def zoo_build(ctx: Context, arch: str, dataset: str, n_tasks: int, classes_per_t
               seed: int, workers: int, ray_address: str | None, threads: int | None, zoo_dir: str | None) -> None:
     """Prune the base model for N random tasks and store the results (rerun to resume)."""
     from edgemvp.pruners import PruneConfig
-    from edgemvp.zoo.build import BuildSpec, build
+    from edgemvp.zoo.build import BuildSpec
     from edgemvp.zoo.defaults import zoo_path
     from edgemvp.zoo.store import check_marker
 
@@ -179,9 +179,9 @@ def zoo_export(ctx: Context, bundle: Path, ids: tuple[str, ...], zoo: str | None
 @pass_ctx
 def zoo_import(ctx: Context, bundle: Path, zoo: str | None) -> None:
     """Add a bundle's entries to a zoo (every entry is verified before anything is written)."""
-    from edgemvp.zoo.store import ZooStore, _read_bundle
+    from edgemvp.zoo.store import ZooStore, read_bundle
 
-    _read_bundle(bundle)  # refuse a bad bundle before creating anything
+    items = read_bundle(bundle)  # refuse a bad bundle before creating anything
     with ZooStore.open(_zoo_folder(ctx, zoo), create=True) as store:
-        added, present = store.import_bundle(bundle)
+        added, present = store.import_entries(items)
     click.echo(f"imported {added} entries ({present} already present)")

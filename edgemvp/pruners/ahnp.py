@@ -25,8 +25,7 @@ class _ScoreHook(StepHook):
     def __init__(self, model: nn.Module, arch: str, cfg: PruneConfig, phase_steps: int) -> None:
         self.cfg = cfg
         self.units = {u.name: u for u in unit_space(arch).units}
-        self.scores = nn.ParameterDict({n.replace(".", "_"): nn.Parameter(torch.ones(u.size))
-                                        for n, u in self.units.items()})
+        self.scores = {n: nn.Parameter(torch.ones(u.size)) for n, u in self.units.items()}
         self.alive = {n: torch.ones(u.size, dtype=torch.bool) for n, u in self.units.items()}
         self.finals = final_keep(arch, cfg.ratio)
         events = pruning_events({n: u.size for n, u in self.units.items()}, self.finals, cfg.prune_fraction)
@@ -40,7 +39,7 @@ class _ScoreHook(StepHook):
 
     def gate(self, name: str) -> torch.Tensor:
         """Score times alive mask of a group (what multiplies the units' outputs)."""
-        score = self.scores[name.replace(".", "_")]
+        score = self.scores[name]
         return score * self.alive[name].to(score.device, score.dtype)
 
     def _make_hook(self, name: str):
@@ -73,7 +72,7 @@ class _ScoreHook(StepHook):
             alive = self.alive[name].nonzero().flatten()
             keep = next_keep(len(alive), self.finals[name], self.cfg.prune_fraction)
             if keep < len(alive):
-                score = self.scores[name.replace(".", "_")].detach().abs().cpu()[alive]
+                score = self.scores[name].detach().abs().cpu()[alive]
                 survivors = alive[prune_positions(score, keep)]
                 self.alive[name] = torch.zeros_like(self.alive[name]).index_fill_(0, survivors, True)
         self.events += 1

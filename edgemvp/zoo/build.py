@@ -185,11 +185,11 @@ def build(spec: BuildSpec, zoo: str | os.PathLike[str], cache: str | os.PathLike
         UsageError: Bad spec, missing base model, newer zoo schema, Ray not installed.
     """
     start = time.perf_counter()
-    if find_base(spec.arch, spec.dataset, cache) is None:
+    base = find_base(spec.arch, spec.dataset, cache)
+    if base is None:
         raise UsageError(f"no pre-trained {spec.arch} base for dataset '{spec.dataset}' in the cache; run "
                          f"'edgemvp pretrain --arch {spec.arch} --dataset {spec.dataset}'")
-    base = find_base(spec.arch, spec.dataset, cache)
-    jobs = plan(spec, base, data_root)  # type: ignore[arg-type]
+    jobs = plan(spec, base, data_root)
     threads = threads or max(1, torch.get_num_threads() // max(1, workers))
     with ZooStore.open(zoo, create=True) as store:
         recovered = store.recover()

@@ -15,6 +15,7 @@ refused with the entry's id, never loaded.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -248,17 +249,15 @@ class ZooStore:
             self.db.executemany("INSERT OR IGNORE INTO entry_classes VALUES (?,?)",
                                 [(entry_id, c) for c in m.task.classes])
 
-    def _transaction(self):
-        db = self.db
-
-        class _Tx:
-            def __enter__(self) -> None:
-                db.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self, exc_type: object, *rest: object) -> None:
-                db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-        return _Tx()
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     # --- reading -------------------------------------------------------------------------------------------
     def job_entry(self, job_key: str) -> str | None:
@@ -266,11 +265,9 @@ class ZooStore:
         row = self.db.execute("SELECT id FROM entries WHERE job_key=?", (job_key,)).fetchone()
         return row[0] if row else None
 
-    def rows(self, arch: str | None = None, base_sha256: str | None = None, class_name: str | None = None,
-             dataset: str | None = None) -> list[EntryRow]:
-        """Index rows filtered by arch, base model, dataset and/or a class (in insertion order)."""
-        sql, args = "SELECT e.* FROM entries e", []
-        where = []
+    def _select(self, columns: str, arch: str | None, base_sha256: str | None, class_name: str | None,
+                dataset: str | None) -> sqlite3.Cursor:
+        sql, args, where = f"SELECT {columns} FROM entries e", [], []
         if class_name is not None:
             sql += " JOIN entry_classes c ON c.id = e.id"
             where.append("c.class = ?")
@@ -281,7 +278,12 @@ class ZooStore:
                 args.append(value)
         if where:
             sql += " WHERE " + " AND ".join(where)
-        cur = self.db.execute(sql + " ORDER BY e.rowid", args)
+        return self.db.execute(sql + " ORDER BY e.rowid", args)
+
+    def rows(self, arch: str | None = None, base_sha256: str | None = None, class_name: str | None = None,
+             dataset: str | None = None) -> list[EntryRow]:
+        """Index rows filtered by arch, base model, dataset and/or a class (in insertion order)."""
+        cur = self._select("e.*", arch, base_sha256, class_name, dataset)
         names = [d[0] for d in cur.description]
         return [_row(dict(zip(names, r))) for r in cur.fetchall()]
 
@@ -321,12 +323,10 @@ class ZooStore:
 
         One query and one unpack, so voting over a large zoo never opens entry files.
         """
-        rows = self.rows(arch=arch, base_sha256=base_sha256)
-        if not rows:
+        found = self._select("e.id, e.mask_bits, e.n_units", arch, base_sha256, None, None).fetchall()
+        if not found:
             return [], np.zeros((0, 0), dtype=bool)
-        cur = self.db.execute("SELECT id, mask_bits, n_units FROM entries WHERE id IN (SELECT value FROM json_each(?)) "
-                              "ORDER BY rowid", (json.dumps([r.id for r in rows]),))
-        ids, blobs, sizes = zip(*cur.fetchall())
+        ids, blobs, sizes = zip(*found)
         if len(set(sizes)) != 1:
             raise UsageError("entries of different architectures; filter by arch or base model")
         packed = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(ids), -1)
@@ -410,21 +410,21 @@ class ZooStore:
         atomic_write_bytes(Path(path), buf.getvalue())
         return len(ids)
 
-    def import_bundle(self, path: Path) -> tuple[int, int]:
-        """Add a bundle's entries; every entry is verified before anything is written.
+    def import_entries(self, items: list[tuple[EntryManifest, bytes]]) -> tuple[int, int]:
+        """Add verified entries (from :func:`read_bundle`).
 
         Returns:
             (entries added, entries already present).
-
-        Raises:
-            UsageError: Not a bundle, a newer schema, or an entry whose files do not match their sha256s.
         """
-        items = _read_bundle(Path(path))
         before = len(self)
         for manifest, weights in items:
             self.put(manifest, weights)
         added = len(self) - before
         return added, len(items) - added
+
+    def import_bundle(self, path: Path) -> tuple[int, int]:
+        """Add a bundle's entries; every entry is verified (:func:`read_bundle`) before anything is written."""
+        return self.import_entries(read_bundle(Path(path)))
 
 
 def _row(d: dict) -> EntryRow:
@@ -439,8 +439,12 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _read_bundle(path: Path) -> list[tuple[EntryManifest, bytes]]:
-    """Read and verify every entry of a bundle without extracting anything to disk."""
+def read_bundle(path: Path) -> list[tuple[EntryManifest, bytes]]:
+    """Read and verify every entry of a bundle without extracting anything to disk.
+
+    Raises:
+        UsageError: Not a bundle, a newer schema, or an entry whose files do not match their sha256s.
+    """
     if not path.is_file():
         raise UsageError(f"bundle not found: {path}")
     try:
