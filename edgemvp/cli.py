@@ -41,6 +41,8 @@ pass_ctx = click.make_pass_decorator(Context)
 def cli(ctx: click.Context, cache_dir: Path | None, data_dir: Path | None, verbose: int) -> None:
     """edgemvp: Meta-Vote Pruning of pre-trained vision models for edge devices."""
     logging.basicConfig(level=logging.WARNING - 10 * min(verbose + 1, 2), format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export"):  # exporter chatter
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
     if cache_dir is not None:
         from edgemvp.paths import cache_dir as resolve
 
@@ -186,7 +188,7 @@ def units(arch: str) -> None:
 @cli.command()
 @click.option("--arch", default="resnet18", show_default=True, help="Architecture (see 'edgemvp archs').")
 @click.option("--dataset", default="fashion-mnist", show_default=True, help="Dataset (see 'edgemvp datasets list').")
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=12.0, show_default=True)
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Peak learning rate [default: 0.2 SGD for CNNs, 1e-3 AdamW for ViTs].")
@@ -265,5 +267,6 @@ def main() -> None:
 
 from edgemvp import cli_zoo  # noqa: E402  (registers the zoo commands on the group above)
 import edgemvp.cli_deploy  # noqa: E402,F401  (registers export, check, devices)
+import edgemvp.cli_prune  # noqa: E402,F401  (registers prune)
 
 cli_zoo.register(cli)

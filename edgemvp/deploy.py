@@ -137,7 +137,7 @@ def task_accuracy(session, data: TaskData) -> tuple[float, np.ndarray]:
 
 def deploy(src: ExportSource, profile: DeviceProfile, out_dir: Path, int8: bool = False, task: TaskSpec | None = None,
            cfg: ExportConfig = ExportConfig(), cache: str | os.PathLike[str] | None = None,
-           data_root: str | os.PathLike[str] | None = None, runs: int = 100) -> dict:
+           data_root: str | os.PathLike[str] | None = None, runs: int = 100, force_measure: bool = False) -> dict:
     """Export (with parity), optionally quantize, and report latency (and accuracy when the task is known).
 
     Returns:
@@ -152,18 +152,19 @@ def deploy(src: ExportSource, profile: DeviceProfile, out_dir: Path, int8: bool 
     result = export_model(src.model, src.arch, src.spec, out_dir / "model.onnx", replace(cfg, opset=profile.export.opset))
     report: dict = {"source": str(src.folder), "arch": src.arch, "device": profile.name, "export": result.to_dict(),
                     "task": task.name if task else None, "versions": tool_versions()}
-    report["latency"] = {"fp32": latency(result.path, profile, cache=cache, runs=runs).to_dict()}
+    report["latency"] = {"fp32": latency(result.path, profile, force_measure, cache, runs).to_dict()}
     data = task_data(src, task, data_root, profile.quantization.calibration_samples) if task else None
     if data is not None:
         report["accuracy"] = {"fp32": task_accuracy(make_session(result.path, profile.runtime), data)[0]}
     if int8:
-        report.update(_int8(src, profile, Path(result.path), out_dir / "model.int8.onnx", data, cache, runs, report))
+        report.update(_int8(src, profile, Path(result.path), out_dir / "model.int8.onnx", data, cache, runs, report,
+                            force_measure))
     atomic_write_bytes(out_dir / REPORT, json.dumps(report, indent=1).encode())
     return report
 
 
 def _int8(src: ExportSource, profile: DeviceProfile, fp32: Path, out: Path, data: TaskData | None,
-          cache: str | os.PathLike[str] | None, runs: int, report: dict) -> dict:
+          cache: str | os.PathLike[str] | None, runs: int, report: dict, force_measure: bool = False) -> dict:
     from edgemvp.latency import latency, make_session
     from edgemvp.models.weights import sha256_file
 
@@ -174,7 +175,7 @@ def _int8(src: ExportSource, profile: DeviceProfile, fp32: Path, out: Path, data
     quantize_model(fp32, out, mode, preset.per_channel, data.calibration if data else None)
     check_onnx(out)
     extra = {"int8": {"path": str(out), "mode": mode, "file_bytes": out.stat().st_size, "sha256": sha256_file(out)}}
-    report["latency"]["int8"] = latency(out, profile, cache=cache, runs=runs).to_dict()
+    report["latency"]["int8"] = latency(out, profile, force_measure, cache, runs).to_dict()
     if data is not None:
         acc8, pred8 = task_accuracy(make_session(out, profile.runtime), data)
         _, pred32 = task_accuracy(make_session(fp32, profile.runtime), data)

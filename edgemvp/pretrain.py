@@ -28,7 +28,7 @@ class PretrainConfig:
     smoothing 0.1, random 2 px shifts (+ flip where it keeps labels), bf16 autocast where the CPU has it.
     """
 
-    epochs: float = 12.0
+    epochs: float = 5.0
     batch_size: int = 256
     size: int = 32
     seed: int = 0

@@ -383,10 +383,11 @@ def _tv_split(ds: Any, labels: Any, channels: int) -> FileSplit:
     return FileSplit(lambda i: ds[i][0], np.asarray(labels), channels, "resize-crop")
 
 
-def _online_only(name: str, download: bool) -> None:
+def _online_only(name: str, download: bool, root: Path) -> None:
     if not download:
-        raise UsageError(f"{name} is downloaded by torchvision on first use, but downloads are off "
-                         "(EDGEMVP_OFFLINE/HF_HUB_OFFLINE is set); run once online to cache it")
+        raise UsageError(f"{name} is not in {root} and downloads are off (EDGEMVP_OFFLINE/HF_HUB_OFFLINE is set): "
+                         f"run once online (torchvision downloads it there), or copy a torchvision copy of it into "
+                         f"{root}, or pass --data-dir")
 
 
 @register_dataset("oxford-pets", "Oxford-IIIT Pets, 37 cat and dog breeds (online: torchvision)", True)
@@ -398,7 +399,7 @@ def load_pets(root: Path, download: bool) -> Dataset:
     try:
         train, test = make("trainval"), make("test")
     except RuntimeError as exc:
-        _online_only("Oxford-IIIT Pets", download)
+        _online_only("Oxford-IIIT Pets", download, root)
         raise UsageError(f"Oxford-IIIT Pets not found in {root}; {how} ({exc})") from exc
     except OSError as exc:
         raise UsageError(f"Oxford-IIIT Pets could not be downloaded ({exc}); {how}") from exc
@@ -414,7 +415,7 @@ def load_flowers(root: Path, download: bool) -> Dataset:
     try:
         parts = {s: tvd.Flowers102(str(root), split=s, download=download) for s in ("train", "val", "test")}
     except RuntimeError as exc:
-        _online_only("Flowers-102", download)
+        _online_only("Flowers-102", download, root)
         raise UsageError(f"Flowers-102 not found in {root}; {how} ({exc})") from exc
     except OSError as exc:
         raise UsageError(f"Flowers-102 could not be downloaded ({exc}); {how}") from exc
@@ -431,7 +432,7 @@ def _load_cifar(name: str, cls_name: str, root: Path, download: bool) -> Dataset
     try:
         train, test = factory(str(root), train=True, download=download), factory(str(root), train=False, download=download)
     except RuntimeError as exc:
-        _online_only(name, download)
+        _online_only(name, download, root)
         raise UsageError(f"{name} not found in {root}; {how} ({exc})") from exc
     except OSError as exc:
         raise UsageError(f"{name} could not be downloaded ({exc}); {how}") from exc

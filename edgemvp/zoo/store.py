@@ -332,6 +332,41 @@ class ZooStore:
         packed = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(ids), -1)
         return list(ids), np.unpackbits(packed, axis=1, count=sizes[0]).astype(bool)
 
+    def task_table(self, base_sha256: str) -> tuple[list[str], list[tuple[str, tuple[str, ...]]]]:
+        """Ids and ``(dataset, classes)`` of every entry of a base model, in one query (for ranking)."""
+        found = self.db.execute("SELECT id, dataset, classes FROM entries WHERE base_sha256=? ORDER BY rowid",
+                                (base_sha256,)).fetchall()
+        parsed: dict[str, tuple[str, ...]] = {}
+        ids, tasks = [], []
+        for entry_id, dataset, classes in found:
+            if classes not in parsed:
+                parsed[classes] = tuple(json.loads(classes))
+            ids.append(entry_id)
+            tasks.append((dataset, parsed[classes]))
+        return ids, tasks
+
+    def mask_rows(self, ids: list[str]) -> np.ndarray:
+        """The kept units of the given entries as ``(len(ids), units)`` bool, rows in ``ids`` order."""
+        if not ids:
+            return np.zeros((0, 0), dtype=bool)
+        found = dict((r[0], (r[1], r[2])) for r in self.db.execute(
+            f"SELECT id, mask_bits, n_units FROM entries WHERE id IN ({','.join('?' * len(ids))})", ids))
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise UsageError(f"no zoo entry with id {missing[0]}")
+        sizes = {found[i][1] for i in ids}
+        if len(sizes) != 1:
+            raise UsageError("entries of different architectures cannot vote together")
+        n = sizes.pop()
+        packed = np.frombuffer(b"".join(found[i][0] for i in ids), dtype=np.uint8).reshape(len(ids), -1)
+        return np.unpackbits(packed, axis=1, count=n).astype(bool)
+
+    def bases(self) -> list[tuple[str, str, int, str]]:
+        """``(arch, base sha256, entries, first entry id)`` for every base model the zoo's entries were pruned from."""
+        return [tuple(r) for r in self.db.execute(  # type: ignore[misc]
+            "SELECT arch, base_sha256, COUNT(*), (SELECT id FROM entries f WHERE f.base_sha256 = e.base_sha256 "
+            "ORDER BY rowid LIMIT 1) FROM entries e GROUP BY arch, base_sha256 ORDER BY MIN(rowid)")]
+
     def __len__(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
 

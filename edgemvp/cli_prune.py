@@ -1,0 +1,100 @@
+"""``edgemvp prune``: the product command (a thin adapter over :mod:`edgemvp.pipeline`).
+
+Registered on the main group by the last lines of :mod:`edgemvp.cli`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgemvp.cli import Context, _Bar, cli, pass_ctx
+from edgemvp.cli_deploy import profiles_option
+
+
+@cli.command("prune")
+@click.option("--task", "-t", help="Named task (see 'edgemvp tasks list'), or give --dataset and --classes.")
+@click.option("--dataset", help="Dataset of an ad-hoc task.")
+@click.option("--classes", help="Comma-separated classes of an ad-hoc task.")
+@click.option("--device", "-d", required=True, help="Target device profile or alias (see 'edgemvp devices list').")
+@click.option("--zoo", metavar="PATH|NAME", help="Zoo to vote from: a folder or a name under <cache>/zoos "
+              "[default: the base's default zoo, built on first use for the offline default].")
+@click.option("--method", type=click.Choice(["mvp", "random", "ifp", "transfer"]), default="mvp", show_default=True,
+              help="mvp; or a baseline through the same path: random masks, the single-task pruner (IFP/AHNP) for "
+                   "--iters steps, or transfer (fine-tune the single nearest zoo model).")
+@click.option("--iters", "-j", type=click.IntRange(min=0), default=100, show_default=True, help="Fine-tune steps J.")
+@click.option("--neighbours", "-n", type=int, default=3, show_default=True, help="Nearest zoo tasks that vote.")
+@click.option("--similarity", type=click.Choice(["wordnet", "leep"]), default="wordnet", show_default=True,
+              help="Task similarity (wordnet falls back to LEEP for classes without a taxonomy node).")
+@click.option("--hierarchy", type=click.Path(dir_okay=False, path_type=Path),
+              help="Class hierarchy (YAML/JSON tree) for Wu-Palmer instead of WordNet.")
+@click.option("--temperature", "--tau", type=float, default=0.25, show_default=True, help="tau of softmax(v / tau).")
+@click.option("--ratio", "-r", type=float, default=0.9, show_default=True, help="Fraction of units removed per group.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the vote, batches and init.")
+@click.option("--int8", is_flag=True, help="Also write model.int8.onnx; the budget gate then applies to it.")
+@click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True), help="Override the profile's budget.")
+@click.option("--measure", is_flag=True, help="Measure latency here with the profile's providers (on the device).")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder [default: export/<task>-<device>].")
+@click.option("--add-to-zoo", is_flag=True, help="Store the result in the zoo, its neighbours as parents.")
+@click.option("--arch", help="Base architecture [default: the zoo's].")
+@click.option("--base-dataset", help="Dataset the base was pre-trained on [default: the zoo's].")
+@click.option("--no-bn-reestimate", is_flag=True, help="Keep the averaged BatchNorm statistics (the paper's way).")
+@click.option("--runs", type=click.IntRange(min=5), default=100, show_default=True, help="Timed runs when measuring.")
+@profiles_option
+@pass_ctx
+def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str | None, device: str, zoo: str | None,
+              method: str, iters: int, neighbours: int, similarity: str, hierarchy: Path | None, temperature: float,
+              ratio: float, seed: int, int8: bool, budget_ms: float | None, measure: bool, out: Path | None,
+              add_to_zoo: bool, arch: str | None, base_dataset: str | None, no_bn_reestimate: bool, runs: int,
+              profiles: tuple[Path, ...]) -> None:
+    """Prune the base model for a new task by voting from the nearest zoo tasks; export and check it."""
+    from edgemvp.cli_zoo import _zoo_folder
+    from edgemvp.data.tasks import resolve_task
+    from edgemvp.errors import BudgetExceeded
+    from edgemvp.pipeline import PruneRequest, Stages, run
+
+    spec = resolve_task(task, dataset, classes, ctx.data)
+    req = PruneRequest(spec, device, _zoo_folder(ctx, zoo) if zoo else None, arch, base_dataset, method, iters,
+                       neighbours, similarity, hierarchy, temperature, ratio, seed, bn_reestimate=not no_bn_reestimate,
+                       int8=int8, budget_ms=budget_ms, measure=measure, out=out, add_to_zoo=add_to_zoo, runs=runs)
+    bars: list[_Bar] = []
+
+    def bar(desc: str, unit: str) -> _Bar:
+        bars.append(_Bar(desc, unit))
+        return bars[-1]
+
+    try:
+        result = run(req, ctx.cache, ctx.data, Stages(bar, lambda line: click.echo(line, err=True)), profiles)
+    finally:
+        for b in bars:
+            b.__exit__()
+    for line in summary(result.report, result.out):
+        click.echo(line)
+    if not result.within_budget:
+        lat = result.report["latency"]
+        raise BudgetExceeded(f"over budget: {lat['value_ms']:.3f} ms {lat['statistic']} ({lat['source']}) > "
+                             f"{lat['budget_ms']:g} ms" if lat["value_ms"] > lat["budget_ms"] else
+                             f"over budget: model size {lat['model_size_mb']:.1f} MB > {lat['model_size_budget_mb']:g} MB")
+
+
+def summary(r: dict, out: Path) -> list[str]:
+    """The short summary printed after a run."""
+    acc, lat, t = r["accuracy"], r["latency"], r["timings"]
+    lines = [f"{r['task']} ({r['dataset']}: {', '.join(r['classes'])}) -> {r['device']}, method {r['method']}"]
+    if r.get("neighbours"):
+        lines.append(f"neighbours by {r['similarity']['kind']}:")
+        lines += [f"  {n['id'][:12]} {', '.join(n['classes'])}  similarity {n['similarity']:.3f}"
+                  for n in r["neighbours"]]
+    init = "" if acc["init"] is None else (f" (at init {acc['init']:.2f}%"
+                                           + (f", before BN re-estimation {acc['init_before_bn']:.2f}%"
+                                              if r["settings"]["bn_reestimate"] else "") + ")")
+    lines.append(f"accuracy {acc['final']:.2f}% after {r['settings']['iters']} steps{init}")
+    lines.append(f"size {r['params'] / 1e6:.3f} M params ({100 * r['params_ratio']:.1f}% of {r['base']['params'] / 1e6:.2f} M), "
+                 f"{r['macs'] / 1e6:.2f} M MACs ({100 * r['macs_ratio']:.1f}% of {r['base']['macs'] / 1e6:.1f} M)")
+    verdict = "within budget" if lat["within_budget"] else "OVER BUDGET"
+    lines.append(f"latency {lat['value_ms']:.3f} ms {lat['statistic']} ({lat['source']}, {lat['model']}) vs budget "
+                 f"{lat['budget_ms']:g} ms {lat['budget_statistic']}: {verdict}")
+    lines.append(f"wrote {out}/ in {t.get('total', 0):.1f} s" + (f"; added to zoo as {r['zoo']['added'][:12]}"
+                                                                  if r["zoo"].get("added") else ""))
+    return lines

@@ -1,0 +1,167 @@
+"""The sub-network's initial weights: neighbour averaging in the full index space, class-aware head rows,
+and BatchNorm statistics re-estimated on the target (DESIGN.md decisions 4 and 5).
+
+Every neighbour's shrunk weights are expanded to the unpruned layout (:func:`edgemvp.shrink.expand_state`),
+which also marks which elements it has: an element exists in a neighbour when that neighbour kept all the
+units indexing it (output channel and input channel, head and model width, ...). Each element of the target
+is the mean over the neighbours that have it, else the base model's value. Classifier rows follow class
+identity: a target class's row is the mean of the neighbours' rows for the same class of the same dataset,
+else the base model's row for that class when it has one, else timm's default initialisation (seeded). Then
+the average is cut to the target's masks.
+
+After averaging, the BatchNorm running statistics no longer describe the activations (they are means of other
+sub-networks' statistics); :func:`reestimate_batchnorm` recomputes them on target training batches in
+train-mode forward passes without any weight update.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from edgemvp.masks import Masks
+from edgemvp.models.base import task_model
+from edgemvp.models.factory import load_into
+from edgemvp.shrink import build_pruned, contract_state, expand_state
+from edgemvp.spec import InputSpec
+from edgemvp.zoo.entry import ZooEntry
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One neighbour in the full index space.
+
+    Attributes:
+        state: Full-shape tensors (zeros where the neighbour has nothing).
+        present: Per key, which elements the neighbour has.
+        rows: For classifier keys: target row -> this neighbour's row of the same class.
+    """
+
+    state: StateDict
+    present: dict[str, torch.Tensor]
+    rows: Mapping[int, int]
+
+
+def average_state(fallback: StateDict, contributions: Sequence[Contribution], head_keys: Sequence[str] = ()
+                  ) -> StateDict:
+    """Element-wise mean over the contributions that have an element, else ``fallback`` (decisions 4, 5).
+
+    Args:
+        fallback: The base model's state in the target's full layout (its head already has the target's
+            class rows: the base's row for a known class, else default init).
+        contributions: The neighbours, expanded.
+        head_keys: Classifier keys, whose rows are matched by class (``Contribution.rows``) rather than position.
+
+    Integer buffers (``num_batches_tracked``) keep the fallback value.
+    """
+    heads = set(head_keys)
+    out: StateDict = {}
+    for key, base in fallback.items():
+        if not base.is_floating_point():
+            out[key] = base.clone()
+            continue
+        total = torch.zeros(base.shape, dtype=torch.float64)
+        count = torch.zeros(base.shape, dtype=torch.int64)
+        for c in contributions:
+            value, have = c.state[key].double(), c.present[key]
+            if key in heads:
+                for target_row, row in c.rows.items():
+                    total[target_row] += torch.where(have[row], value[row], 0.0)
+                    count[target_row] += have[row]
+            else:
+                total += torch.where(have, value, 0.0)
+                count += have
+        averaged = total / count.clamp_min(1)
+        out[key] = torch.where(count > 0, averaged, base.double()).to(base.dtype)
+    return out
+
+
+def classifier_keys(model: nn.Module) -> tuple[str, ...]:
+    """State-dict keys of the model's classifier."""
+    head = model.get_classifier()
+    name = next(n for n, m in model.named_modules() if m is head)
+    return tuple(f"{name}.{k}" for k, _ in head.named_parameters())
+
+
+def neighbour_contribution(entry: ZooEntry, full_shapes: Mapping[str, torch.Size], head: Sequence[str],
+                           target_dataset: str, target_classes: Sequence[str]) -> Contribution:
+    """Expand a zoo entry's weights to the full layout and map its classifier rows to the target's classes.
+
+    The weights are read with their sha256 checked (a corrupt entry is refused, never averaged in).
+    """
+    from edgemvp.models.weights import load_weights
+    from edgemvp.zoo.store import WEIGHTS
+
+    m = entry.manifest
+    state = load_weights(entry.folder / WEIGHTS, m.weights_sha256)
+    shapes = dict(full_shapes)
+    for key in head:  # the neighbour's head has its own task's rows
+        shapes[key] = torch.Size((len(m.task.classes),) + tuple(full_shapes[key][1:]))
+    full, present = expand_state(state, m.masks, shapes)
+    rows = {}
+    if m.task.dataset == target_dataset:
+        theirs = {c: i for i, c in enumerate(m.task.classes)}
+        rows = {t: theirs[c] for t, c in enumerate(target_classes) if c in theirs}
+    return Contribution(full, present, rows)
+
+
+def averaged_model(base: nn.Module, base_classes: tuple[str, ...], base_dataset: str, arch: str,
+                   spec: InputSpec, masks: Masks, neighbours: Sequence[ZooEntry], target_dataset: str,
+                   target_classes: tuple[str, ...], seed: int) -> nn.Module:
+    """The target's shrunk model initialised from its neighbours (and the base where none has an element).
+
+    Args:
+        base: The base model (full, its own classifier).
+        base_classes: The base's classes (a base row serves a target class of the same name and dataset).
+        base_dataset: The base's dataset.
+        arch: Architecture.
+        spec: Input spec.
+        masks: The target's masks.
+        neighbours: Zoo entries to average (empty: base weights only).
+        target_dataset: The target task's dataset.
+        target_classes: The target task's classes, in label order.
+        seed: Seeds default-initialised classifier rows.
+    """
+    known = base_classes if base_dataset == target_dataset else ()
+    full = task_model(base, known, target_classes, seed=seed)
+    fallback = full.state_dict()
+    head = classifier_keys(full)
+    shapes = {k: v.shape for k, v in fallback.items()}
+    contributions = [neighbour_contribution(e, shapes, head, target_dataset, target_classes) for e in neighbours]
+    averaged = average_state(fallback, contributions, head)
+    model = build_pruned(arch, len(target_classes), spec, masks)
+    load_into(model, contract_state(averaged, masks), "averaged neighbours")
+    return model.eval()
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int,
+                         device: torch.device | None = None) -> int:
+    """Recompute every BatchNorm's running mean and variance as the average over ``steps`` batches.
+
+    No parameter changes (forward passes only, in train mode for the statistics). Returns the number of
+    BatchNorm layers reset (0 for models without any, such as ViTs).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or steps < 1:
+        return 0
+    device = device or next(model.parameters()).device
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts equally
+    model.train()
+    try:
+        for _ in range(steps):
+            x, _ = next(batches)
+            model(x.to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return len(norms)

@@ -1,0 +1,511 @@
+"""``edgemvp prune``: a new task -> nearest zoo tasks -> vote -> averaged init -> shrink -> BatchNorm
+re-estimation -> J fine-tune steps -> ONNX (+ int8) -> latency gate, written to ``export/<task>-<device>/``.
+
+``--method`` runs the baselines through the same path, so their figures compare like for like:
+
+* ``mvp``: Meta-Vote Pruning (the N nearest entries vote; their weights initialise the sub-network).
+* ``random``: random masks at the same ratio, initialised from the base model.
+* ``ifp``: the family's single-task pruner (IFP for CNNs, AHNP for ViTs) from the base model for J steps.
+* ``transfer``: the single nearest zoo model (its masks and weights, the head mapped by class), fine-tuned.
+
+Artifacts (DESIGN.md): ``model.onnx`` (+ ``model.int8.onnx``), ``masks.json``, ``weights.safetensors``,
+``report.json``, ``README.md``; plus ``export.json`` from the export step. They are written to a temporary
+sibling folder and moved into place at the end, so an interrupted run never leaves a half-written folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from edgemvp.data.datasets import Dataset, get_dataset
+from edgemvp.data.loader import eval_batches, train_batches
+from edgemvp.data.tasks import TaskSpec, task_view
+from edgemvp.devices import DeviceProfile
+from edgemvp.errors import UsageError
+from edgemvp.masks import Masks, random_masks
+from edgemvp.models.base import BaseManifest, find_base, load_base
+from edgemvp.models.factory import get_arch
+from edgemvp.mvp import averaged_model, reestimate_batchnorm
+from edgemvp.paths import atomic_write_bytes
+from edgemvp.similarity import Hierarchy, Taxonomy, leep_similarity, wordnet_similarity
+from edgemvp.train import OptimConfig, Progress, accuracy, default_device, train_steps
+from edgemvp.vote import DEFAULT_NEIGHBOURS, DEFAULT_TEMPERATURE, nearest, vote
+from edgemvp.zoo.entry import ZooEntry
+from edgemvp.zoo.store import ZooStore
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("mvp", "random", "ifp", "transfer")
+SIMILARITIES = ("wordnet", "leep")
+REPORT = "report.json"
+CARD = "README.md"
+REPORT_SCHEMA = 1
+
+# The paper's fine-tuning recipe: SGD lr 0.01 cosine for CNNs, AdamW 2e-4 cosine for ViTs (batch 128).
+FINETUNE_OPTIM = {
+    "cnn": OptimConfig(optimizer="sgd", lr=0.01, weight_decay=5e-4),
+    "vit": OptimConfig(optimizer="adamw", lr=2e-4, weight_decay=0.05),
+}
+SINGLE_TASK_PRUNER = {"cnn": "ifp-activation", "vit": "ahnp"}
+
+
+@dataclass(frozen=True)
+class PruneRequest:
+    """One ``edgemvp prune`` run.
+
+    Attributes:
+        task: The target task.
+        device: Device profile name or alias.
+        zoo: Zoo folder; ``None`` is the default zoo of the base (built on first use for the offline default).
+        arch: Base architecture; ``None`` takes the zoo's (or the default, resnet18).
+        base_dataset: Dataset the base was pre-trained on; ``None`` takes the zoo's (or fashion-mnist).
+        method: ``mvp``, ``random``, ``ifp`` or ``transfer``.
+        iters: Fine-tune steps J (paper: 100).
+        neighbours: N nearest entries that vote (paper: 3 are enough).
+        similarity: ``wordnet`` (Wu-Palmer over WordNet or ``hierarchy``) or ``leep``.
+        hierarchy: A user class hierarchy (YAML/JSON) used instead of WordNet.
+        temperature: tau of softmax(v / tau).
+        ratio: Fraction of every unit group removed.
+        seed: Seeds the vote, the batches and default-initialised rows.
+        batch_size: Fine-tune batch (paper: 128).
+        bn_reestimate: Recompute BatchNorm statistics on the target before fine-tuning.
+        bn_batches: Batches used for that.
+        leep_samples: Target training images LEEP scores candidates on.
+        int8: Also write and report an int8 model (the gate then applies to it).
+        budget_ms: Override the profile's latency budget.
+        measure: Measure latency here even when the device is not detected.
+        out: Output folder (default ``export/<task>-<device>``).
+        add_to_zoo: Store the result in the zoo with its neighbours as parents.
+        runs: Timed runs when latency is measured.
+    """
+
+    task: TaskSpec
+    device: str
+    zoo: Path | None = None
+    arch: str | None = None
+    base_dataset: str | None = None
+    method: str = "mvp"
+    iters: int = 100
+    neighbours: int = DEFAULT_NEIGHBOURS
+    similarity: str = "wordnet"
+    hierarchy: Path | None = None
+    temperature: float = DEFAULT_TEMPERATURE
+    ratio: float = 0.9
+    seed: int = 0
+    batch_size: int = 128
+    bn_reestimate: bool = True
+    bn_batches: int = 20
+    leep_samples: int = 500
+    int8: bool = False
+    budget_ms: float | None = None
+    measure: bool = False
+    out: Path | None = None
+    add_to_zoo: bool = False
+    runs: int = 100
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"unknown method '{self.method}'; valid methods: {', '.join(METHODS)}")
+        if self.similarity not in SIMILARITIES:
+            raise UsageError(f"unknown similarity '{self.similarity}'; valid: {', '.join(SIMILARITIES)}")
+        if self.iters < 0:
+            raise UsageError(f"--iters must be at least 0, got {self.iters}")
+        if not 0.0 < self.ratio < 1.0:
+            raise UsageError(f"--ratio must be in (0, 1), got {self.ratio}")
+        if not self.temperature > 0:
+            raise UsageError(f"--temperature must be positive, got {self.temperature}")
+        if self.neighbours < 1:
+            raise UsageError(f"--neighbours must be at least 1, got {self.neighbours}")
+        if self.method == "ifp" and self.iters < 1:
+            raise UsageError("--method ifp needs --iters of at least 1 (it prunes while training)")
+
+    def output_dir(self, profile: DeviceProfile) -> Path:
+        return self.out if self.out is not None else Path("export") / f"{self.task.name}-{profile.name}"
+
+
+@dataclass
+class Stages:
+    """Progress hooks a front end may supply (all optional)."""
+
+    bar: Callable[[str, str], Progress] | None = None  # (description, unit) -> progress object
+    say: Callable[[str], None] = lambda line: None
+
+    def progress(self, desc: str, unit: str = "step") -> Progress | None:
+        return self.bar(desc, unit) if self.bar else None
+
+
+@dataclass
+class PruneResult:
+    """What a run produced: the report (also in ``report.json``), the folder and the budget verdict."""
+
+    report: dict
+    out: Path
+    within_budget: bool
+    entry_id: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# --- zoo and base ------------------------------------------------------------------------------------------
+def _open_zoo(req: PruneRequest, cache, data_root, stages: Stages) -> tuple[ZooStore, BaseManifest]:
+    """The zoo to vote from and the cached base it was built for (building the offline default on first use)."""
+    from edgemvp.zoo.defaults import DEFAULT_ARCH, DEFAULT_DATASET, default_zoo_path, ensure_default_zoo, zoo_path
+
+    if req.zoo is None:
+        arch, dataset = req.arch or DEFAULT_ARCH, req.base_dataset or DEFAULT_DATASET
+        if (arch, dataset) == (DEFAULT_ARCH, DEFAULT_DATASET):
+            _ensure_default_base(cache, data_root, stages)
+            stages.say(f"zoo: default zoo ({default_zoo_path(cache)})")
+            ensure_default_zoo(cache, data_root, overall=stages.progress("default zoo (first use)", "task"),
+                               task_progress=lambda job: stages.progress(f"  {job.task.name}"))
+            path = default_zoo_path(cache)
+        else:
+            path = zoo_path(arch, dataset, cache)
+            if not path.exists():
+                raise UsageError(f"no zoo for the {arch} base of '{dataset}' at {path}; build one with 'edgemvp zoo "
+                                 f"build --arch {arch} --dataset {dataset} --zoo {path}' or pass --zoo")
+    else:
+        path = req.zoo
+        if not path.exists():
+            raise UsageError(f"zoo not found: {path}")
+    store = ZooStore.open(path)
+    try:
+        manifest = _zoo_base(store, req, cache)
+    except BaseException:
+        store.close()
+        raise
+    return store, manifest
+
+
+def _zoo_base(store: ZooStore, req: PruneRequest, cache) -> BaseManifest:
+    bases = store.bases()
+    if not bases:
+        raise UsageError(f"zoo {store.root} is empty; build it with 'edgemvp zoo build --zoo {store.root}'")
+    wanted = [b for b in bases if req.arch in (None, b[0])]
+    if not wanted:
+        have = ", ".join(sorted({b[0] for b in bases}))
+        raise UsageError(f"zoo {store.root} holds {have} entries, not {req.arch}")
+    refs = [store.get(b[3]).manifest.base for b in wanted]
+    if req.base_dataset is not None:
+        refs = [r for r in refs if r.dataset == req.base_dataset] or refs
+    for ref in refs:
+        cached = find_base(ref.arch, ref.dataset, cache)
+        if cached is not None and cached.weights_sha256 == ref.weights_sha256:
+            return cached
+    ref = refs[0]
+    cached = find_base(ref.arch, ref.dataset, cache)
+    if cached is None:
+        raise UsageError(f"zoo {store.root} was built for a {ref.arch} base of '{ref.dataset}' "
+                         f"(sha256 {ref.weights_sha256[:12]}), which is not in the cache; run 'edgemvp pretrain "
+                         f"--arch {ref.arch} --dataset {ref.dataset}' or import that base")
+    raise UsageError(f"zoo {store.root} was built for another base model: its {ref.arch} base of '{ref.dataset}' "
+                     f"has sha256 {ref.weights_sha256[:12]}, the cached one {cached.weights_sha256[:12]}")
+
+
+def _ensure_default_base(cache, data_root, stages: Stages) -> None:
+    from edgemvp.pretrain import PretrainConfig, pretrain
+    from edgemvp.zoo.defaults import DEFAULT_ARCH, DEFAULT_DATASET
+
+    if find_base(DEFAULT_ARCH, DEFAULT_DATASET, cache) is None:
+        stages.say(f"base: pre-training {DEFAULT_ARCH} on {DEFAULT_DATASET} (first use; cached afterwards)")
+        pretrain(DEFAULT_ARCH, DEFAULT_DATASET, PretrainConfig(), cache, data_root,
+                 progress=stages.progress(f"pretrain {DEFAULT_ARCH}"))
+
+
+# --- similarity --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ranking:
+    """Candidates ranked for the target."""
+
+    ids: list[str]
+    scores: np.ndarray
+    kind: str  # what was used: "wordnet", "hierarchy" or "leep"
+    note: str | None = None  # why it fell back to LEEP
+
+
+def _sample(task: TaskSpec, dataset: Dataset, spec, samples: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    per_class = max(1, math.ceil(samples / len(task.classes)))
+    view = task_view(task, dataset, "train", per_class=per_class, seed=seed)
+    xs, ys = zip(*eval_batches(view, spec))
+    return torch.cat(xs), torch.cat(ys).numpy()
+
+
+def rank(store: ZooStore, base: BaseManifest, task: TaskSpec, dataset: Dataset, req: PruneRequest,
+         cache=None) -> Ranking:
+    """Score every zoo entry of the base against the target (WordNet/hierarchy Wu-Palmer, else LEEP)."""
+    ids, tasks = store.task_table(base.weights_sha256)
+    kind, note = req.similarity, None
+    if kind == "wordnet":
+        taxonomy = Taxonomy(Hierarchy.load(req.hierarchy) if req.hierarchy else None, cache)
+        try:
+            scores = wordnet_similarity([(task.dataset, c) for c in task.classes], tasks, taxonomy)
+            return Ranking(ids, scores, "wordnet" if req.hierarchy is None else "hierarchy")
+        except UsageError as exc:
+            note = f"{exc}; falling back to LEEP"
+            kind = "leep"
+    x, y = _sample(task, dataset, base.input_spec, req.leep_samples, req.seed)
+    models = (store.get(i).load_model() for i in ids)
+    return Ranking(ids, leep_similarity(models, x, y, len(task.classes)), "leep", note)
+
+
+# --- the run -----------------------------------------------------------------------------------------------
+def _method_model(req: PruneRequest, base_model, base: BaseManifest, store: ZooStore, ranking: Ranking,
+                  dataset: Dataset, batches, stages: Stages) -> tuple[torch.nn.Module, Masks, list[ZooEntry], dict]:
+    """Masks and initial (or, for IFP, trained) model of the chosen method; extra report fields."""
+    arch, spec, task = base.arch, base.input_spec, req.task
+    family = get_arch(arch).family
+    common = dict(base=base_model, base_classes=base.classes, base_dataset=base.dataset, arch=arch, spec=spec,
+                  target_dataset=task.dataset, target_classes=task.classes, seed=req.seed)
+    info: dict = {}
+    if req.method in ("mvp", "transfer"):
+        count = req.neighbours if req.method == "mvp" else 1
+        order = nearest(ranking.scores, count)
+        entries = [store.get(ranking.ids[i]) for i in order]
+        if req.method == "mvp":
+            rows = store.mask_rows([e.id for e in entries])
+            result = vote(arch, rows, req.ratio, req.temperature, req.seed, base.weights_sha256)
+            masks = result.masks
+            info["vote"] = {"neighbours": len(entries), "temperature": req.temperature, "seed": req.seed,
+                            "unanimous_kept_fraction": round(result.agreement(), 4)}
+        else:
+            masks = entries[0].manifest.masks
+        model = averaged_model(masks=masks, neighbours=entries, **common)
+        return model, masks, entries, info
+    if req.method == "random":
+        masks = random_masks(arch, req.ratio, req.seed, base_sha256=base.weights_sha256)
+        return averaged_model(masks=masks, neighbours=[], **common), masks, [], info
+    # ifp: the single-task pruner for J steps from the base, in the same batches
+    from edgemvp.models.base import task_model
+    from edgemvp.pruners import PruneConfig, get_pruner
+
+    name = SINGLE_TASK_PRUNER[family]
+    known = base.classes if base.dataset == task.dataset else ()
+    full = task_model(base_model, known, task.classes, seed=req.seed)
+    cfg = PruneConfig(ratio=req.ratio, iters=req.iters, batch_size=req.batch_size, seed=req.seed)
+    out = get_pruner(name, family)(full, arch, batches, cfg, base.weights_sha256, None,
+                                   stages.progress(f"{name} J={req.iters}"))
+    info["pruner"] = {"name": name, "config": cfg.to_dict()}
+    return out.model, out.masks, [], info
+
+
+def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
+        data_root: str | os.PathLike[str] | None = None, stages: Stages | None = None,
+        profiles: tuple[Path, ...] = ()) -> PruneResult:
+    """Run ``edgemvp prune`` (see the module docstring).
+
+    Raises:
+        UsageError: Unknown device, missing data, empty zoo, zoo of another base, N larger than the zoo, ...
+    """
+    from edgemvp.devices import ProfileRegistry
+    from edgemvp.shrink import params_and_macs
+
+    stages = stages or Stages()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    start = clock
+    profile = ProfileRegistry(profiles, cache).get(req.device)  # unknown device: one line, before any work
+    dataset = get_dataset(req.task.dataset, data_root)  # missing data: one line saying how to get it
+    out = req.output_dir(profile)
+    lap("setup")
+    store, base = _open_zoo(req, cache, data_root, stages)
+    with store:
+        lap("base_and_zoo")
+        base_model, _ = load_base(base.arch, base.dataset, cache)
+        family = get_arch(base.arch).family
+        spec = base.input_spec
+        n_candidates = len(store.task_table(base.weights_sha256)[0])
+        if req.method == "mvp":
+            nearest(np.zeros(n_candidates), req.neighbours)  # N larger than the zoo: the clear error, before work
+        ranking = rank(store, base, req.task, dataset, req, cache) if req.method in ("mvp", "transfer") else None
+        if ranking is not None and ranking.note:
+            stages.say(f"similarity: {ranking.note}")
+        lap("similarity")
+        torch.manual_seed(req.seed)
+        batches = train_batches(task_view(req.task, dataset, "train"), spec, req.batch_size, req.seed)
+        model, masks, entries, info = _method_model(req, base_model, base, store, ranking, dataset, batches, stages)
+        lap("init")
+        test = task_view(req.task, dataset, "test")
+        device = default_device()
+        acc: dict[str, float | None] = {"init": None, "init_before_bn": None}
+        if req.method != "ifp":
+            acc["init_before_bn"] = round(accuracy(model, eval_batches(test, spec), device), 3)
+            if req.bn_reestimate:
+                plain = train_batches(task_view(req.task, dataset, "train"), spec, req.batch_size, req.seed + 1,
+                                      augmented=False)
+                reestimate_batchnorm(model.to(device), plain, req.bn_batches, device)
+            acc["init"] = round(accuracy(model, eval_batches(test, spec), device), 3)
+            lap("bn_and_eval_init")
+            if req.iters:
+                train_steps(model, batches, req.iters, FINETUNE_OPTIM[family], device,
+                            stages.progress(f"fine-tune J={req.iters}"), deterministic=True)
+            lap("finetune")
+        model = model.cpu().eval()
+        acc["final"] = round(accuracy(model, eval_batches(test, spec), torch.device("cpu")), 3)
+        lap("evaluate")
+        params, macs = params_and_macs(model, spec)
+        base_params, base_macs = params_and_macs(base_model, spec)
+        neighbours = [] if ranking is None else [
+            {"id": e.id, "task": e.manifest.task.name, "dataset": e.manifest.task.dataset,
+             "classes": list(e.manifest.task.classes), "similarity": round(float(ranking.scores[ranking.ids.index(e.id)]), 5),
+             "test_acc": e.manifest.metrics.get("test_acc"), "pruner": e.manifest.pruner} for e in entries]
+        report = {
+            "schema_version": REPORT_SCHEMA, "task": req.task.name, "dataset": req.task.dataset,
+            "classes": list(req.task.classes), "device": profile.name, "method": req.method,
+            "base": {"arch": base.arch, "dataset": base.dataset, "weights_sha256": base.weights_sha256,
+                     "test_acc": base.test_acc, "params": base_params, "macs": base_macs,
+                     "input_spec": spec.to_dict()},
+            "zoo": {"path": str(store.root), "entries": n_candidates},
+            "similarity": None if ranking is None else {"kind": ranking.kind, "note": ranking.note,
+                                                         "requested": req.similarity},
+            "neighbours": neighbours, **info,
+            "settings": {"iters": req.iters, "ratio": req.ratio, "seed": req.seed, "batch_size": req.batch_size,
+                         "neighbours": req.neighbours, "temperature": req.temperature,
+                         "bn_reestimate": req.bn_reestimate, "bn_batches": req.bn_batches,
+                         "finetune_optim": asdict(FINETUNE_OPTIM[family]), "device": str(device)},
+            "accuracy": acc,
+            "params": params, "macs": macs, "params_ratio": round(params / base_params, 5),
+            "macs_ratio": round(macs / base_macs, 5), "keep_ratio": round(masks.keep_ratio(), 5),
+        }
+        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            result = _write(req, profile, model, masks, spec, report, tmp, out, cache, data_root, timings, lap)
+            if req.add_to_zoo:
+                result.entry_id = _add_to_zoo(store, req, base, masks, model, report, entries, out)
+                report["zoo"]["added"] = result.entry_id
+            timings["total"] = round(time.perf_counter() - start, 3)
+            atomic_write_bytes(out / REPORT, json.dumps(report, indent=1).encode())
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def _write(req: PruneRequest, profile: DeviceProfile, model, masks: Masks, spec, report: dict, tmp: Path, out: Path,
+           cache, data_root, timings: dict, lap) -> PruneResult:
+    """Export, quantize, gate, write the card, then move the folder into place."""
+    from edgemvp.deploy import ExportSource, deploy
+    from edgemvp.models.weights import sha256_file
+    from edgemvp.shrink import WEIGHTS_FILE, save_pruned
+
+    tmp.mkdir(parents=True)
+    weights_sha = save_pruned(model, masks, spec, len(req.task.classes), tmp)
+    src = ExportSource(model, masks.arch, spec, tmp, None, req.task.name)
+    exported = deploy(src, profile, tmp, req.int8, req.task, cache=cache, data_root=data_root, runs=req.runs,
+                      force_measure=req.measure)
+    lap("export_and_latency")
+    # the export step ran in the temporary folder: name files by where they will be
+    export_json = tmp / "export.json"
+    exported = json.loads(export_json.read_text().replace(str(tmp), str(out)))
+    atomic_write_bytes(export_json, json.dumps(exported, indent=1).encode())
+    shipped = "int8" if req.int8 else "fp32"
+    lat = exported["latency"][shipped]
+    budget = req.budget_ms if req.budget_ms is not None else profile.budget.latency_ms
+    onnx_name = "model.int8.onnx" if req.int8 else "model.onnx"
+    size_mb = (tmp / onnx_name).stat().st_size / 2 ** 20
+    size_limit = profile.budget.model_size_mb
+    within = lat["value_ms"] <= budget and (size_limit is None or size_mb <= size_limit)
+    report["export"] = {"opset": exported["export"].get("opset"), "parity": exported["export"].get("parity"),
+                        "exporter": exported["export"].get("exporter"), "onnx_accuracy": exported.get("accuracy")}
+    report["latency"] = {**lat, "model": onnx_name, "budget_ms": budget, "budget_statistic": profile.budget.statistic,
+                         "model_size_mb": round(size_mb, 3), "model_size_budget_mb": size_limit,
+                         "within_budget": within, "all": exported["latency"]}
+    report["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    report["files"][WEIGHTS_FILE] = weights_sha
+    report["timings"] = timings
+    from edgemvp.versions import tool_versions
+
+    report["versions"] = tool_versions()
+    atomic_write_bytes(tmp / REPORT, json.dumps(report, indent=1).encode())
+    atomic_write_bytes(tmp / CARD, model_card(report).encode())
+    _replace_dir(tmp, out)
+    return PruneResult(report, out, within, timings=timings)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move ``tmp`` to ``out``; a previous ``out`` is kept aside until the move has happened."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    if out.exists():
+        os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _add_to_zoo(store: ZooStore, req: PruneRequest, base: BaseManifest, masks: Masks, model, report: dict,
+                entries: list[ZooEntry], out: Path) -> str:
+    """Store the result as a zoo entry whose parents are its neighbours."""
+    from edgemvp.shrink import WEIGHTS_FILE
+    from edgemvp.versions import tool_versions
+    from edgemvp.zoo.entry import BaseRef, EntryManifest
+
+    weights = (out / WEIGHTS_FILE).read_bytes()
+    config = {"method": req.method, **report["settings"]}
+    config.pop("device", None)
+    parents = tuple(e.id for e in entries)
+    ident = {"format": 1, "base": base.weights_sha256, "dataset": req.task.dataset, "classes": list(req.task.classes),
+             "pruner": req.method, "config": config, "parents": list(parents)}
+    job_key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+    metrics = {"test_acc": report["accuracy"]["final"], "params": report["params"], "macs": report["macs"],
+               "keep_ratio": report["keep_ratio"], "init_acc": report["accuracy"]["init"]}
+    manifest = EntryManifest(req.task, BaseRef(base.arch, base.dataset, base.weights_sha256, base.input_spec), masks,
+                             req.method, config, metrics, hashlib.sha256(weights).hexdigest(), job_key, parents,
+                             tool_versions())
+    existing = store.job_entry(job_key)
+    return existing if existing else store.put(manifest, weights, build_seconds=report["timings"].get("total"))
+
+
+def model_card(report: dict) -> str:
+    """A short README.md for the output folder."""
+    lat, acc = report["latency"], report["accuracy"]
+    lines = [
+        f"# {report['task']} on {report['device']}",
+        "",
+        f"A {report['base']['arch']} pruned for the {len(report['classes'])}-class task **{report['task']}** "
+        f"({report['dataset']}: {', '.join(report['classes'])}) with edgemvp `--method {report['method']}`, "
+        f"{report['settings']['iters']} fine-tune steps, ratio {report['settings']['ratio']}.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| test accuracy | {acc['final']:.2f}% (at init: {_pct(acc['init'])}) |",
+        f"| parameters | {report['params']:,} ({100 * report['params_ratio']:.1f}% of the base's {report['base']['params']:,}) |",
+        f"| MACs at {report['base']['input_spec']['size']} px | {report['macs']:,} ({100 * report['macs_ratio']:.1f}% of the base) |",
+        f"| latency ({lat['model']}) | {lat['value_ms']:.3f} ms {lat['statistic']}, {lat['source']} "
+        f"(budget {lat['budget_ms']:g} ms {lat['budget_statistic']}: {'within' if lat['within_budget'] else 'OVER'}) |",
+        f"| input | {report['base']['input_spec']['channels']} x {report['base']['input_spec']['size']} x "
+        f"{report['base']['input_spec']['size']}, normalised mean {report['base']['input_spec']['mean']} "
+        f"std {report['base']['input_spec']['std']} |",
+        "",
+    ]
+    if report.get("neighbours"):
+        lines += ["Voted from these zoo tasks (similarity " + report["similarity"]["kind"] + "):", ""]
+        lines += [f"- `{n['id'][:12]}` {n['task']} ({', '.join(n['classes'])}): {n['similarity']:.3f}"
+                  for n in report["neighbours"]]
+        lines.append("")
+    lines += ["Files: `model.onnx` (opset " + str(report["export"]["opset"]) + ", parity-checked against PyTorch), "
+              "`masks.json` + `weights.safetensors` (rebuild: create(arch) -> shrink(masks) -> load), "
+              "`report.json` (every figure, timings, versions, seeds).", ""]
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}%"
+

@@ -1,0 +1,98 @@
+"""Neighbour selection and the vote (the paper's Eq. 1; DESIGN.md decision 8).
+
+For each unit group of ``n`` units, every neighbour that kept unit ``k`` gives it a vote: ``v_k`` in
+``0..N``. The group keeps ``max(1, round((1 - r) n))`` units drawn without replacement from
+``p(k) = softmax(v_k / tau)``. Sampling uses the Gumbel top-k trick: keep the ``m`` largest
+``v_k / tau + g_k`` with ``g_k`` i.i.d. standard Gumbel. This is exactly successive sampling without
+replacement from ``p`` (the first pick is distributed as ``p``; each next one as ``p`` renormalised over the
+rest), and it is one vectorised draw for the whole model, reproducible from the recorded seed.
+
+``tau -> 0`` keeps the most-voted units (ties broken at random); ``tau -> inf`` is random pruning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgemvp.errors import UsageError
+from edgemvp.masks import Masks, keep_count
+from edgemvp.units import unit_space
+
+DEFAULT_NEIGHBOURS = 3
+# tau: measured on fashion5 with 3 neighbours from a 12-task zoo (docs/results.md): at tau = 1 about half the
+# kept units have no vote and J=100 reaches 89.8%; at tau = 0.25 it reaches 92.4-92.5% over 3 seeds.
+DEFAULT_TEMPERATURE = 0.25
+
+
+def nearest(similarity: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the ``n`` most similar candidates, most similar first (ties: earlier candidate first).
+
+    Raises:
+        UsageError: ``n`` < 1 or larger than the number of candidates.
+    """
+    total = len(similarity)
+    if n < 1:
+        raise UsageError(f"--neighbours must be at least 1, got {n}")
+    if n > total:
+        raise UsageError(f"--neighbours {n} is more than the {total} entr{'y' if total == 1 else 'ies'} the zoo has "
+                         "for this base model")
+    order = np.argsort(-np.asarray(similarity, dtype=np.float64), kind="stable")
+    return order[:n]
+
+
+def gumbel_top_k(logits: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` distinct positions sampled without replacement from softmax(logits) (sorted ascending)."""
+    keys = logits + rng.gumbel(size=logits.shape)
+    return np.sort(np.argpartition(-keys, k - 1)[:k])
+
+
+@dataclass(frozen=True)
+class VoteResult:
+    """The sampled masks with the vote behind them."""
+
+    masks: Masks
+    votes: dict[str, np.ndarray]  # per unit group, (n,) int votes
+    seed: int
+    temperature: float
+    neighbours: int
+
+    def agreement(self) -> float:
+        """Fraction of kept units that every neighbour kept (how unanimous the sample is)."""
+        kept = sum(int((self.votes[u][list(k)] == self.neighbours).sum()) for u, k in self.masks.kept.items())
+        return kept / sum(len(k) for k in self.masks.kept.values())
+
+
+def vote(arch: str, neighbour_masks: np.ndarray, ratio: float, temperature: float = DEFAULT_TEMPERATURE,
+         seed: int = 0, base_sha256: str = "") -> VoteResult:
+    """Sample target masks from the neighbours' kept units.
+
+    Args:
+        arch: Architecture (its unit space orders the columns).
+        neighbour_masks: ``(N, units)`` bool, one row per neighbour, unit-space order (``ZooStore.mask_rows``).
+        ratio: Fraction of every group to remove.
+        temperature: ``tau`` > 0.
+        seed: Seed of the Gumbel draw (recorded in the report).
+        base_sha256: Base model the masks refer to.
+
+    Raises:
+        UsageError: Non-positive temperature, no neighbours, or rows that do not match the arch.
+    """
+    if not temperature > 0:
+        raise UsageError(f"--temperature must be positive, got {temperature}")
+    space = unit_space(arch)
+    rows = np.asarray(neighbour_masks, dtype=bool)
+    total = sum(u.size for u in space.units)
+    if rows.ndim != 2 or rows.shape[0] == 0 or rows.shape[1] != total:
+        raise UsageError(f"vote needs (neighbours, {total}) masks for {arch}, got {rows.shape}")
+    v = rows.sum(axis=0).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    keys = v / temperature + rng.gumbel(size=total)  # one draw for the whole model
+    kept, votes, start = {}, {}, 0
+    for unit in space.units:
+        part = keys[start:start + unit.size]
+        k = keep_count(unit.size, ratio)
+        kept[unit.name] = tuple(int(i) for i in np.sort(np.argpartition(-part, k - 1)[:k]))
+        votes[unit.name] = v[start:start + unit.size]
+        start += unit.size
+    return VoteResult(Masks(arch, kept, base_sha256), votes, seed, temperature, rows.shape[0])

@@ -1,0 +1,194 @@
+"""``edgemvp prune`` end to end on tiny digits bases: artifacts, methods, add-to-zoo, errors and exit codes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgemvp.data.datasets import get_dataset
+from edgemvp.data.loader import eval_batches
+from edgemvp.data.tasks import resolve_task, task_view
+from edgemvp.pipeline import PruneRequest, run
+from edgemvp.pruners import PruneConfig
+from edgemvp.shrink import load_pruned
+from edgemvp.spec import InputSpec
+from edgemvp.train import accuracy
+from edgemvp.zoo import ZooStore
+from edgemvp.zoo.build import BuildSpec, build
+
+ROOT = Path(__file__).parent.parent
+ARTIFACTS = {"model.onnx", "masks.json", "weights.safetensors", "report.json", "README.md", "export.json"}
+
+
+@pytest.fixture(scope="module")
+def digits_zoo(tiny_bases, tmp_path_factory) -> Path:
+    """Five 3-class digits tasks pruned by IFP (a few steps each) from the tiny resnet18 base."""
+    zoo = tmp_path_factory.mktemp("pz") / "zoo"
+    spec = BuildSpec("resnet18", "digits", tasks=5, classes_per_task=3, pruner="ifp-activation",
+                     config=PruneConfig(iters=12, batch_size=32), seed=0)
+    build(spec, zoo, tiny_bases, threads=2)
+    return zoo
+
+
+def _request(zoo: Path, out: Path, **kw) -> PruneRequest:
+    task = resolve_task(None, "digits", "0,1,2")
+    args = dict(task=task, device="host", zoo=zoo, iters=5, neighbours=2, batch_size=32, runs=5, out=out,
+                bn_batches=4, leep_samples=60)
+    args.update(kw)
+    return PruneRequest(**args)
+
+
+def _cli(cache: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "EDGEMVP_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "edgemvp", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT)
+
+
+def test_mvp_end_to_end_falls_back_to_leep_and_writes_every_artifact(tiny_bases, digits_zoo, tmp_path) -> None:
+    out = tmp_path / "run"
+    result = run(_request(digits_zoo, out), tiny_bases)
+    r = result.report
+    assert ARTIFACTS <= {p.name for p in out.iterdir()}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+    # digits classes have no WordNet synsets: LEEP is used, and the report says why
+    assert r["similarity"]["kind"] == "leep" and "no node in wordnet" in r["similarity"]["note"]
+    sims = [n["similarity"] for n in r["neighbours"]]
+    assert len(sims) == 2 and sims == sorted(sims, reverse=True) and all(s < 0 for s in sims)
+    assert r["vote"]["neighbours"] == 2 and r["vote"]["temperature"] == 0.25
+    # the folder rebuilds the same model, and the report's accuracy is its accuracy
+    model, masks = load_pruned(out)
+    assert masks.keep_ratio() == pytest.approx(r["keep_ratio"], abs=1e-5) and r["keep_ratio"] < 0.15
+    ds = get_dataset("digits")
+    spec = InputSpec.from_dict(r["base"]["input_spec"])
+    acc = accuracy(model, eval_batches(task_view(resolve_task(None, "digits", "0,1,2"), ds, "test"), spec),
+                   torch.device("cpu"))
+    assert acc == pytest.approx(r["accuracy"]["final"], abs=0.01)
+    assert r["accuracy"]["final"] > 100 / 3 + 10  # learned something beyond chance
+    assert r["params"] < 0.05 * r["base"]["params"]
+    assert r["export"]["parity"]["passed"] and r["export"]["opset"] == 18
+    lat = r["latency"]
+    assert lat["source"] == "measured" and lat["within_budget"] and result.within_budget
+    files = json.loads((out / "report.json").read_text())["files"]
+    assert set(files) >= {"model.onnx", "masks.json", "weights.safetensors"}
+    assert "# " in (out / "README.md").read_text() and "digits" in (out / "README.md").read_text()
+    # the same request gives the same weights (seeded vote, batches and fp32 fine-tuning)
+    again = run(_request(digits_zoo, tmp_path / "again"), tiny_bases)
+    assert again.report["files"]["weights.safetensors"] == files["weights.safetensors"]
+
+
+def test_user_hierarchy_ranks_by_wu_palmer(tiny_bases, digits_zoo, tmp_path) -> None:
+    from edgemvp.similarity import Hierarchy, Taxonomy, wordnet_similarity
+
+    tree = tmp_path / "digits.yaml"
+    tree.write_text("digits:\n  even: ['0', '2', '4', '6', '8']\n  odd: ['1', '3', '5', '7', '9']\n")
+    result = run(_request(digits_zoo, tmp_path / "h", hierarchy=tree, iters=0), tiny_bases)
+    r = result.report
+    assert r["similarity"]["kind"] == "hierarchy" and r["similarity"]["note"] is None
+    with ZooStore.open(digits_zoo) as store:
+        ids, tasks = store.task_table(r["base"]["weights_sha256"])
+    sims = wordnet_similarity([("digits", c) for c in ("0", "1", "2")], tasks, Taxonomy(Hierarchy.load(tree)))
+    best = [ids[i] for i in np.argsort(-sims, kind="stable")[:2]]
+    assert [n["id"] for n in r["neighbours"]] == best
+    assert r["accuracy"]["final"] == r["accuracy"]["init"]  # J = 0: no fine-tuning
+
+
+def test_baselines_run_through_the_same_path(tiny_bases, digits_zoo, tmp_path) -> None:
+    from edgemvp.masks import random_masks
+
+    with ZooStore.open(digits_zoo) as store:
+        before = len(store)
+    reports = {}
+    for method in ("random", "transfer", "ifp"):
+        reports[method] = run(_request(digits_zoo, tmp_path / method, method=method, iters=12), tiny_bases).report
+        assert ARTIFACTS <= {p.name for p in (tmp_path / method).iterdir()}
+    assert load_pruned(tmp_path / "random")[1].kept == random_masks("resnet18", 0.9, 0).kept
+    nearest = reports["transfer"]["neighbours"]
+    assert len(nearest) == 1
+    with ZooStore.open(digits_zoo) as store:
+        assert load_pruned(tmp_path / "transfer")[1].kept == store.get(nearest[0]["id"]).manifest.masks.kept
+        assert len(store) == before  # nothing added without --add-to-zoo
+    assert reports["ifp"]["pruner"]["name"] == "ifp-activation" and reports["ifp"]["neighbours"] == []
+
+
+def test_add_to_zoo_records_parents(tiny_bases, digits_zoo, tmp_path) -> None:
+    result = run(_request(digits_zoo, tmp_path / "add", add_to_zoo=True), tiny_bases)
+    with ZooStore.open(digits_zoo) as store:
+        entry = store.get(result.entry_id)
+        assert store.verify().clean
+    parents = [n["id"] for n in result.report["neighbours"]]
+    assert list(entry.manifest.parents) == parents and entry.manifest.pruner == "mvp"
+    assert entry.manifest.metrics["test_acc"] == result.report["accuracy"]["final"]
+    assert entry.manifest.weights_sha256 == result.report["files"]["weights.safetensors"]
+    # the stored entry rebuilds to the exported weights
+    model = entry.load_model()
+    exported, _ = load_pruned(tmp_path / "add")
+    x = torch.randn(4, 1, 16, 16)
+    assert torch.equal(model(x), exported(x))
+
+
+def test_over_budget_exits_3_and_still_writes(tiny_bases, digits_zoo, tmp_path) -> None:
+    out = tmp_path / "over"
+    proc = _cli(tiny_bases, "prune", "--dataset", "digits", "--classes", "3,4,5", "--device", "host", "--zoo",
+                str(digits_zoo), "--iters", "2", "-n", "2", "--runs", "5", "--budget-ms", "0.000001", "--out", str(out))
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: over budget:")
+    assert "OVER BUDGET" in proc.stdout and "neighbours by leep" in proc.stdout
+    assert json.loads((out / "report.json").read_text())["latency"]["within_budget"] is False
+
+
+def test_bad_input_is_one_clear_line(tiny_bases, digits_zoo, tmp_path) -> None:
+    from tests.helpers import make_entry
+
+    empty = tmp_path / "empty"
+    ZooStore.open(empty, create=True).close()
+    other = tmp_path / "other"
+    with ZooStore.open(other, create=True) as store:
+        store.put(*make_entry(classes=("0", "1", "2"), base_sha256="b" * 64))
+    digits = ["--dataset", "digits", "--classes", "0,1,2", "--out", str(tmp_path / "o")]
+    cases = [
+        (["--task", "nosuch", "--device", "host"], "unknown task 'nosuch'"),
+        (["--task", "fashion5", "--device", "toaster"], "unknown device 'toaster'"),
+        (["--task", "pets5", "--device", "jetson"], "Oxford-IIIT Pets is not in"),
+        ([*digits, "--device", "host", "--zoo", str(empty)], "is empty"),
+        ([*digits, "--device", "host", "--zoo", str(other)], "built for another base model"),
+        ([*digits, "--device", "host", "--zoo", str(digits_zoo), "-n", "99"], "is more than the"),
+        ([*digits, "--device", "host", "--zoo", str(tmp_path / "nope")], "zoo not found"),
+        ([*digits, "--device", "host", "--zoo", str(digits_zoo), "--ratio", "1.5"], "--ratio must be in (0, 1)"),
+    ]
+    for args, message in cases:
+        proc = _cli(tiny_bases, "prune", *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, proc.stderr)
+    assert not (tmp_path / "o").exists()
+    with ZooStore.open(digits_zoo) as store:
+        assert store.verify().clean
+
+
+def test_vit_mvp_averages_heads_and_exports(tiny_bases, tmp_path) -> None:
+    """ViT path: head/MLP-node masks voted, weights averaged, no BatchNorm, AdamW fine-tune, ONNX parity."""
+    from edgemvp.models.base import find_base
+    from tests.helpers import make_entry
+
+    sha = find_base("vit_tiny", "digits", tiny_bases).weights_sha256
+    zoo = tmp_path / "vzoo"
+    with ZooStore.open(zoo, create=True) as store:
+        for seed, classes in ((1, ("0", "1", "2")), (2, ("1", "2", "3")), (3, ("7", "8", "9"))):
+            store.put(*make_entry(arch="vit_tiny", seed=seed, classes=classes, ratio=0.5, base_sha256=sha))
+    tree = tmp_path / "t.yaml"
+    tree.write_text("digits: ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9']\n")
+    r = run(_request(zoo, tmp_path / "v", iters=3, hierarchy=tree, ratio=0.5), tiny_bases).report
+    assert r["base"]["arch"] == "vit_tiny" and r["settings"]["finetune_optim"]["optimizer"] == "adamw"
+    assert [n["classes"] for n in r["neighbours"]] == [["0", "1", "2"], ["1", "2", "3"]]
+    assert r["export"]["parity"]["passed"]
+    from edgemvp.units import unit_space
+
+    _, masks = load_pruned(tmp_path / "v")
+    for unit in unit_space("vit_tiny").units:
+        assert len(masks.kept[unit.name]) == max(1, round(0.5 * unit.size))
