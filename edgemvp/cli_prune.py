@@ -61,7 +61,11 @@ def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str 
     bars: list[_Bar] = []
 
     def bar(desc: str, unit: str) -> _Bar:
-        bars.append(_Bar(desc, unit))
+        for b in bars:  # a finished stage's bar is closed before the next one starts
+            if b.bar is not None and b.bar.total is not None and b.bar.n >= b.bar.total:
+                b.__exit__()
+        nested = desc.startswith(" ")  # a zoo task under the zoo's bar
+        bars.append(_Bar(desc.strip(), unit, position=1 if nested else None, leave=not nested))
         return bars[-1]
 
     try:

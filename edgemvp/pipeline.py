@@ -219,8 +219,10 @@ def _ensure_default_base(cache, data_root, stages: Stages) -> None:
 
     if find_base(DEFAULT_ARCH, DEFAULT_DATASET, cache) is None:
         stages.say(f"base: pre-training {DEFAULT_ARCH} on {DEFAULT_DATASET} (first use; cached afterwards)")
-        pretrain(DEFAULT_ARCH, DEFAULT_DATASET, PretrainConfig(), cache, data_root,
-                 progress=stages.progress(f"pretrain {DEFAULT_ARCH}"))
+        done = pretrain(DEFAULT_ARCH, DEFAULT_DATASET, PretrainConfig(), cache, data_root,
+                        progress=stages.progress(f"pretrain {DEFAULT_ARCH}"))
+        stages.say(f"base: test accuracy {done.test_acc:.2f}% on {len(done.classes)} classes in "
+                   f"{done.train['train_seconds']:.0f} s")
 
 
 # --- similarity --------------------------------------------------------------------------------------------
