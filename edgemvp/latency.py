@@ -231,6 +231,29 @@ def latency(path: str | os.PathLike[str], profile: DeviceProfile, force_measure:
     return estimate(path, profile, cache)
 
 
+def over_budget(report: LatencyReport, profile: DeviceProfile, budget_ms: float | None = None,
+                size_mb: float | None = None) -> str | None:
+    """Why a model is over the device's budget (model size, then latency), or None when it is within.
+
+    Args:
+        report: Its latency figure.
+        profile: The device.
+        budget_ms: Overrides the profile's latency budget.
+        size_mb: The model file's size, checked against the profile's size budget when given.
+    """
+    size = size_over_budget(profile, size_mb) if size_mb is not None else None
+    budget = budget_ms if budget_ms is not None else profile.budget.latency_ms
+    return size or (f"over budget: {report.label()} > {budget:g} ms" if report.value_ms > budget else None)
+
+
+def size_over_budget(profile: DeviceProfile, size_mb: float) -> str | None:
+    """``over budget: model size ...`` when a file is larger than the profile allows, else None."""
+    limit = profile.budget.model_size_mb
+    if limit is not None and size_mb > limit:
+        return f"over budget: model size {size_mb:.1f} MB > {limit:g} MB ({profile.name})"
+    return None
+
+
 def enforce_budget(report: LatencyReport, profile: DeviceProfile, budget_ms: float | None = None) -> float:
     """Compare a latency figure with the budget.
 
@@ -240,10 +263,10 @@ def enforce_budget(report: LatencyReport, profile: DeviceProfile, budget_ms: flo
     Raises:
         BudgetExceeded: ``over budget: 12.3 ms p90 (estimated, jetson-nano cost model) > 10.0 ms``.
     """
-    budget = budget_ms if budget_ms is not None else profile.budget.latency_ms
-    if report.value_ms > budget:
-        raise BudgetExceeded(f"over budget: {report.label()} > {budget:g} ms")
-    return budget
+    reason = over_budget(report, profile, budget_ms)
+    if reason:
+        raise BudgetExceeded(reason)
+    return budget_ms if budget_ms is not None else profile.budget.latency_ms
 
 
 MEASURED_SOURCE = "measured-here"
@@ -306,10 +329,9 @@ def check_model(path: str | os.PathLike[str], profile: DeviceProfile, budget_ms:
     want = profile.export.input_size
     if want is not None and shape[2] != want:
         raise UsageError(f"{path}: wrong input shape {tuple(shape)}: device '{profile.name}' expects {want} px")
-    size_mb = Path(path).stat().st_size / 2 ** 20
-    limit = profile.budget.model_size_mb
-    if limit is not None and size_mb > limit:
-        raise BudgetExceeded(f"over budget: model size {size_mb:.1f} MB > {limit:g} MB ({profile.name})")
+    too_big = size_over_budget(profile, Path(path).stat().st_size / 2 ** 20)  # before any latency work
+    if too_big:
+        raise BudgetExceeded(too_big)
     report = latency(path, profile, force_measure, cache, runs)
     budget = enforce_budget(report, profile, budget_ms)
     return f"within budget: {report.label()} <= {budget:g} ms"

@@ -109,6 +109,14 @@ def neighbour_contribution(entry: ZooEntry, full_shapes: Mapping[str, torch.Size
     return Contribution(full, present, rows)
 
 
+def target_model(base: nn.Module, base_classes: tuple[str, ...], base_dataset: str, target_dataset: str,
+                 target_classes: tuple[str, ...], seed: int) -> nn.Module:
+    """A full copy of the base with the target's classifier: the base's row for a class of its own dataset,
+    else default initialisation (seeded)."""
+    known = base_classes if base_dataset == target_dataset else ()
+    return task_model(base, known, target_classes, seed=seed)
+
+
 def averaged_model(base: nn.Module, base_classes: tuple[str, ...], base_dataset: str, arch: str,
                    spec: InputSpec, masks: Masks, neighbours: Sequence[ZooEntry], target_dataset: str,
                    target_classes: tuple[str, ...], seed: int) -> nn.Module:
@@ -126,8 +134,7 @@ def averaged_model(base: nn.Module, base_classes: tuple[str, ...], base_dataset:
         target_classes: The target task's classes, in label order.
         seed: Seeds default-initialised classifier rows.
     """
-    known = base_classes if base_dataset == target_dataset else ()
-    full = task_model(base, known, target_classes, seed=seed)
+    full = target_model(base, base_classes, base_dataset, target_dataset, target_classes, seed)
     fallback = full.state_dict()
     head = classifier_keys(full)
     shapes = {k: v.shape for k, v in fallback.items()}

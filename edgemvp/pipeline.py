@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +37,7 @@ from edgemvp.errors import UsageError
 from edgemvp.masks import Masks, random_masks
 from edgemvp.models.base import BaseManifest, find_base, load_base
 from edgemvp.models.factory import get_arch
-from edgemvp.mvp import averaged_model, reestimate_batchnorm
+from edgemvp.mvp import averaged_model, reestimate_batchnorm, target_model
 from edgemvp.paths import atomic_write_bytes
 from edgemvp.similarity import Hierarchy, Taxonomy, leep_similarity, wordnet_similarity
 from edgemvp.train import OptimConfig, Progress, accuracy, default_device, train_steps
@@ -152,9 +152,15 @@ class PruneResult:
 
     report: dict
     out: Path
-    within_budget: bool
-    entry_id: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def within_budget(self) -> bool:
+        return bool(self.report["latency"]["within_budget"])
+
+    @property
+    def entry_id(self) -> str | None:
+        """The zoo entry it was stored as (``--add-to-zoo``)."""
+        return self.report["zoo"].get("added")
 
 
 # --- zoo and base ------------------------------------------------------------------------------------------
@@ -243,10 +249,9 @@ def _sample(task: TaskSpec, dataset: Dataset, spec, samples: int, seed: int) -> 
     return torch.cat(xs), torch.cat(ys).numpy()
 
 
-def rank(store: ZooStore, base: BaseManifest, task: TaskSpec, dataset: Dataset, req: PruneRequest,
-         cache=None) -> Ranking:
-    """Score every zoo entry of the base against the target (WordNet/hierarchy Wu-Palmer, else LEEP)."""
-    ids, tasks = store.task_table(base.weights_sha256)
+def rank(store: ZooStore, ids: list[str], tasks: list[tuple[str, tuple[str, ...]]], base: BaseManifest,
+         task: TaskSpec, dataset: Dataset, req: PruneRequest, cache=None) -> Ranking:
+    """Score zoo entries (``ids`` with their ``(dataset, classes)``) against the target (Wu-Palmer, else LEEP)."""
     kind, note = req.similarity, None
     if kind == "wordnet":
         taxonomy = Taxonomy(Hierarchy.load(req.hierarchy) if req.hierarchy else None, cache)
@@ -262,9 +267,10 @@ def rank(store: ZooStore, base: BaseManifest, task: TaskSpec, dataset: Dataset, 
 
 
 # --- the run -----------------------------------------------------------------------------------------------
-def _method_model(req: PruneRequest, base_model, base: BaseManifest, store: ZooStore, ranking: Ranking,
-                  dataset: Dataset, batches, stages: Stages) -> tuple[torch.nn.Module, Masks, list[ZooEntry], dict]:
-    """Masks and initial (or, for IFP, trained) model of the chosen method; extra report fields."""
+def _method_model(req: PruneRequest, base_model, base: BaseManifest, store: ZooStore, ranking: Ranking | None,
+                  batches, stages: Stages) -> tuple[torch.nn.Module, Masks, list[tuple[ZooEntry, float]], dict]:
+    """Masks and initial (or, for IFP, trained) model of the chosen method, the neighbours used with their
+    similarity, and extra report fields."""
     arch, spec, task = base.arch, base.input_spec, req.task
     family = get_arch(arch).family
     common = dict(base=base_model, base_classes=base.classes, base_dataset=base.dataset, arch=arch, spec=spec,
@@ -273,7 +279,8 @@ def _method_model(req: PruneRequest, base_model, base: BaseManifest, store: ZooS
     if req.method in ("mvp", "transfer"):
         count = req.neighbours if req.method == "mvp" else 1
         order = nearest(ranking.scores, count)
-        entries = [store.get(ranking.ids[i]) for i in order]
+        picked = [(store.get(ranking.ids[i]), float(ranking.scores[i])) for i in order]
+        entries = [e for e, _ in picked]
         if req.method == "mvp":
             rows = store.mask_rows([e.id for e in entries])
             result = vote(arch, rows, req.ratio, req.temperature, req.seed, base.weights_sha256)
@@ -282,18 +289,15 @@ def _method_model(req: PruneRequest, base_model, base: BaseManifest, store: ZooS
                             "unanimous_kept_fraction": round(result.agreement(), 4)}
         else:
             masks = entries[0].manifest.masks
-        model = averaged_model(masks=masks, neighbours=entries, **common)
-        return model, masks, entries, info
+        return averaged_model(masks=masks, neighbours=entries, **common), masks, picked, info
     if req.method == "random":
         masks = random_masks(arch, req.ratio, req.seed, base_sha256=base.weights_sha256)
         return averaged_model(masks=masks, neighbours=[], **common), masks, [], info
     # ifp: the single-task pruner for J steps from the base, in the same batches
-    from edgemvp.models.base import task_model
     from edgemvp.pruners import PruneConfig, get_pruner
 
     name = SINGLE_TASK_PRUNER[family]
-    known = base.classes if base.dataset == task.dataset else ()
-    full = task_model(base_model, known, task.classes, seed=req.seed)
+    full = target_model(base_model, base.classes, base.dataset, task.dataset, task.classes, req.seed)
     cfg = PruneConfig(ratio=req.ratio, iters=req.iters, batch_size=req.batch_size, seed=req.seed)
     out = get_pruner(name, family)(full, arch, batches, cfg, base.weights_sha256, None,
                                    stages.progress(f"{name} J={req.iters}"))
@@ -333,16 +337,17 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
         base_model, _ = load_base(base.arch, base.dataset, cache)
         family = get_arch(base.arch).family
         spec = base.input_spec
-        n_candidates = len(store.task_table(base.weights_sha256)[0])
+        ids, tasks = store.task_table(base.weights_sha256)
         if req.method == "mvp":
-            nearest(np.zeros(n_candidates), req.neighbours)  # N larger than the zoo: the clear error, before work
-        ranking = rank(store, base, req.task, dataset, req, cache) if req.method in ("mvp", "transfer") else None
+            nearest(np.zeros(len(ids)), req.neighbours)  # N larger than the zoo: the clear error, before work
+        ranking = (rank(store, ids, tasks, base, req.task, dataset, req, cache)
+                   if req.method in ("mvp", "transfer") else None)
         if ranking is not None and ranking.note:
             stages.say(f"similarity: {ranking.note}")
         lap("similarity")
         torch.manual_seed(req.seed)
         batches = train_batches(task_view(req.task, dataset, "train"), spec, req.batch_size, req.seed)
-        model, masks, entries, info = _method_model(req, base_model, base, store, ranking, dataset, batches, stages)
+        model, masks, picked, info = _method_model(req, base_model, base, store, ranking, batches, stages)
         lap("init")
         test = task_view(req.task, dataset, "test")
         device = default_device()
@@ -364,17 +369,17 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
         lap("evaluate")
         params, macs = params_and_macs(model, spec)
         base_params, base_macs = params_and_macs(base_model, spec)
-        neighbours = [] if ranking is None else [
-            {"id": e.id, "task": e.manifest.task.name, "dataset": e.manifest.task.dataset,
-             "classes": list(e.manifest.task.classes), "similarity": round(float(ranking.scores[ranking.ids.index(e.id)]), 5),
-             "test_acc": e.manifest.metrics.get("test_acc"), "pruner": e.manifest.pruner} for e in entries]
+        neighbours = [{"id": e.id, "task": e.manifest.task.name, "dataset": e.manifest.task.dataset,
+                       "classes": list(e.manifest.task.classes), "similarity": round(sim, 5),
+                       "test_acc": e.manifest.metrics.get("test_acc"), "pruner": e.manifest.pruner}
+                      for e, sim in picked]
         report = {
             "schema_version": REPORT_SCHEMA, "task": req.task.name, "dataset": req.task.dataset,
             "classes": list(req.task.classes), "device": profile.name, "method": req.method,
             "base": {"arch": base.arch, "dataset": base.dataset, "weights_sha256": base.weights_sha256,
                      "test_acc": base.test_acc, "params": base_params, "macs": base_macs,
                      "input_spec": spec.to_dict()},
-            "zoo": {"path": str(store.root), "entries": n_candidates},
+            "zoo": {"path": str(store.root), "entries": len(ids)},
             "similarity": None if ranking is None else {"kind": ranking.kind, "note": ranking.note,
                                                          "requested": req.similarity},
             "neighbours": neighbours, **info,
@@ -388,56 +393,52 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
         }
         tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            result = _write(req, profile, model, masks, spec, report, tmp, out, cache, data_root, timings, lap)
+            _export(req, profile, model, masks, spec, report, tmp, out, cache, data_root)
+            lap("export_and_latency")
             if req.add_to_zoo:
-                result.entry_id = _add_to_zoo(store, req, base, masks, model, report, entries, out)
-                report["zoo"]["added"] = result.entry_id
+                report["zoo"]["added"] = _add_to_zoo(store, req, base, masks, report, [e for e, _ in picked], tmp,
+                                                     time.perf_counter() - start)
             timings["total"] = round(time.perf_counter() - start, 3)
-            atomic_write_bytes(out / REPORT, json.dumps(report, indent=1).encode())
+            report["timings"] = timings
+            atomic_write_bytes(tmp / REPORT, json.dumps(report, indent=1).encode())
+            atomic_write_bytes(tmp / CARD, model_card(report).encode())
+            _replace_dir(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return result
+    return PruneResult(report, out)
 
 
-def _write(req: PruneRequest, profile: DeviceProfile, model, masks: Masks, spec, report: dict, tmp: Path, out: Path,
-           cache, data_root, timings: dict, lap) -> PruneResult:
-    """Export, quantize, gate, write the card, then move the folder into place."""
+def _export(req: PruneRequest, profile: DeviceProfile, model, masks: Masks, spec, report: dict, tmp: Path, out: Path,
+            cache, data_root) -> None:
+    """Write the PyTorch files, export (+ int8), hold the shipped model to the budget; fills ``report``."""
     from edgemvp.deploy import ExportSource, deploy
+    from edgemvp.latency import LatencyReport, over_budget
     from edgemvp.models.weights import sha256_file
-    from edgemvp.shrink import WEIGHTS_FILE, save_pruned
+    from edgemvp.shrink import save_pruned
+    from edgemvp.versions import tool_versions
 
     tmp.mkdir(parents=True)
-    weights_sha = save_pruned(model, masks, spec, len(req.task.classes), tmp)
+    save_pruned(model, masks, spec, len(req.task.classes), tmp)
     src = ExportSource(model, masks.arch, spec, tmp, None, req.task.name)
-    exported = deploy(src, profile, tmp, req.int8, req.task, cache=cache, data_root=data_root, runs=req.runs,
-                      force_measure=req.measure)
-    lap("export_and_latency")
+    deploy(src, profile, tmp, req.int8, req.task, cache=cache, data_root=data_root, runs=req.runs,
+           force_measure=req.measure)
     # the export step ran in the temporary folder: name files by where they will be
     export_json = tmp / "export.json"
     exported = json.loads(export_json.read_text().replace(str(tmp), str(out)))
     atomic_write_bytes(export_json, json.dumps(exported, indent=1).encode())
-    shipped = "int8" if req.int8 else "fp32"
-    lat = exported["latency"][shipped]
-    budget = req.budget_ms if req.budget_ms is not None else profile.budget.latency_ms
     onnx_name = "model.int8.onnx" if req.int8 else "model.onnx"
+    lat = exported["latency"]["int8" if req.int8 else "fp32"]
     size_mb = (tmp / onnx_name).stat().st_size / 2 ** 20
-    size_limit = profile.budget.model_size_mb
-    within = lat["value_ms"] <= budget and (size_limit is None or size_mb <= size_limit)
+    verdict = over_budget(LatencyReport(**lat), profile, req.budget_ms, size_mb)
     report["export"] = {"opset": exported["export"].get("opset"), "parity": exported["export"].get("parity"),
                         "exporter": exported["export"].get("exporter"), "onnx_accuracy": exported.get("accuracy")}
-    report["latency"] = {**lat, "model": onnx_name, "budget_ms": budget, "budget_statistic": profile.budget.statistic,
-                         "model_size_mb": round(size_mb, 3), "model_size_budget_mb": size_limit,
-                         "within_budget": within, "all": exported["latency"]}
+    report["latency"] = {**lat, "model": onnx_name,
+                         "budget_ms": req.budget_ms if req.budget_ms is not None else profile.budget.latency_ms,
+                         "budget_statistic": profile.budget.statistic, "model_size_mb": round(size_mb, 3),
+                         "model_size_budget_mb": profile.budget.model_size_mb, "within_budget": verdict is None,
+                         "verdict": verdict, "all": exported["latency"]}
     report["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-    report["files"][WEIGHTS_FILE] = weights_sha
-    report["timings"] = timings
-    from edgemvp.versions import tool_versions
-
     report["versions"] = tool_versions()
-    atomic_write_bytes(tmp / REPORT, json.dumps(report, indent=1).encode())
-    atomic_write_bytes(tmp / CARD, model_card(report).encode())
-    _replace_dir(tmp, out)
-    return PruneResult(report, out, within, timings=timings)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -452,14 +453,14 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _add_to_zoo(store: ZooStore, req: PruneRequest, base: BaseManifest, masks: Masks, model, report: dict,
-                entries: list[ZooEntry], out: Path) -> str:
+def _add_to_zoo(store: ZooStore, req: PruneRequest, base: BaseManifest, masks: Masks, report: dict,
+                entries: list[ZooEntry], folder: Path, seconds: float) -> str:
     """Store the result as a zoo entry whose parents are its neighbours."""
     from edgemvp.shrink import WEIGHTS_FILE
     from edgemvp.versions import tool_versions
     from edgemvp.zoo.entry import BaseRef, EntryManifest
 
-    weights = (out / WEIGHTS_FILE).read_bytes()
+    weights = (folder / WEIGHTS_FILE).read_bytes()
     config = {"method": req.method, **report["settings"]}
     config.pop("device", None)
     parents = tuple(e.id for e in entries)
@@ -472,7 +473,7 @@ def _add_to_zoo(store: ZooStore, req: PruneRequest, base: BaseManifest, masks: M
                              req.method, config, metrics, hashlib.sha256(weights).hexdigest(), job_key, parents,
                              tool_versions())
     existing = store.job_entry(job_key)
-    return existing if existing else store.put(manifest, weights, build_seconds=report["timings"].get("total"))
+    return existing if existing else store.put(manifest, weights, build_seconds=round(seconds, 2))
 
 
 def model_card(report: dict) -> str:

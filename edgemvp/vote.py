@@ -41,10 +41,9 @@ def nearest(similarity: np.ndarray, n: int) -> np.ndarray:
     return order[:n]
 
 
-def gumbel_top_k(logits: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """``k`` distinct positions sampled without replacement from softmax(logits) (sorted ascending)."""
-    keys = logits + rng.gumbel(size=logits.shape)
-    return np.sort(np.argpartition(-keys, k - 1)[:k])
+def _top_k(keys: np.ndarray, k: int) -> tuple[int, ...]:
+    """Positions of the ``k`` largest keys, ascending (with Gumbel-perturbed keys: a sample without replacement)."""
+    return tuple(int(i) for i in np.sort(np.argpartition(-keys, k - 1)[:k]))
 
 
 @dataclass(frozen=True)
@@ -90,9 +89,7 @@ def vote(arch: str, neighbour_masks: np.ndarray, ratio: float, temperature: floa
     keys = v / temperature + rng.gumbel(size=total)  # one draw for the whole model
     kept, votes, start = {}, {}, 0
     for unit in space.units:
-        part = keys[start:start + unit.size]
-        k = keep_count(unit.size, ratio)
-        kept[unit.name] = tuple(int(i) for i in np.sort(np.argpartition(-part, k - 1)[:k]))
+        kept[unit.name] = _top_k(keys[start:start + unit.size], keep_count(unit.size, ratio))
         votes[unit.name] = v[start:start + unit.size]
         start += unit.size
     return VoteResult(Masks(arch, kept, base_sha256), votes, seed, temperature, rows.shape[0])

@@ -327,10 +327,7 @@ class ZooStore:
         if not found:
             return [], np.zeros((0, 0), dtype=bool)
         ids, blobs, sizes = zip(*found)
-        if len(set(sizes)) != 1:
-            raise UsageError("entries of different architectures; filter by arch or base model")
-        packed = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(ids), -1)
-        return list(ids), np.unpackbits(packed, axis=1, count=sizes[0]).astype(bool)
+        return list(ids), _unpack(blobs, sizes, "entries of different architectures; filter by arch or base model")
 
     def task_table(self, base_sha256: str) -> tuple[list[str], list[tuple[str, tuple[str, ...]]]]:
         """Ids and ``(dataset, classes)`` of every entry of a base model, in one query (for ranking)."""
@@ -354,12 +351,8 @@ class ZooStore:
         missing = [i for i in ids if i not in found]
         if missing:
             raise UsageError(f"no zoo entry with id {missing[0]}")
-        sizes = {found[i][1] for i in ids}
-        if len(sizes) != 1:
-            raise UsageError("entries of different architectures cannot vote together")
-        n = sizes.pop()
-        packed = np.frombuffer(b"".join(found[i][0] for i in ids), dtype=np.uint8).reshape(len(ids), -1)
-        return np.unpackbits(packed, axis=1, count=n).astype(bool)
+        return _unpack([found[i][0] for i in ids], [found[i][1] for i in ids],
+                       "entries of different architectures cannot vote together")
 
     def bases(self) -> list[tuple[str, str, int, str]]:
         """``(arch, base sha256, entries, first entry id)`` for every base model the zoo's entries were pruned from."""
@@ -460,6 +453,14 @@ class ZooStore:
     def import_bundle(self, path: Path) -> tuple[int, int]:
         """Add a bundle's entries; every entry is verified (:func:`read_bundle`) before anything is written."""
         return self.import_entries(read_bundle(Path(path)))
+
+
+def _unpack(blobs, sizes, mixed: str) -> np.ndarray:
+    """Packed mask bits of entries of one arch as ``(entries, units)`` bool; ``mixed`` is the error otherwise."""
+    if len(set(sizes)) != 1:
+        raise UsageError(mixed)
+    packed = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), -1)
+    return np.unpackbits(packed, axis=1, count=sizes[0]).astype(bool)
 
 
 def _row(d: dict) -> EntryRow:
