@@ -39,6 +39,9 @@ from edgemvp.cli_deploy import profiles_option
 @click.option("--add-to-zoo", is_flag=True, help="Store the result in the zoo, its neighbours as parents.")
 @click.option("--arch", help="Base architecture [default: the zoo's].")
 @click.option("--base-dataset", help="Dataset the base was pre-trained on [default: the zoo's].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+              help="Peak fine-tune learning rate (and the pruner's for --method ifp) [default: the family's].")
+@click.option("--train-per-class", type=click.IntRange(min=1), help="Use at most this many training images per class.")
 @click.option("--no-bn-reestimate", is_flag=True, help="Keep the averaged BatchNorm statistics (the paper's way).")
 @click.option("--runs", type=click.IntRange(min=5), default=100, show_default=True, help="Timed runs when measuring.")
 @profiles_option
@@ -46,7 +49,8 @@ from edgemvp.cli_deploy import profiles_option
 def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str | None, device: str, zoo: str | None,
               method: str, iters: int, neighbours: int, similarity: str, hierarchy: Path | None, temperature: float,
               ratio: float, seed: int, int8: bool, budget_ms: float | None, measure: bool, out: Path | None,
-              add_to_zoo: bool, arch: str | None, base_dataset: str | None, no_bn_reestimate: bool, runs: int,
+              add_to_zoo: bool, arch: str | None, base_dataset: str | None, lr: float | None,
+              train_per_class: int | None, no_bn_reestimate: bool, runs: int,
               profiles: tuple[Path, ...]) -> None:
     """Prune the base model for a new task by voting from the nearest zoo tasks; export and check it."""
     from edgemvp.cli_zoo import _zoo_folder
@@ -57,7 +61,8 @@ def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str 
     spec = resolve_task(task, dataset, classes, ctx.data)
     req = PruneRequest(spec, device, _zoo_folder(ctx, zoo) if zoo else None, arch, base_dataset, method, iters,
                        neighbours, similarity, hierarchy, temperature, ratio, seed, bn_reestimate=not no_bn_reestimate,
-                       int8=int8, budget_ms=budget_ms, measure=measure, out=out, add_to_zoo=add_to_zoo, runs=runs)
+                       int8=int8, budget_ms=budget_ms, measure=measure, out=out, add_to_zoo=add_to_zoo, runs=runs,
+                       lr=lr, train_per_class=train_per_class)
     bars: list[_Bar] = []
 
     def bar(desc: str, unit: str) -> _Bar:

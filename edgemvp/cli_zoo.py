@@ -57,6 +57,8 @@ def zoo() -> None:
 @click.option("--prune-every", type=int, default=None, help="h: steps between pruning events [default: spread].")
 @click.option("--prune-fraction", type=float, default=0.2, show_default=True, help="p: share pruned per event.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--within-parent", is_flag=True,
+              help="Draw each task's classes from one parent of the dataset's hierarchy (e.g. an Omniglot alphabet).")
 @click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes.")
 @click.option("--ray", "ray_address", metavar="local|auto|ADDRESS", default=None,
               help="Run each task as a Ray task: 'local' starts Ray here, 'auto' joins the running cluster.")
@@ -66,7 +68,8 @@ def zoo() -> None:
 @pass_ctx
 def zoo_build(ctx: Context, arch: str, dataset: str, n_tasks: int, classes_per_task: int, pruner: str, iters: int,
               ratio: float, lr: float | None, batch_size: int, prune_every: int | None, prune_fraction: float,
-              seed: int, workers: int, ray_address: str | None, threads: int | None, zoo_dir: str | None) -> None:
+              seed: int, within_parent: bool, workers: int, ray_address: str | None, threads: int | None,
+              zoo_dir: str | None) -> None:
     """Prune the base model for N random tasks and store the results (rerun to resume)."""
     from edgemvp.pruners import PruneConfig
     from edgemvp.zoo.build import BuildSpec
@@ -77,7 +80,7 @@ def zoo_build(ctx: Context, arch: str, dataset: str, n_tasks: int, classes_per_t
         raise UsageError("--workers must be at least 1")
     cfg = PruneConfig(ratio=ratio, iters=iters, lr=lr, batch_size=batch_size, prune_every=prune_every,
                       prune_fraction=prune_fraction)
-    spec = BuildSpec(arch, dataset, n_tasks, classes_per_task, pruner, cfg, seed)
+    spec = BuildSpec(arch, dataset, n_tasks, classes_per_task, pruner, cfg, seed, within_parent)
     folder = Path(zoo_dir) if zoo_dir else zoo_path(arch, dataset, ctx.cache)
     if folder.exists() and any(folder.iterdir()):
         check_marker(folder)  # refuse a newer or foreign folder before any work

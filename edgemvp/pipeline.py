@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from edgemvp.data.datasets import Dataset, get_dataset
-from edgemvp.data.loader import eval_batches, train_batches
+from edgemvp.data.loader import LabeledView, eval_batches, train_batches
 from edgemvp.data.tasks import TaskSpec, task_view
 from edgemvp.devices import DeviceProfile
 from edgemvp.errors import UsageError
@@ -89,6 +89,9 @@ class PruneRequest:
         out: Output folder (default ``export/<task>-<device>``).
         add_to_zoo: Store the result in the zoo with its neighbours as parents.
         runs: Timed runs when latency is measured.
+        lr: Peak learning rate of the fine-tune (and of the single-task pruner for ``ifp``); ``None`` takes
+            the family default (:data:`FINETUNE_OPTIM`, the pruner's default for ``ifp``).
+        train_per_class: Use at most this many training images per class (seeded), e.g. 100 for few-data runs.
     """
 
     task: TaskSpec
@@ -114,6 +117,8 @@ class PruneRequest:
     out: Path | None = None
     add_to_zoo: bool = False
     runs: int = 100
+    lr: float | None = None
+    train_per_class: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -128,11 +133,25 @@ class PruneRequest:
             raise UsageError(f"--temperature must be positive, got {self.temperature}")
         if self.neighbours < 1:
             raise UsageError(f"--neighbours must be at least 1, got {self.neighbours}")
+        if self.lr is not None and not self.lr > 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if self.train_per_class is not None and self.train_per_class < 1:
+            raise UsageError(f"--train-per-class must be at least 1, got {self.train_per_class}")
         if self.method == "ifp" and self.iters < 1:
             raise UsageError("--method ifp needs --iters of at least 1 (it prunes while training)")
 
     def output_dir(self, profile: DeviceProfile) -> Path:
         return self.out if self.out is not None else Path("export") / f"{self.task.name}-{profile.name}"
+
+    def finetune_optim(self, family: str) -> OptimConfig:
+        """The fine-tune optimiser: the family's recipe at ``lr`` when given."""
+        optim = FINETUNE_OPTIM[family]
+        return optim if self.lr is None else replace(optim, lr=self.lr)
+
+    def train_view(self, dataset: Dataset) -> LabeledView:
+        """The target's training images (all, or ``train_per_class`` per class)."""
+        # a fixed subsample, so that every method and seed sees the same few images
+        return task_view(self.task, dataset, "train", per_class=self.train_per_class, seed=0)
 
 
 @dataclass
@@ -242,10 +261,14 @@ class Ranking:
     note: str | None = None  # why it fell back to LEEP
 
 
-def _sample(task: TaskSpec, dataset: Dataset, spec, samples: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
-    per_class = max(1, math.ceil(samples / len(task.classes)))
-    view = task_view(task, dataset, "train", per_class=per_class, seed=seed)
-    xs, ys = zip(*eval_batches(view, spec))
+def _sample(view: LabeledView, spec, samples: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """A seeded sample of at most ``samples`` images of a view, balanced over its classes."""
+    per_class = max(1, math.ceil(samples / max(1, int(view.targets.max()) + 1)))
+    rng = np.random.default_rng(seed)
+    pick = np.concatenate([np.sort(rng.permutation(np.flatnonzero(view.targets == t))[:per_class])
+                           for t in np.unique(view.targets)])
+    sub = LabeledView(view.split, view.indices[pick], view.targets[pick], view.hflip)
+    xs, ys = zip(*eval_batches(sub, spec))
     return torch.cat(xs), torch.cat(ys).numpy()
 
 
@@ -261,7 +284,7 @@ def rank(store: ZooStore, ids: list[str], tasks: list[tuple[str, tuple[str, ...]
         except UsageError as exc:
             note = f"{exc}; falling back to LEEP"
             kind = "leep"
-    x, y = _sample(task, dataset, base.input_spec, req.leep_samples, req.seed)
+    x, y = _sample(req.train_view(dataset), base.input_spec, req.leep_samples, req.seed)
     models = (store.get(i).load_model() for i in ids)
     return Ranking(ids, leep_similarity(models, x, y, len(task.classes)), "leep", note)
 
@@ -298,11 +321,59 @@ def _method_model(req: PruneRequest, base_model, base: BaseManifest, store: ZooS
 
     name = SINGLE_TASK_PRUNER[family]
     full = target_model(base_model, base.classes, base.dataset, task.dataset, task.classes, req.seed)
-    cfg = PruneConfig(ratio=req.ratio, iters=req.iters, batch_size=req.batch_size, seed=req.seed)
+    cfg = PruneConfig(ratio=req.ratio, iters=req.iters, batch_size=req.batch_size, lr=req.lr, seed=req.seed)
     out = get_pruner(name, family)(full, arch, batches, cfg, base.weights_sha256, None,
                                    stages.progress(f"{name} J={req.iters}"))
     info["pruner"] = {"name": name, "config": cfg.to_dict()}
     return out.model, out.masks, [], info
+
+
+@dataclass
+class Fitted:
+    """A method's model for the target after training, with what it was made from."""
+
+    model: torch.nn.Module  # on the CPU, in eval mode
+    masks: Masks
+    picked: list[tuple[ZooEntry, float]]  # neighbours used, with their similarity
+    info: dict  # extra report fields (vote, pruner)
+    accuracy: dict[str, float | None]  # test accuracy: init_before_bn, init (None for ifp), final
+
+
+def fit(req: PruneRequest, base_model, base: BaseManifest, store: ZooStore, ranking: Ranking | None,
+        dataset: Dataset, stages: Stages | None = None, lap: Callable[[str], None] = lambda name: None) -> Fitted:
+    """Build the method's sub-network for the target, re-estimate BatchNorm, fine-tune J steps (``ifp``: prune
+    while training J steps) and measure test accuracy; ``lap`` is called after each stage (stages that only
+    measure accuracy are named ``evaluate*``).
+
+    This is the part of :func:`run` that the methods differ in; benchmarks call it directly.
+    """
+    stages = stages or Stages()
+    family, spec = get_arch(base.arch).family, base.input_spec
+    train = req.train_view(dataset)
+    torch.manual_seed(req.seed)
+    batches = train_batches(train, spec, req.batch_size, req.seed)
+    model, masks, picked, info = _method_model(req, base_model, base, store, ranking, batches, stages)
+    lap("init")
+    test = task_view(req.task, dataset, "test")
+    device = default_device()
+    acc: dict[str, float | None] = {"init": None, "init_before_bn": None}
+    if req.method != "ifp":
+        acc["init_before_bn"] = round(accuracy(model, eval_batches(test, spec), device), 3)
+        lap("evaluate_init_before_bn")
+        if req.bn_reestimate:
+            plain = train_batches(train, spec, req.batch_size, req.seed + 1, augmented=False)
+            reestimate_batchnorm(model.to(device), plain, req.bn_batches, device)
+        lap("bn_reestimate")
+        acc["init"] = round(accuracy(model, eval_batches(test, spec), device), 3)
+        lap("evaluate_init")
+        if req.iters:
+            train_steps(model, batches, req.iters, req.finetune_optim(family), device,
+                        stages.progress(f"fine-tune J={req.iters}"), deterministic=True)
+        lap("finetune")
+    model = model.cpu().eval()
+    acc["final"] = round(accuracy(model, eval_batches(test, spec), torch.device("cpu")), 3)
+    lap("evaluate")
+    return Fitted(model, masks, picked, info, acc)
 
 
 def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
@@ -345,28 +416,8 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
         if ranking is not None and ranking.note:
             stages.say(f"similarity: {ranking.note}")
         lap("similarity")
-        torch.manual_seed(req.seed)
-        batches = train_batches(task_view(req.task, dataset, "train"), spec, req.batch_size, req.seed)
-        model, masks, picked, info = _method_model(req, base_model, base, store, ranking, batches, stages)
-        lap("init")
-        test = task_view(req.task, dataset, "test")
-        device = default_device()
-        acc: dict[str, float | None] = {"init": None, "init_before_bn": None}
-        if req.method != "ifp":
-            acc["init_before_bn"] = round(accuracy(model, eval_batches(test, spec), device), 3)
-            if req.bn_reestimate:
-                plain = train_batches(task_view(req.task, dataset, "train"), spec, req.batch_size, req.seed + 1,
-                                      augmented=False)
-                reestimate_batchnorm(model.to(device), plain, req.bn_batches, device)
-            acc["init"] = round(accuracy(model, eval_batches(test, spec), device), 3)
-            lap("bn_and_eval_init")
-            if req.iters:
-                train_steps(model, batches, req.iters, FINETUNE_OPTIM[family], device,
-                            stages.progress(f"fine-tune J={req.iters}"), deterministic=True)
-            lap("finetune")
-        model = model.cpu().eval()
-        acc["final"] = round(accuracy(model, eval_batches(test, spec), torch.device("cpu")), 3)
-        lap("evaluate")
+        fitted = fit(req, base_model, base, store, ranking, dataset, stages, lap)
+        model, masks, picked, info, acc = fitted.model, fitted.masks, fitted.picked, fitted.info, fitted.accuracy
         params, macs = params_and_macs(model, spec)
         base_params, base_macs = params_and_macs(base_model, spec)
         neighbours = [{"id": e.id, "task": e.manifest.task.name, "dataset": e.manifest.task.dataset,
@@ -386,7 +437,8 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
             "settings": {"iters": req.iters, "ratio": req.ratio, "seed": req.seed, "batch_size": req.batch_size,
                          "neighbours": req.neighbours, "temperature": req.temperature,
                          "bn_reestimate": req.bn_reestimate, "bn_batches": req.bn_batches,
-                         "finetune_optim": asdict(FINETUNE_OPTIM[family]), "device": str(device)},
+                         "train_per_class": req.train_per_class,
+                         "finetune_optim": asdict(req.finetune_optim(family)), "device": str(default_device())},
             "accuracy": acc,
             "params": params, "macs": macs, "params_ratio": round(params / base_params, 5),
             "macs_ratio": round(macs / base_macs, 5), "keep_ratio": round(masks.keep_ratio(), 5),

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,38 @@ def test_baselines_run_through_the_same_path(tiny_bases, digits_zoo, tmp_path) -
         assert load_pruned(tmp_path / "transfer")[1].kept == store.get(nearest[0]["id"]).manifest.masks.kept
         assert len(store) == before  # nothing added without --add-to-zoo
     assert reports["ifp"]["pruner"]["name"] == "ifp-activation" and reports["ifp"]["neighbours"] == []
+
+
+def test_learning_rate_and_few_data_options(tiny_bases, digits_zoo, tmp_path) -> None:
+    from edgemvp.pipeline import fit, rank
+
+    ds = get_dataset("digits")
+    req = _request(digits_zoo, tmp_path / "lr", method="random", iters=6, lr=0.2, train_per_class=4)
+    assert len(req.train_view(ds)) == 12 and len(_request(digits_zoo, tmp_path).train_view(ds)) > 12
+    assert req.train_view(ds).indices.tolist() == replace(req, seed=7).train_view(ds).indices.tolist()
+    with ZooStore.open(digits_zoo) as store:
+        from edgemvp.models.base import load_base
+
+        base_model, base = load_base("resnet18", "digits", tiny_bases)
+        fast = fit(req, base_model, base, store, None, ds)
+        slow = fit(replace(req, lr=1e-4), base_model, base, store, None, ds)
+        same = fit(req, base_model, base, store, None, ds)
+        ids, tasks = store.task_table(base.weights_sha256)
+        ranking = rank(store, ids, tasks, base, req.task, ds, replace(req, similarity="leep"), tiny_bases)
+        ifp = fit(replace(req, method="ifp"), base_model, base, store, None, ds)
+    state = {k: v for k, v in fast.model.state_dict().items() if v.is_floating_point()}
+    assert all(torch.equal(v, same.model.state_dict()[k]) for k, v in state.items())
+    assert any(not torch.equal(v, slow.model.state_dict()[k]) for k, v in state.items())
+    assert fast.info == {} and fast.accuracy["init"] is not None
+    assert ranking.kind == "leep" and len(ranking.scores) == len(ids)
+    report = run(replace(req, out=tmp_path / "run"), tiny_bases).report
+    assert report["settings"]["finetune_optim"]["lr"] == 0.2 and report["settings"]["train_per_class"] == 4
+    assert {"evaluate_init", "bn_reestimate", "finetune", "evaluate"} <= set(report["timings"])
+    assert ifp.info["pruner"]["config"]["lr"] == 0.2 and ifp.accuracy["init"] is None
+    with pytest.raises(Exception, match="--lr must be positive"):
+        replace(req, lr=0.0)
+    with pytest.raises(Exception, match="--train-per-class must be at least 1"):
+        replace(req, train_per_class=0)
 
 
 def test_add_to_zoo_records_parents(tiny_bases, digits_zoo, tmp_path) -> None:

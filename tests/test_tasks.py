@@ -61,3 +61,26 @@ def test_task_view_remaps_labels_and_subsamples(fashion: Path) -> None:
     assert np.all(ds.train.labels[view.indices[view.targets == 0]] == 8)
     small = task_view(task, ds, "test", per_class=2, seed=0)
     assert np.bincount(small.targets).tolist() == [2, 2]
+
+
+def test_random_tasks_within_parent_draw_from_one_alphabet(tmp_path: Path) -> None:
+    from tests.helpers import write_omniglot_zip
+
+    write_omniglot_zip(tmp_path / "omniglot" / "images_background.zip", {"Latin": 6, "Greek": 5, "Runic": 3})
+    ds = get_dataset("omniglot", tmp_path)
+    tasks = random_tasks(ds, 12, 4, seed=0, within_parent=True)
+    parents = [{c.split("/")[0] for c in t.classes} for t in tasks]
+    assert all(len(p) == 1 for p in parents)  # every task inside one alphabet
+    assert {next(iter(p)) for p in parents} == {"Latin", "Greek"}  # Runic has too few characters
+    assert len({frozenset(t.classes) for t in tasks}) == 12
+    assert all(list(t.classes) == sorted(t.classes, key=ds.class_index) for t in tasks)
+    assert [t.classes for t in random_tasks(ds, 12, 4, seed=0, within_parent=True)] == [t.classes for t in tasks]
+    # without the flag, tasks mix alphabets
+    assert any(len({c.split("/")[0] for c in t.classes}) > 1 for t in random_tasks(ds, 12, 4, seed=0))
+    with pytest.raises(UsageError, match="no parent in 'omniglot' has 7 classes"):
+        random_tasks(ds, 1, 7, seed=0, within_parent=True)
+
+
+def test_within_parent_needs_a_hierarchy(fashion: Path) -> None:
+    with pytest.raises(UsageError, match="has no class hierarchy"):
+        random_tasks(get_dataset("fashion-mnist", fashion), 2, 3, seed=0, within_parent=True)

@@ -81,7 +81,7 @@ def resolve_task(name: str | None = None, dataset: str | None = None, classes: s
 
 
 def random_tasks(dataset: Dataset, count: int, classes_per_task: int, seed: int,
-                 exclude: tuple[tuple[str, ...], ...] = ()) -> list[TaskSpec]:
+                 exclude: tuple[tuple[str, ...], ...] = (), within_parent: bool = False) -> list[TaskSpec]:
     """``count`` distinct random tasks (as class sets) of a dataset, reproducible from ``seed``.
 
     Args:
@@ -90,26 +90,45 @@ def random_tasks(dataset: Dataset, count: int, classes_per_task: int, seed: int,
         classes_per_task: Classes in each task.
         seed: Random seed; the i-th task does not depend on ``count``.
         exclude: Class sets that must not be drawn (e.g. held-out targets), in any order.
+        within_parent: Draw each task's classes from one parent of the dataset's hierarchy (e.g. one Omniglot
+            alphabet), the parent picked with probability proportional to its size.
 
     Raises:
-        UsageError: When the dataset has too few classes or not enough distinct tasks exist.
+        UsageError: When the dataset has too few classes, no hierarchy (``within_parent``), or not enough
+            distinct tasks exist.
     """
-    n = len(dataset.classes)
-    if classes_per_task > n:
-        raise UsageError(f"dataset '{dataset.name}' has {n} classes, fewer than {classes_per_task} per task")
+    pools = _class_pools(dataset, classes_per_task, within_parent)
+    weights = np.array([len(p) for p in pools], dtype=np.float64)
     rng = np.random.default_rng(seed)
     seen = {frozenset(e) for e in exclude}
     tasks: list[TaskSpec] = []
     for _ in range(count * 1000):
         if len(tasks) == count:
             break
-        pick = tuple(dataset.classes[i] for i in sorted(rng.choice(n, classes_per_task, replace=False)))
+        pool = pools[rng.choice(len(pools), p=weights / weights.sum())] if within_parent else pools[0]
+        picked = rng.choice(len(pool), classes_per_task, replace=False)
+        pick = tuple(sorted((pool[i] for i in picked), key=dataset.class_index))
         if frozenset(pick) not in seen:
             seen.add(frozenset(pick))
             tasks.append(TaskSpec(task_name(dataset.name, pick), dataset.name, pick))
     if len(tasks) < count:
         raise UsageError(f"dataset '{dataset.name}' has fewer than {count} distinct {classes_per_task}-class tasks")
     return tasks
+
+
+def _class_pools(dataset: Dataset, classes_per_task: int, within_parent: bool) -> list[tuple[str, ...]]:
+    """The class sets tasks are drawn from: the whole dataset, or each parent with enough classes."""
+    n = len(dataset.classes)
+    if classes_per_task > n:
+        raise UsageError(f"dataset '{dataset.name}' has {n} classes, fewer than {classes_per_task} per task")
+    if not within_parent:
+        return [dataset.classes]
+    if not dataset.hierarchy:
+        raise UsageError(f"dataset '{dataset.name}' has no class hierarchy to draw tasks within a parent from")
+    pools = [tuple(v) for v in dataset.hierarchy.values() if len(v) >= classes_per_task]
+    if not pools:
+        raise UsageError(f"no parent in '{dataset.name}' has {classes_per_task} classes")
+    return pools
 
 
 def task_view(task: TaskSpec, dataset: Dataset, split: str, per_class: int | None = None,

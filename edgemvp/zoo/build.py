@@ -51,6 +51,8 @@ class BuildSpec:
         pruner: Registered pruner name.
         config: Pruner hyper-parameters (its ``seed`` is replaced per task, derived from ``seed``).
         seed: Seeds task drawing and every job.
+        within_parent: Draw each task's classes from one parent of the dataset's hierarchy (e.g. one Omniglot
+            alphabet), so that tasks have near neighbours by taxonomy.
     """
 
     arch: str
@@ -60,6 +62,7 @@ class BuildSpec:
     pruner: str = "ifp-activation"
     config: PruneConfig = PruneConfig()
     seed: int = 0
+    within_parent: bool = False
 
     def __post_init__(self) -> None:
         get_pruner(self.pruner, get_arch(self.arch).family)
@@ -101,7 +104,8 @@ def plan(spec: BuildSpec, base: BaseManifest, data_root: str | os.PathLike[str] 
     dataset = get_dataset(spec.dataset, data_root)
     held_out = tuple(t.classes for t in NAMED_TASKS.values() if t.dataset == dataset.name)
     jobs = []
-    for task in random_tasks(dataset, spec.tasks, spec.classes_per_task, spec.seed, exclude=held_out):
+    for task in random_tasks(dataset, spec.tasks, spec.classes_per_task, spec.seed, exclude=held_out,
+                             within_parent=spec.within_parent):
         task_seed = int(hashlib.sha256(f"{spec.seed}:{task.name}".encode()).hexdigest()[:8], 16)
         cfg = replace(spec.config, seed=task_seed)
         ident = {"format": JOB_FORMAT, "base": base.weights_sha256, "dataset": dataset.name,
