@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import warnings
 from importlib import resources
@@ -23,6 +24,7 @@ from edgemvp.errors import UsageError
 from edgemvp.paths import atomic_write_bytes, cache_dir
 
 logger = logging.getLogger(__name__)
+_PLAIN_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 _REQUIRED = ("data.noun", "index.noun", "index.sense")
@@ -145,13 +147,18 @@ def wup(a: str, b: str, cache: str | os.PathLike[str] | None = None) -> float:
     return 1.0 if sa == sb else float(sa.wup_similarity(sb) or 0.0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=256)
 def synset_map(dataset: str) -> dict[str, str]:
     """The class name → WordNet synset map shipped for a dataset (empty when none is shipped).
+
+    Only plain registry names are looked up: a name with a path in it (``imagefolder:/data``, or one that came
+    over the network) never reaches the file system.
 
     Args:
         dataset: A dataset name such as ``fashion-mnist``, ``oxford-pets`` or ``cifar-100``.
     """
+    if not _PLAIN_NAME.fullmatch(dataset):
+        return {}
     path = resources.files("edgemvp.data").joinpath("synsets", f"{dataset}.json")
     if not path.is_file():
         return {}
