@@ -227,11 +227,9 @@ def pretrain(ctx: Context, arch: str, dataset: str, epochs: float, batch_size: i
 @pass_ctx
 def bases(ctx: Context) -> None:
     """List the cached base models."""
-    from edgemvp.models.base import MANIFEST, BaseManifest
-    from edgemvp.paths import cache_dir
+    from edgemvp.models.base import cached_bases
 
-    for path in sorted((cache_dir(ctx.cache) / "bases").glob(f"*/{MANIFEST}")):
-        m = BaseManifest.from_json(path.read_text(), str(path))
+    for m in cached_bases(ctx.cache):
         click.echo(f"{m.arch:11s} {m.dataset:15s} {m.input_spec.channels}x{m.input_spec.size}px "
                    f"acc {m.test_acc:6.2f}%  {json.dumps(m.train.get('epochs'))} epochs")
 

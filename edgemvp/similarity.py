@@ -121,6 +121,18 @@ class Hierarchy:
             raise UsageError(f"class hierarchy {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}"
                              f" ({str(exc).splitlines()[0]})") from exc
 
+    def to_tree(self) -> dict[str, Any]:
+        """The tree as nested mappings (a leaf maps to None): ``from_tree(h.to_tree())`` is the same hierarchy."""
+        children: dict[str | None, list[str]] = {}
+        for node, up in self.parent.items():
+            children.setdefault(up, []).append(node)
+
+        def subtree(node: str) -> dict[str, Any] | None:
+            kids = children.get(node)
+            return {k: subtree(k) for k in kids} if kids else None
+
+        return {root: subtree(root) for root in children.get(None, [])}
+
     def depth(self, node: str) -> int:
         """Depth of a node (root = 1)."""
         if node not in self._depth:

@@ -88,6 +88,12 @@ def find_base(arch: str, dataset: str, cache: str | os.PathLike[str] | None = No
     return BaseManifest.from_json(path.read_text(), str(path))
 
 
+def cached_bases(cache: str | os.PathLike[str] | None = None) -> list[BaseManifest]:
+    """Every finished base model in the cache (folder order)."""
+    paths = sorted((cache_dir(cache) / "bases").glob(f"*/{MANIFEST}"))
+    return [BaseManifest.from_json(p.read_text(), str(p)) for p in paths]
+
+
 def load_base(arch: str, dataset: str, cache: str | os.PathLike[str] | None = None
               ) -> tuple[nn.Module, BaseManifest]:
     """Rebuild a cached base model: create(arch) → load_state_dict(strict=True), sha256 verified.

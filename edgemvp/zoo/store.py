@@ -373,6 +373,10 @@ class ZooStore:
             "SELECT arch, base_sha256, COUNT(*), (SELECT id FROM entries f WHERE f.base_sha256 = e.base_sha256 "
             "ORDER BY rowid LIMIT 1) FROM entries e GROUP BY arch, base_sha256 ORDER BY MIN(rowid)")]
 
+    def __contains__(self, entry_id: object) -> bool:
+        """Whether an entry id is indexed."""
+        return self.db.execute("SELECT 1 FROM entries WHERE id=?", (str(entry_id),)).fetchone() is not None
+
     def __len__(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
 
