@@ -41,7 +41,8 @@ pass_ctx = click.make_pass_decorator(Context)
 def cli(ctx: click.Context, cache_dir: Path | None, data_dir: Path | None, verbose: int) -> None:
     """edgemvp: Meta-Vote Pruning of pre-trained vision models for edge devices."""
     logging.basicConfig(level=logging.WARNING - 10 * min(verbose + 1, 2), format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export"):  # exporter chatter
+    # exporter chatter, and one line per HTTP request of a remote zoo
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
     if cache_dir is not None:
         from edgemvp.paths import cache_dir as resolve

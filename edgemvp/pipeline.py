@@ -177,7 +177,14 @@ def _open_zoo(req: PruneRequest, cache, data_root, stages: Stages) -> Zoo:
     from edgemvp.zoo.defaults import DEFAULT_ARCH, DEFAULT_DATASET, default_zoo_path, ensure_default_zoo, zoo_path
 
     if isinstance(req.zoo, ZooAddress):
-        return RemoteZoo.connect(req.zoo, req.arch, req.base_dataset, cache)
+        remote = RemoteZoo.connect(req.zoo, req.arch, req.base_dataset, cache)
+        if req.add_to_zoo:
+            try:
+                remote.require_write()
+            except BaseException:
+                remote.close()
+                raise
+        return remote
     if req.zoo is None:
         arch, dataset = req.arch or DEFAULT_ARCH, req.base_dataset or DEFAULT_DATASET
         if (arch, dataset) == (DEFAULT_ARCH, DEFAULT_DATASET):

@@ -247,6 +247,16 @@ class RemoteZoo:
         listed = self._call("GET", "/bases").json()["bases"]
         return [BaseManifest.from_json(json.dumps(b["manifest"]), "server base") for b in listed]
 
+    def require_write(self) -> None:
+        """Refuse early, before any work, when this client's token cannot upload.
+
+        Raises:
+            RemoteError: No token, or one the server does not accept for writes.
+        """
+        if not self._call("GET", "/access").json().get("write"):
+            raise RemoteError(f"zoo server {self.address.url}: this client's token cannot upload (give the "
+                              f"server's write token with --token-file or {ENV_TOKEN})")
+
     def job_entry(self, job_key: str) -> str | None:
         """The id of the entry a build job produced, if the server has it."""
         page = self._call("GET", "/entries", params={"job_key": job_key, "limit": 1}).json()["entries"]

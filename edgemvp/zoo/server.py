@@ -3,7 +3,8 @@
 =======================================  ======  =====================================================
 endpoint                                 auth    what
 =======================================  ======  =====================================================
-``GET /health``                          none    status, entry count, whether writes / reads need a token
+``GET /health``                          none    status, version, whether writes / reads need a token
+``GET /access``                          read    whether the presented token may read / write
 ``GET /bases``                           read    the bases this server votes with (and accepts entries of)
 ``GET /base?arch=&dataset=``             read    the base a prune votes with (as a local prune picks it)
 ``GET /bases/{sha256}/weights``          read    a base's safetensors, streamed, sha256 in a header
@@ -27,12 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import ipaddress
 import io
 import json
 import logging
 import os
 import queue
 import secrets
+import socket
 import threading
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -64,6 +67,7 @@ MAX_UPLOAD_BYTES = 256 << 20
 MAX_JSON_BYTES = 1 << 20
 MAX_UPLOAD_ENTRIES = 64
 CHUNK = 1 << 20
+MIN_TOKEN = 16
 NO_TAXONOMY = "no-taxonomy"  # /neighbours and /vote: the taxonomy cannot rank this task; rank by LEEP instead
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -279,6 +283,73 @@ def _given_ranking(ids: list[str], body: VoteBody, count: int) -> Ranking:
     return Ranking(given, np.asarray(scores, dtype=np.float64), "given")
 
 
+def load_token(path: str | os.PathLike[str], option: str = "--token-file") -> str:
+    """A server token from a file: stripped, at least 16 characters, not readable by other users.
+
+    Raises:
+        UsageError: Unreadable, empty, short or world-readable file.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{option} {path}: unreadable ({exc.__class__.__name__})") from exc
+    if mode & 0o004:
+        raise UsageError(f"{option} {path} is readable by every user; run 'chmod 600 {path}'")
+    if len(token) < MIN_TOKEN:
+        raise UsageError(f"{option} {path}: the token is {'empty' if not token else 'shorter than 16 characters'}")
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address only reaches this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listen(host: str, port: int) -> None:
+    """Refuse, with one line, an address this machine cannot listen on (before the server starts).
+
+    Raises:
+        UsageError: Unknown host, port in use, no permission.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(infos[0][4])
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from exc
+
+
+@contextlib.contextmanager
+def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve an app with uvicorn in a background thread (tests, benchmarks, notebooks); yields its URL.
+
+    ``port=0`` takes a free port. The server stops when the block ends.
+    """
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="edgemvp-zoo-server", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise UsageError(f"the zoo server could not start on {host}:{port}")
+        threading.Event().wait(0.02)
+    bound = server.servers[0].sockets[0].getsockname()
+    try:
+        yield f"http://{host}:{bound[1]}"
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
 # --- HTTP -----------------------------------------------------------------------------------------------------
 class BodyLimit:
     """ASGI middleware: refuse request bodies over a limit (413), by Content-Length and while they stream.
@@ -436,6 +507,11 @@ def _routes(app: FastAPI, service: ZooService, bearer: HTTPBearer) -> None:
         """Liveness, and what needs a token."""
         return {"status": "ok", "version": _version(), "writes": config.token is not None,
                 "reads_need_token": config.read_token is not None}
+
+    @app.get("/access", dependencies=read)
+    def access(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> dict[str, bool]:
+        """What the presented token may do (a client checks before work whose result it will upload)."""
+        return {"read": True, "write": _matches(cred, config.token)}
 
     @app.get("/bases", dependencies=read)
     def bases() -> dict[str, Any]:
