@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-MIX = {"health": 10, "entries": 15, "manifest": 20, "weights": 20, "neighbours": 25, "vote": 10}
+MIX = {"health": 10, "entries": 15, "manifest": 20, "weights": 20, "neighbours": 30, "vote": 5}
 
 
 def fill(zoo: Path, cache: Path | None, arch: str, dataset: str, entries: int, seed: int) -> None:

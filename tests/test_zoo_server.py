@@ -310,3 +310,16 @@ def test_zoo_address_never_shows_the_token() -> None:
 def test_vote_spec_rejects_what_the_voter_cannot_make() -> None:
     with pytest.raises(UsageError, match="not 'ifp'"):
         VoteSpec(resolve_task(None, "digits", "0,1"), method="ifp")
+
+
+def test_concurrent_votes_are_deterministic(tiny_bases, zoo_dir) -> None:
+    """Votes averaged in parallel threads give the bytes a lone vote gives (no shared RNG state leaks in):
+    classes the base does not know get default-initialised rows, drawn from the request's seed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"task": {"dataset": "elsewhere", "classes": ["a", "b", "c"]}, "method": "random", "seed": 3}
+    with running(create_app(zoo_dir, cache=tiny_bases, vote_workers=3)) as url:
+        alone = httpx.post(f"{url}/vote", json=body, timeout=120).content
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: httpx.post(f"{url}/vote", json=body, timeout=300).content, range(6)))
+    assert len(alone) > 1000 and all(a == alone for a in answers)

@@ -50,6 +50,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from edgemvp.data.tasks import TaskSpec
 from edgemvp.errors import EdgeMVPError, UsageError
 from edgemvp.models.base import WEIGHTS as BASE_WEIGHTS
 from edgemvp.models.base import BaseManifest, base_folder, cached_bases, load_base
@@ -90,7 +91,7 @@ class TaskBody(_Body):
     synsets: Annotated[list[Synset | None], Field(max_length=1000)] | None = None
     name: Text | None = None
 
-    def spec(self):
+    def spec(self) -> TaskSpec:
         return wire.task_from_json(self.dataset, self.classes, self.synsets, self.name)
 
 
@@ -259,7 +260,8 @@ class ZooService:
         self.pool.close()
 
 
-def _taxonomy_ranking(zoo: LocalZoo, ids, tasks, task, tree: Any, limit: int) -> Ranking:
+def _taxonomy_ranking(zoo: LocalZoo, ids: list[str], tasks: list[tuple[str, tuple[str, ...]]], task: TaskSpec,
+                      tree: Any, limit: int) -> Ranking:
     hierarchy = Hierarchy.from_tree(tree, "request hierarchy") if tree is not None else None
     try:
         return zoo.rank_by_taxonomy(ids, tasks, task, hierarchy, limit=limit)
@@ -500,7 +502,17 @@ def _routes(app: FastAPI, service: ZooService, bearer: HTTPBearer) -> None:
             raise HTTPException(401, "writing to this zoo needs the server's bearer token", headers=unauthorized)
 
     read = [Depends(read_access)]
-    binary = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    _base_routes(app, service, read, bearer)
+    _entry_routes(app, service, read)
+    _voter_routes(app, service, read)
+    _upload_route(app, service, [Depends(write_access)])
+
+
+BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+
+
+def _base_routes(app: FastAPI, service: ZooService, read: list, bearer: HTTPBearer) -> None:
+    config = service.config
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -528,7 +540,7 @@ def _routes(app: FastAPI, service: ZooService, bearer: HTTPBearer) -> None:
         with service.pool.borrow() as store:
             return json.loads(service.resolve_base(store, None, arch, dataset).to_json())
 
-    @app.get("/bases/{sha}/weights", dependencies=read, responses={200: binary})
+    @app.get("/bases/{sha}/weights", dependencies=read, responses={200: BINARY})
     def base_weights(sha: BaseSha) -> StreamingResponse:
         """A base's weights (safetensors), streamed; the sha256 is in the X-Edgemvp-Sha256 header."""
         found = service.bases().get(sha)
@@ -536,6 +548,7 @@ def _routes(app: FastAPI, service: ZooService, bearer: HTTPBearer) -> None:
             raise HTTPException(404, f"no base with sha256 {sha[:12]} on this server")
         return _stream(base_folder(found.arch, found.dataset, config.cache) / BASE_WEIGHTS, sha)
 
+def _entry_routes(app: FastAPI, service: ZooService, read: list) -> None:
     @app.get("/entries", dependencies=read)
     def entries(arch: Annotated[str | None, Query(max_length=64)] = None,
                 base_sha256: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
@@ -556,11 +569,12 @@ def _routes(app: FastAPI, service: ZooService, bearer: HTTPBearer) -> None:
         raw = path.read_bytes()
         return Response(raw, media_type="application/json", headers=_content_headers(sha, len(raw)))
 
-    @app.get("/entries/{entry_id}/weights", dependencies=read, responses={200: binary})
+    @app.get("/entries/{entry_id}/weights", dependencies=read, responses={200: BINARY})
     def entry_weights(entry_id: EntryId) -> StreamingResponse:
         """An entry's weights (safetensors, shrunk layout), streamed; the sha256 is in X-Edgemvp-Sha256."""
         return _stream(*service.entry_file(entry_id, WEIGHTS))
 
+def _voter_routes(app: FastAPI, service: ZooService, read: list) -> None:
     @app.post("/neighbours", dependencies=read)
     def neighbours(body: NeighboursBody) -> dict[str, Any]:
         """The zoo's entries nearest to a task by Wu-Palmer (WordNet or a given class tree).
@@ -580,10 +594,11 @@ def _routes(app: FastAPI, service: ZooService, bearer: HTTPBearer) -> None:
         headers = {wire.SHA_HEADER: sha256_bytes(raw), wire.SEED_HEADER: str(seed)}
         return Response(raw, media_type=wire.VOTE_MEDIA_TYPE, headers=headers)
 
+def _upload_route(app: FastAPI, service: ZooService, write: list) -> None:
     upload_body = {"requestBody": {"required": True, "content": {
         wire.BUNDLE_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}}
 
-    @app.post("/entries", status_code=201, dependencies=[Depends(write_access)], openapi_extra=upload_body)
+    @app.post("/entries", status_code=201, dependencies=write, openapi_extra=upload_body)
     async def upload(request: Request,
                      build_seconds: Annotated[float | None, Query(ge=0, le=1e7)] = None) -> dict[str, Any]:
         """Add entries: a bundle (``edgemvp zoo export``'s tar format), validated in full before any write."""
