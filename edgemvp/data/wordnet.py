@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -25,6 +26,9 @@ from edgemvp.paths import atomic_write_bytes, cache_dir
 
 logger = logging.getLogger(__name__)
 _PLAIN_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+# nltk's WordNet reader seeks and reads shared file handles: concurrent lookups (the zoo server ranks in
+# several threads) read each other's lines. One lookup at a time; the reader is shared by the whole process.
+_READER_LOCK = threading.RLock()
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 _REQUIRED = ("data.noun", "index.noun", "index.sense")
@@ -127,13 +131,14 @@ def synset(name: str, cache: str | os.PathLike[str] | None = None) -> Any:
     Raises:
         UsageError: When the name is not a WordNet 3.0 synset.
     """
-    wn = wordnet(cache)
-    try:
-        if len(name) == 9 and name[0] == "n" and name[1:].isdigit():
-            return wn.synset_from_pos_and_offset("n", int(name[1:]))
-        return wn.synset(name)
-    except Exception as exc:  # nltk raises WordNetError/ValueError for unknown names
-        raise UsageError(f"unknown WordNet synset '{name}'") from exc
+    with _READER_LOCK:
+        wn = wordnet(cache)
+        try:
+            if len(name) == 9 and name[0] == "n" and name[1:].isdigit():
+                return wn.synset_from_pos_and_offset("n", int(name[1:]))
+            return wn.synset(name)
+        except Exception as exc:  # nltk raises WordNetError/ValueError for unknown names
+            raise UsageError(f"unknown WordNet synset '{name}'") from exc
 
 
 def wup(a: str, b: str, cache: str | os.PathLike[str] | None = None) -> float:
@@ -143,8 +148,9 @@ def wup(a: str, b: str, cache: str | os.PathLike[str] | None = None) -> float:
     different depths (``dog.n.01`` with itself gives 0.929), which would make a task less similar to itself
     than to nothing better.
     """
-    sa, sb = synset(a, cache), synset(b, cache)
-    return 1.0 if sa == sb else float(sa.wup_similarity(sb) or 0.0)
+    with _READER_LOCK:  # hypernym paths are read lazily from the same files
+        sa, sb = synset(a, cache), synset(b, cache)
+        return 1.0 if sa == sb else float(sa.wup_similarity(sb) or 0.0)
 
 
 @functools.lru_cache(maxsize=256)
