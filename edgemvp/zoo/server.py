@@ -92,6 +92,7 @@ class TaskBody(_Body):
     name: Text | None = None
 
     def spec(self) -> TaskSpec:
+        """The task as the voter takes it."""
         return wire.task_from_json(self.dataset, self.classes, self.synsets, self.name)
 
 
@@ -148,6 +149,7 @@ class StorePool:
 
     @contextlib.contextmanager
     def borrow(self) -> Iterator[ZooStore]:
+        """A store for this thread until the block ends (waits while all are lent)."""
         store = self._free.get()
         try:
             yield store
@@ -201,6 +203,7 @@ class ZooService:
             yield LocalZoo(store, base, self.config.cache, self.base_model(base))
 
     def neighbours(self, body: NeighboursBody) -> dict[str, Any]:
+        """The ``limit`` entries nearest to the task by Wu-Palmer, nearest first, with their tasks."""
         if body.similarity == "leep":
             raise UsageError("LEEP needs the target's images, which stay on the client: rank the candidates "
                              "there (GET /entries/{id}/weights) and POST /vote with neighbour_ids")
@@ -512,12 +515,12 @@ BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string", 
 
 
 def _base_routes(app: FastAPI, service: ZooService, read: list, bearer: HTTPBearer) -> None:
-    config = service.config
+    config, version = service.config, app.version
 
     @app.get("/health")
     def health() -> dict[str, Any]:
         """Liveness, and what needs a token."""
-        return {"status": "ok", "version": _version(), "writes": config.token is not None,
+        return {"status": "ok", "version": version, "writes": config.token is not None,
                 "reads_need_token": config.read_token is not None}
 
     @app.get("/access", dependencies=read)
