@@ -45,7 +45,7 @@ from tqdm import tqdm  # noqa: E402
 from edgemvp.data.datasets import get_dataset  # noqa: E402
 from edgemvp.data.tasks import TaskSpec, random_tasks, task_name  # noqa: E402
 from edgemvp.masks import Masks  # noqa: E402
-from edgemvp.models.base import find_base, load_base  # noqa: E402
+from edgemvp.models.base import find_base  # noqa: E402
 from edgemvp.models.factory import create_model, get_arch  # noqa: E402
 from edgemvp.pipeline import PruneRequest, Ranking, fit, rank  # noqa: E402
 from edgemvp.pretrain import PretrainConfig, pretrain  # noqa: E402
@@ -55,7 +55,7 @@ from edgemvp.shrink import params_and_macs, shrink  # noqa: E402
 from edgemvp.units import unit_space  # noqa: E402
 from edgemvp.zoo.build import BuildSpec, build  # noqa: E402
 from edgemvp.zoo.defaults import zoo_path  # noqa: E402
-from edgemvp.zoo.store import ZooStore  # noqa: E402
+from edgemvp.voter import LocalZoo  # noqa: E402
 
 RUN_FORMAT = 1
 LR_GRID = {"cnn": (0.005, 0.01, 0.02, 0.05, 0.1), "vit": (1e-4, 2e-4, 5e-4, 1e-3)}
@@ -152,9 +152,7 @@ class Bed:
     tb: Testbed
     cache: Path
     zoo: Path
-    store: ZooStore
-    base: object  # BaseManifest
-    base_model: torch.nn.Module
+    local: LocalZoo
     dataset: object  # the targets' Dataset
     ids: list[str]
     tasks: list[tuple[str, tuple[str, ...]]]
@@ -166,6 +164,14 @@ class Bed:
     def family(self) -> str:
         return get_arch(self.tb.arch).family
 
+    @property
+    def store(self):
+        return self.local.store
+
+    @property
+    def base(self):
+        return self.local.base
+
 
 def prepare(tb: Testbed, cache: Path, bars: bool) -> Bed:
     """Base and zoo (built or found in the cache), targets' dataset and the hierarchy file."""
@@ -174,7 +180,7 @@ def prepare(tb: Testbed, cache: Path, bars: bool) -> Bed:
         print(f"[{tb.key}] pre-training {src.arch} on {src.dataset} ({src.pretrain.epochs} epochs)", flush=True)
         with tqdm(desc=f"pretrain {src.arch}", unit="step", disable=not bars) as bar:
             pretrain(src.arch, src.dataset, src.pretrain, cache, progress=bar)
-    base_model, base = load_base(src.arch, src.dataset, cache)
+    base = find_base(src.arch, src.dataset, cache)
     print(f"[{tb.key}] base {src.arch}/{src.dataset}: {base.test_acc:.2f}% ({base.weights_sha256[:12]})", flush=True)
     folder = zoo_path(src.arch, src.dataset, cache, f"paper-{src.key}")
     cfg = PruneConfig(ratio=0.9, iters=src.zoo_iters)
@@ -184,7 +190,8 @@ def prepare(tb: Testbed, cache: Path, bars: bool) -> Bed:
         report = build(spec, folder, cache, overall=overall)
     print(f"[{tb.key}] zoo {folder}: {len(report.ids)} entries ({report.built} built now, {report.seconds:.0f} s)",
           flush=True)
-    store = ZooStore.open(folder)
+    local = LocalZoo.open(folder, src.arch, src.dataset, cache)
+    store = local.store
     ids = list(report.ids)
     tasks = [(e.manifest.task.dataset, e.manifest.task.classes) for e in map(store.get, ids)]
     dataset = get_dataset(tb.target_dataset or src.dataset)
@@ -195,7 +202,7 @@ def prepare(tb: Testbed, cache: Path, bars: bool) -> Bed:
         hierarchy = cache / f"hierarchy-{dataset.name}.yaml"
         tree = {dataset.name: {k: list(v) for k, v in dataset.hierarchy.items()}}
         hierarchy.write_text(yaml.safe_dump(tree, sort_keys=False))
-    bed = Bed(tb, cache, folder, store, base, base_model, dataset, ids, tasks, hierarchy)
+    bed = Bed(tb, cache, folder, local, dataset, ids, tasks, hierarchy)
     if any(similarity_kind(bed, m) == "wordnet" for m in tb.methods):
         from edgemvp.similarity import Taxonomy, wordnet_similarity
 
@@ -234,10 +241,11 @@ def ranking(bed: Bed, task: TaskSpec, kind: str, per_class: int | None, seed: in
     if kind == "random":
         out = Ranking(ids, np.random.default_rng(10_000 + seed).random(len(ids)), "random")
     else:
+        # every candidate ranked (N is chosen later), nearest first
         req = PruneRequest(task, "host", zoo=bed.zoo, similarity="leep" if kind == "leep" else "wordnet",
                            hierarchy=bed.hierarchy if kind == "taxonomy" else None, seed=seed,
-                           train_per_class=per_class)
-        out = rank(bed.store, ids, tasks, bed.base, task, bed.dataset, req, bed.cache)
+                           train_per_class=per_class, neighbours=len(ids))
+        out = rank(bed.local, ids, tasks, task, bed.dataset, req)
         if out.kind != ("leep" if kind == "leep" else "hierarchy" if kind == "taxonomy" else "wordnet"):
             raise RuntimeError(f"{task.name}: asked for {kind} similarity, got {out.kind} ({out.note})")
     bed.rankings[key] = (out, time.perf_counter() - t0, time.process_time() - c0)
@@ -275,7 +283,7 @@ def run_one(bed: Bed, task: TaskSpec, m: Method, per_class: int | None, seed: in
         cpu_laps[name] = cpu_laps.get(name, 0.0) + now[1] - clock[1]
         clock[:] = now
 
-    fitted = fit(req, bed.base_model, bed.base, bed.store, rk, bed.dataset, lap=lap)
+    fitted = fit(req, bed.local, rk, bed.dataset, lap=lap)
     # the method's cost: ranking + building the sub-network + BN re-estimation + training (not the test evals);
     # CPU seconds (all threads) as well, as they are less disturbed by other jobs on the machine
     wall = rank_s + sum(v for k, v in laps.items() if not k.startswith("evaluate"))
@@ -286,8 +294,8 @@ def run_one(bed: Bed, task: TaskSpec, m: Method, per_class: int | None, seed: in
            "acc_init": fitted.accuracy["init"], "acc_init_before_bn": fitted.accuracy["init_before_bn"],
            "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "rank_s": round(rank_s, 3), "laps": {k: round(v, 3) for k, v in laps.items()},
            "train_flops": train_flops(bed, m, fitted, rk, per_class),
-           "neighbour_ids": [e.id for e, _ in fitted.picked],
-           "neighbour_similarity": [round(s, 5) for _, s in fitted.picked],
+           "neighbour_ids": [n.id for n in fitted.neighbours],
+           "neighbour_similarity": [round(n.similarity, 5) for n in fitted.neighbours],
            "keep_ratio": round(fitted.masks.keep_ratio(), 5)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -615,7 +623,7 @@ def main() -> None:
             regime, per_class = tb.regimes[0]
             paper["curves"][regime] = curves(bed, regime, per_class, targets(bed), bars)
             paper["iou"][key] = iou_by_similarity(bed, tb.primary)
-        bed.store.close()
+        bed.local.close()
         _write(paper, args, start)
     _write(paper, args, start)
 

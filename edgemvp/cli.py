@@ -41,7 +41,8 @@ pass_ctx = click.make_pass_decorator(Context)
 def cli(ctx: click.Context, cache_dir: Path | None, data_dir: Path | None, verbose: int) -> None:
     """edgemvp: Meta-Vote Pruning of pre-trained vision models for edge devices."""
     logging.basicConfig(level=logging.WARNING - 10 * min(verbose + 1, 2), format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export"):  # exporter chatter
+    # exporter chatter, and one line per HTTP request of a remote zoo
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
     if cache_dir is not None:
         from edgemvp.paths import cache_dir as resolve
@@ -227,11 +228,9 @@ def pretrain(ctx: Context, arch: str, dataset: str, epochs: float, batch_size: i
 @pass_ctx
 def bases(ctx: Context) -> None:
     """List the cached base models."""
-    from edgemvp.models.base import MANIFEST, BaseManifest
-    from edgemvp.paths import cache_dir
+    from edgemvp.models.base import cached_bases
 
-    for path in sorted((cache_dir(ctx.cache) / "bases").glob(f"*/{MANIFEST}")):
-        m = BaseManifest.from_json(path.read_text(), str(path))
+    for m in cached_bases(ctx.cache):
         click.echo(f"{m.arch:11s} {m.dataset:15s} {m.input_spec.channels}x{m.input_spec.size}px "
                    f"acc {m.test_acc:6.2f}%  {json.dumps(m.train.get('epochs'))} epochs")
 

@@ -17,8 +17,11 @@ from edgemvp.cli_deploy import profiles_option
 @click.option("--dataset", help="Dataset of an ad-hoc task.")
 @click.option("--classes", help="Comma-separated classes of an ad-hoc task.")
 @click.option("--device", "-d", required=True, help="Target device profile or alias (see 'edgemvp devices list').")
-@click.option("--zoo", metavar="PATH|NAME", help="Zoo to vote from: a folder or a name under <cache>/zoos "
-              "[default: the base's default zoo, built on first use for the offline default].")
+@click.option("--zoo", metavar="PATH|NAME|URL", help="Zoo to vote from: a folder, a name under <cache>/zoos, or a "
+              "zoo server (http://HOST:PORT) [default: the base's default zoo, built on first use for the offline "
+              "default].")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="File with the zoo server's bearer token [default: env EDGEMVP_ZOO_TOKEN].")
 @click.option("--method", type=click.Choice(["mvp", "random", "ifp", "transfer"]), default="mvp", show_default=True,
               help="mvp; or a baseline through the same path: random masks, the single-task pruner (IFP/AHNP) for "
                    "--iters steps, or transfer (fine-tune the single nearest zoo model).")
@@ -47,19 +50,20 @@ from edgemvp.cli_deploy import profiles_option
 @profiles_option
 @pass_ctx
 def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str | None, device: str, zoo: str | None,
-              method: str, iters: int, neighbours: int, similarity: str, hierarchy: Path | None, temperature: float,
+              token_file: Path | None, method: str, iters: int, neighbours: int, similarity: str,
+              hierarchy: Path | None, temperature: float,
               ratio: float, seed: int, int8: bool, budget_ms: float | None, measure: bool, out: Path | None,
               add_to_zoo: bool, arch: str | None, base_dataset: str | None, lr: float | None,
               train_per_class: int | None, no_bn_reestimate: bool, runs: int,
               profiles: tuple[Path, ...]) -> None:
     """Prune the base model for a new task by voting from the nearest zoo tasks; export and check it."""
-    from edgemvp.cli_zoo import _zoo_folder
+    from edgemvp.cli_zoo import _zoo_location
     from edgemvp.data.tasks import resolve_task
     from edgemvp.errors import BudgetExceeded
     from edgemvp.pipeline import PruneRequest, Stages, run
 
     spec = resolve_task(task, dataset, classes, ctx.data)
-    req = PruneRequest(spec, device, _zoo_folder(ctx, zoo) if zoo else None, arch, base_dataset, method, iters,
+    req = PruneRequest(spec, device, _zoo_location(ctx, zoo, token_file) if zoo else None, arch, base_dataset, method, iters,
                        neighbours, similarity, hierarchy, temperature, ratio, seed, bn_reestimate=not no_bn_reestimate,
                        int8=int8, budget_ms=budget_ms, measure=measure, out=out, add_to_zoo=add_to_zoo, runs=runs,
                        lr=lr, train_per_class=train_per_class)

@@ -15,12 +15,29 @@ def _zoo_folder(ctx: Context, zoo: str | None) -> Path:
     """``--zoo``: a folder, or a zoo name under ``<cache>/zoos``; default: the default zoo."""
     from edgemvp.paths import cache_dir
     from edgemvp.zoo.defaults import default_zoo_path
+    from edgemvp.zoo.remote import is_url
 
+    if zoo is not None and is_url(zoo):
+        raise UsageError(f"this command works on a zoo folder; '{zoo}' is a zoo server (edgemvp prune and "
+                         "edgemvp zoo build take one)")
     if zoo is None:
         return default_zoo_path(ctx.cache)
     path = Path(zoo)
     named = cache_dir(ctx.cache) / "zoos" / zoo
     return named if not path.exists() and named.exists() else path
+
+
+def _zoo_location(ctx: Context, zoo: str | None, token_file: Path | None):
+    """``--zoo`` of prune and build: a zoo server's address (with the client's token), or a folder."""
+    from edgemvp.zoo.remote import ZooAddress, is_url, read_token
+
+    if zoo is not None and is_url(zoo):
+        return ZooAddress(zoo, read_token(token_file))
+    return _zoo_folder(ctx, zoo)
+
+
+TOKEN_OPTION = click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
+                            help="File with the zoo server's bearer token [default: env EDGEMVP_ZOO_TOKEN].")
 
 
 def _open(ctx: Context, zoo: str | None):
@@ -63,13 +80,15 @@ def zoo() -> None:
 @click.option("--ray", "ray_address", metavar="local|auto|ADDRESS", default=None,
               help="Run each task as a Ray task: 'local' starts Ray here, 'auto' joins the running cluster.")
 @click.option("--threads", type=int, default=None, help="torch threads per task (entries depend on it).")
-@click.option("--zoo", "zoo_dir", metavar="PATH", default=None,
-              help="Zoo folder [default: <cache>/zoos/<arch>--<dataset>].")
+@click.option("--zoo", "zoo_dir", metavar="PATH|URL", default=None,
+              help="Zoo folder, or a zoo server (http://HOST:PORT: entries are built here and uploaded) "
+                   "[default: <cache>/zoos/<arch>--<dataset>].")
+@TOKEN_OPTION
 @pass_ctx
 def zoo_build(ctx: Context, arch: str, dataset: str, n_tasks: int, classes_per_task: int, pruner: str, iters: int,
               ratio: float, lr: float | None, batch_size: int, prune_every: int | None, prune_fraction: float,
               seed: int, within_parent: bool, workers: int, ray_address: str | None, threads: int | None,
-              zoo_dir: str | None) -> None:
+              zoo_dir: str | None, token_file: Path | None) -> None:
     """Prune the base model for N random tasks and store the results (rerun to resume)."""
     from edgemvp.pruners import PruneConfig
     from edgemvp.zoo.build import BuildSpec
@@ -81,15 +100,16 @@ def zoo_build(ctx: Context, arch: str, dataset: str, n_tasks: int, classes_per_t
     cfg = PruneConfig(ratio=ratio, iters=iters, lr=lr, batch_size=batch_size, prune_every=prune_every,
                       prune_fraction=prune_fraction)
     spec = BuildSpec(arch, dataset, n_tasks, classes_per_task, pruner, cfg, seed, within_parent)
-    folder = Path(zoo_dir) if zoo_dir else zoo_path(arch, dataset, ctx.cache)
-    if folder.exists() and any(folder.iterdir()):
+    folder = _zoo_location(ctx, zoo_dir, token_file) if zoo_dir else zoo_path(arch, dataset, ctx.cache)
+    if isinstance(folder, Path) and folder.exists() and any(folder.iterdir()):
         check_marker(folder)  # refuse a newer or foreign folder before any work
     report = _run_build(ctx, spec, folder, workers, ray_address, threads)
-    click.echo(f"zoo {folder}: {report.built} task(s) built, {report.skipped} already there, "
+    where = folder if isinstance(folder, Path) else folder.url
+    click.echo(f"zoo {where}: {report.built} task(s) built, {report.skipped} already there, "
                f"{len(report.ids)} in this build ({report.seconds:.0f} s)")
 
 
-def _run_build(ctx: Context, spec, folder: Path, workers: int = 1, ray_address: str | None = None,
+def _run_build(ctx: Context, spec, folder, workers: int = 1, ray_address: str | None = None,
                threads: int | None = None):
     from edgemvp.zoo.build import build
 
@@ -188,3 +208,43 @@ def zoo_import(ctx: Context, bundle: Path, zoo: str | None) -> None:
     with ZooStore.open(_zoo_folder(ctx, zoo), create=True) as store:
         added, present = store.import_entries(items)
     click.echo(f"imported {added} entries ({present} already present)")
+
+
+@zoo.command("serve")
+@click.option("--zoo", "zoo", metavar="PATH|NAME", help="Zoo folder, or a name under <cache>/zoos (created when "
+              "missing) [default: the default zoo].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback unless --public).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="File with the bearer token uploads need (chmod 600); without it the server is read-only.")
+@click.option("--read-token-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="File with a token every read needs too (the write token also reads).")
+@click.option("--public", is_flag=True, help="Allow a --host other machines reach (needs --token-file).")
+@click.option("--max-upload-mb", type=click.IntRange(1, 4096), default=256, show_default=True)
+@click.option("--vote-workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Votes averaged at once (each holds full-size float64 copies of the model).")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True, help="torch threads.")
+@pass_ctx
+def zoo_serve(ctx: Context, zoo: str | None, host: str, port: int, token_file: Path | None,
+              read_token_file: Path | None, public: bool, max_upload_mb: int, vote_workers: int, threads: int) -> None:
+    """Serve a zoo and the voter over HTTP (FastAPI + uvicorn) for prunes from other machines."""
+    import torch
+    import uvicorn
+
+    from edgemvp.zoo.server import check_listen, create_app, is_loopback, load_token
+
+    if not is_loopback(host) and not public:
+        raise UsageError(f"--host {host} is reachable from other machines; pass --public (with --token-file) "
+                         "to serve there")
+    if public and token_file is None:
+        raise UsageError("--public needs --token-file (uploads must be authenticated off this machine)")
+    token = load_token(token_file) if token_file else None
+    read_token = load_token(read_token_file, "--read-token-file") if read_token_file else None
+    folder = _zoo_folder(ctx, zoo)
+    check_listen(host, port)
+    app = create_app(folder, token, read_token, max_upload_mb << 20, ctx.cache, vote_workers=vote_workers)
+    torch.set_num_threads(threads)
+    reads = "need a token" if read_token else "open" + (" to the network" if not is_loopback(host) else "")
+    click.echo(f"serving zoo {folder} at http://{host}:{port} (writes: "
+               f"{'token' if token else 'off'}, reads: {reads}); Ctrl-C stops", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="info" if ctx.verbose else "warning")

@@ -107,6 +107,8 @@ def validate(arch: str, kept: Mapping[str, tuple[int, ...]]) -> None:
         if unit.name not in kept:
             raise UsageError(f"unit '{unit.name}' of arch '{arch}' is missing")
         idx = list(kept[unit.name])
+        if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in idx):
+            raise UsageError(f"unit '{unit.name}': kept indices must be integers")
         if not idx:
             raise UsageError(f"unit '{unit.name}' keeps nothing (at least one index is required)")
         if len(set(idx)) != len(idx):

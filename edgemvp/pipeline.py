@@ -34,16 +34,16 @@ from edgemvp.data.loader import LabeledView, eval_batches, train_batches
 from edgemvp.data.tasks import TaskSpec, task_view
 from edgemvp.devices import DeviceProfile
 from edgemvp.errors import UsageError
-from edgemvp.masks import Masks, random_masks
-from edgemvp.models.base import BaseManifest, find_base, load_base
-from edgemvp.models.factory import get_arch
-from edgemvp.mvp import averaged_model, reestimate_batchnorm, target_model
+from edgemvp.masks import Masks
+from edgemvp.models.base import BaseManifest, find_base
+from edgemvp.models.factory import create_model, get_arch
+from edgemvp.mvp import reestimate_batchnorm, target_model
 from edgemvp.paths import atomic_write_bytes
-from edgemvp.similarity import Hierarchy, Taxonomy, leep_similarity, wordnet_similarity
+from edgemvp.similarity import Hierarchy, leep_similarity
 from edgemvp.train import OptimConfig, Progress, accuracy, default_device, train_steps
-from edgemvp.vote import DEFAULT_NEIGHBOURS, DEFAULT_TEMPERATURE, nearest, vote
-from edgemvp.zoo.entry import ZooEntry
-from edgemvp.zoo.store import ZooStore
+from edgemvp.vote import DEFAULT_NEIGHBOURS, DEFAULT_TEMPERATURE, nearest
+from edgemvp.voter import Initial, LocalZoo, Neighbour, Ranking, VoteSpec
+from edgemvp.zoo.remote import RemoteError, RemoteZoo, ZooAddress
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ class PruneRequest:
     Attributes:
         task: The target task.
         device: Device profile name or alias.
-        zoo: Zoo folder; ``None`` is the default zoo of the base (built on first use for the offline default).
+        zoo: Zoo folder, or a zoo server's address (:class:`ZooAddress`); ``None`` is the default zoo of the
+            base (built on first use for the offline default).
         arch: Base architecture; ``None`` takes the zoo's (or the default, resnet18).
         base_dataset: Dataset the base was pre-trained on; ``None`` takes the zoo's (or fashion-mnist).
         method: ``mvp``, ``random``, ``ifp`` or ``transfer``.
@@ -91,12 +92,12 @@ class PruneRequest:
         runs: Timed runs when latency is measured.
         lr: Peak learning rate of the fine-tune (and of the single-task pruner for ``ifp``); ``None`` takes
             the family default (:data:`FINETUNE_OPTIM`, the pruner's default for ``ifp``).
-        train_per_class: Use at most this many training images per class (seeded), e.g. 100 for few-data runs.
+        train_per_class: Use at most this many training images per class (a fixed seeded subsample).
     """
 
     task: TaskSpec
     device: str
-    zoo: Path | None = None
+    zoo: Path | ZooAddress | None = None
     arch: str | None = None
     base_dataset: str | None = None
     method: str = "mvp"
@@ -139,6 +140,10 @@ class PruneRequest:
             raise UsageError(f"--train-per-class must be at least 1, got {self.train_per_class}")
         if self.method == "ifp" and self.iters < 1:
             raise UsageError("--method ifp needs --iters of at least 1 (it prunes while training)")
+
+    def vote_spec(self) -> VoteSpec:
+        """The voter's part of the request (``mvp``, ``transfer`` and ``random``)."""
+        return VoteSpec(self.task, self.method, self.neighbours, self.ratio, self.temperature, self.seed)
 
     def output_dir(self, profile: DeviceProfile) -> Path:
         return self.out if self.out is not None else Path("export") / f"{self.task.name}-{profile.name}"
@@ -183,10 +188,22 @@ class PruneResult:
 
 
 # --- zoo and base ------------------------------------------------------------------------------------------
-def _open_zoo(req: PruneRequest, cache, data_root, stages: Stages) -> tuple[ZooStore, BaseManifest]:
-    """The zoo to vote from and the cached base it was built for (building the offline default on first use)."""
+Zoo = LocalZoo | RemoteZoo  # the same methods: task_table, rank_by_taxonomy, entry_models, initialise, put
+
+
+def _open_zoo(req: PruneRequest, cache, data_root, stages: Stages) -> Zoo:
+    """The zoo to vote from with the base it was built for (building the offline default on first use)."""
     from edgemvp.zoo.defaults import DEFAULT_ARCH, DEFAULT_DATASET, default_zoo_path, ensure_default_zoo, zoo_path
 
+    if isinstance(req.zoo, ZooAddress):
+        remote = RemoteZoo.connect(req.zoo, req.arch, req.base_dataset, cache)
+        if req.add_to_zoo:
+            try:
+                remote.require_write()
+            except BaseException:
+                remote.close()
+                raise
+        return remote
     if req.zoo is None:
         arch, dataset = req.arch or DEFAULT_ARCH, req.base_dataset or DEFAULT_DATASET
         if (arch, dataset) == (DEFAULT_ARCH, DEFAULT_DATASET):
@@ -204,38 +221,7 @@ def _open_zoo(req: PruneRequest, cache, data_root, stages: Stages) -> tuple[ZooS
         path = req.zoo
         if not path.exists():
             raise UsageError(f"zoo not found: {path}")
-    store = ZooStore.open(path)
-    try:
-        manifest = _zoo_base(store, req, cache)
-    except BaseException:
-        store.close()
-        raise
-    return store, manifest
-
-
-def _zoo_base(store: ZooStore, req: PruneRequest, cache) -> BaseManifest:
-    bases = store.bases()
-    if not bases:
-        raise UsageError(f"zoo {store.root} is empty; build it with 'edgemvp zoo build --zoo {store.root}'")
-    wanted = [b for b in bases if req.arch in (None, b[0])]
-    if not wanted:
-        have = ", ".join(sorted({b[0] for b in bases}))
-        raise UsageError(f"zoo {store.root} holds {have} entries, not {req.arch}")
-    refs = [store.get(b[3]).manifest.base for b in wanted]
-    if req.base_dataset is not None:
-        refs = [r for r in refs if r.dataset == req.base_dataset] or refs
-    for ref in refs:
-        cached = find_base(ref.arch, ref.dataset, cache)
-        if cached is not None and cached.weights_sha256 == ref.weights_sha256:
-            return cached
-    ref = refs[0]
-    cached = find_base(ref.arch, ref.dataset, cache)
-    if cached is None:
-        raise UsageError(f"zoo {store.root} was built for a {ref.arch} base of '{ref.dataset}' "
-                         f"(sha256 {ref.weights_sha256[:12]}), which is not in the cache; run 'edgemvp pretrain "
-                         f"--arch {ref.arch} --dataset {ref.dataset}' or import that base")
-    raise UsageError(f"zoo {store.root} was built for another base model: its {ref.arch} base of '{ref.dataset}' "
-                     f"has sha256 {ref.weights_sha256[:12]}, the cached one {cached.weights_sha256[:12]}")
+    return LocalZoo.open(path, req.arch, req.base_dataset, cache)
 
 
 def _ensure_default_base(cache, data_root, stages: Stages) -> None:
@@ -251,16 +237,6 @@ def _ensure_default_base(cache, data_root, stages: Stages) -> None:
 
 
 # --- similarity --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Ranking:
-    """Candidates ranked for the target."""
-
-    ids: list[str]
-    scores: np.ndarray
-    kind: str  # what was used: "wordnet", "hierarchy" or "leep"
-    note: str | None = None  # why it fell back to LEEP
-
-
 def _sample(view: LabeledView, spec, samples: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
     """A seeded sample of at most ``samples`` images of a view, balanced over its classes."""
     per_class = max(1, math.ceil(samples / max(1, int(view.targets.max()) + 1)))
@@ -272,60 +248,42 @@ def _sample(view: LabeledView, spec, samples: int, seed: int) -> tuple[torch.Ten
     return torch.cat(xs), torch.cat(ys).numpy()
 
 
-def rank(store: ZooStore, ids: list[str], tasks: list[tuple[str, tuple[str, ...]]], base: BaseManifest,
-         task: TaskSpec, dataset: Dataset, req: PruneRequest, cache=None) -> Ranking:
-    """Score zoo entries (``ids`` with their ``(dataset, classes)``) against the target (Wu-Palmer, else LEEP)."""
-    kind, note = req.similarity, None
-    if kind == "wordnet":
-        taxonomy = Taxonomy(Hierarchy.load(req.hierarchy) if req.hierarchy else None, cache)
+def rank(zoo: Zoo, ids: list[str], tasks: list[tuple[str, tuple[str, ...]]], task: TaskSpec, dataset: Dataset,
+         req: PruneRequest) -> Ranking:
+    """Score zoo entries (``ids`` with their ``(dataset, classes)``) against the target (Wu-Palmer, else LEEP).
+
+    Wu-Palmer runs where the zoo is (in process, or on the zoo server); LEEP always runs here, on the target's
+    images, over the candidates' models (downloaded and sha256-checked from a remote zoo).
+    """
+    note = None
+    if req.similarity == "wordnet":
         try:
-            scores = wordnet_similarity([(task.dataset, c) for c in task.classes], tasks, taxonomy)
-            return Ranking(ids, scores, "wordnet" if req.hierarchy is None else "hierarchy")
+            return zoo.rank_by_taxonomy(ids, tasks, task, Hierarchy.load(req.hierarchy) if req.hierarchy else None,
+                                        limit=req.neighbours if req.method == "mvp" else 1)
         except UsageError as exc:
+            if isinstance(exc, RemoteError):
+                raise
             note = f"{exc}; falling back to LEEP"
-            kind = "leep"
-    x, y = _sample(req.train_view(dataset), base.input_spec, req.leep_samples, req.seed)
-    models = (store.get(i).load_model() for i in ids)
-    return Ranking(ids, leep_similarity(models, x, y, len(task.classes)), "leep", note)
+    x, y = _sample(req.train_view(dataset), zoo.base.input_spec, req.leep_samples, req.seed)
+    return Ranking(ids, leep_similarity(zoo.entry_models(ids), x, y, len(task.classes)), "leep", note)
 
 
 # --- the run -----------------------------------------------------------------------------------------------
-def _method_model(req: PruneRequest, base_model, base: BaseManifest, store: ZooStore, ranking: Ranking | None,
-                  batches, stages: Stages) -> tuple[torch.nn.Module, Masks, list[tuple[ZooEntry, float]], dict]:
-    """Masks and initial (or, for IFP, trained) model of the chosen method, the neighbours used with their
-    similarity, and extra report fields."""
-    arch, spec, task = base.arch, base.input_spec, req.task
-    family = get_arch(arch).family
-    common = dict(base=base_model, base_classes=base.classes, base_dataset=base.dataset, arch=arch, spec=spec,
-                  target_dataset=task.dataset, target_classes=task.classes, seed=req.seed)
-    info: dict = {}
-    if req.method in ("mvp", "transfer"):
-        count = req.neighbours if req.method == "mvp" else 1
-        order = nearest(ranking.scores, count)
-        picked = [(store.get(ranking.ids[i]), float(ranking.scores[i])) for i in order]
-        entries = [e for e, _ in picked]
-        if req.method == "mvp":
-            rows = store.mask_rows([e.id for e in entries])
-            result = vote(arch, rows, req.ratio, req.temperature, req.seed, base.weights_sha256)
-            masks = result.masks
-            info["vote"] = {"neighbours": len(entries), "temperature": req.temperature, "seed": req.seed,
-                            "unanimous_kept_fraction": round(result.agreement(), 4)}
-        else:
-            masks = entries[0].manifest.masks
-        return averaged_model(masks=masks, neighbours=entries, **common), masks, picked, info
-    if req.method == "random":
-        masks = random_masks(arch, req.ratio, req.seed, base_sha256=base.weights_sha256)
-        return averaged_model(masks=masks, neighbours=[], **common), masks, [], info
-    # ifp: the single-task pruner for J steps from the base, in the same batches
+def _method_model(req: PruneRequest, zoo: Zoo, ranking: Ranking | None, batches, stages: Stages) -> Initial:
+    """Masks and initial (or, for IFP, trained) model of the chosen method, the neighbours used and extra
+    report fields. The voter (:mod:`edgemvp.voter`, in process or on the zoo server) makes mvp, transfer and
+    random; IFP prunes the base here."""
+    if req.method != "ifp":
+        return zoo.initialise(req.vote_spec(), ranking)
     from edgemvp.pruners import PruneConfig, get_pruner
 
-    name = SINGLE_TASK_PRUNER[family]
-    full = target_model(base_model, base.classes, base.dataset, task.dataset, task.classes, req.seed)
+    base, task = zoo.base, req.task
+    name = SINGLE_TASK_PRUNER[get_arch(base.arch).family]
+    full = target_model(zoo.base_model(), base.classes, base.dataset, task.dataset, task.classes, req.seed)
     cfg = PruneConfig(ratio=req.ratio, iters=req.iters, batch_size=req.batch_size, lr=req.lr, seed=req.seed)
-    out = get_pruner(name, family)(full, arch, batches, cfg, base.weights_sha256, None,
-                                   stages.progress(f"{name} J={req.iters}"))
-    info["pruner"] = {"name": name, "config": cfg.to_dict()}
-    return out.model, out.masks, [], info
+    out = get_pruner(name, get_arch(base.arch).family)(full, base.arch, batches, cfg, base.weights_sha256, None,
+                                                       stages.progress(f"{name} J={req.iters}"))
+    return Initial(out.model, out.masks, [], {"pruner": {"name": name, "config": cfg.to_dict()}})
 
 
 @dataclass
@@ -334,13 +292,13 @@ class Fitted:
 
     model: torch.nn.Module  # on the CPU, in eval mode
     masks: Masks
-    picked: list[tuple[ZooEntry, float]]  # neighbours used, with their similarity
+    neighbours: list[Neighbour]  # neighbours used, with their similarity
     info: dict  # extra report fields (vote, pruner)
     accuracy: dict[str, float | None]  # test accuracy: init_before_bn, init (None for ifp), final
 
 
-def fit(req: PruneRequest, base_model, base: BaseManifest, store: ZooStore, ranking: Ranking | None,
-        dataset: Dataset, stages: Stages | None = None, lap: Callable[[str], None] = lambda name: None) -> Fitted:
+def fit(req: PruneRequest, zoo: Zoo, ranking: Ranking | None, dataset: Dataset, stages: Stages | None = None,
+        lap: Callable[[str], None] = lambda name: None) -> Fitted:
     """Build the method's sub-network for the target, re-estimate BatchNorm, fine-tune J steps (``ifp``: prune
     while training J steps) and measure test accuracy; ``lap`` is called after each stage (stages that only
     measure accuracy are named ``evaluate*``).
@@ -348,11 +306,14 @@ def fit(req: PruneRequest, base_model, base: BaseManifest, store: ZooStore, rank
     This is the part of :func:`run` that the methods differ in; benchmarks call it directly.
     """
     stages = stages or Stages()
-    family, spec = get_arch(base.arch).family, base.input_spec
+    family, spec = get_arch(zoo.base.arch).family, zoo.base.input_spec
     train = req.train_view(dataset)
     torch.manual_seed(req.seed)
     batches = train_batches(train, spec, req.batch_size, req.seed)
-    model, masks, picked, info = _method_model(req, base_model, base, store, ranking, batches, stages)
+    init = _method_model(req, zoo, ranking, batches, stages)
+    model = init.model
+    # fine-tuning starts from the same RNG state wherever the initial model was made (here or on a server)
+    torch.manual_seed(req.seed)
     lap("init")
     test = task_view(req.task, dataset, "test")
     device = default_device()
@@ -373,7 +334,7 @@ def fit(req: PruneRequest, base_model, base: BaseManifest, store: ZooStore, rank
     model = model.cpu().eval()
     acc["final"] = round(accuracy(model, eval_batches(test, spec), torch.device("cpu")), 3)
     lap("evaluate")
-    return Fitted(model, masks, picked, info, acc)
+    return Fitted(model, init.masks, init.neighbours, init.info, acc)
 
 
 def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
@@ -402,35 +363,31 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
     dataset = get_dataset(req.task.dataset, data_root)  # missing data: one line saying how to get it
     out = req.output_dir(profile)
     lap("setup")
-    store, base = _open_zoo(req, cache, data_root, stages)
-    with store:
+    with _open_zoo(req, cache, data_root, stages) as zoo:
         lap("base_and_zoo")
-        base_model, _ = load_base(base.arch, base.dataset, cache)
+        base = zoo.base
         family = get_arch(base.arch).family
         spec = base.input_spec
-        ids, tasks = store.task_table(base.weights_sha256)
+        ids, tasks = zoo.task_table()
         if req.method == "mvp":
             nearest(np.zeros(len(ids)), req.neighbours)  # N larger than the zoo: the clear error, before work
-        ranking = (rank(store, ids, tasks, base, req.task, dataset, req, cache)
-                   if req.method in ("mvp", "transfer") else None)
+        ranking = rank(zoo, ids, tasks, req.task, dataset, req) if req.method in ("mvp", "transfer") else None
         if ranking is not None and ranking.note:
             stages.say(f"similarity: {ranking.note}")
         lap("similarity")
-        fitted = fit(req, base_model, base, store, ranking, dataset, stages, lap)
-        model, masks, picked, info, acc = fitted.model, fitted.masks, fitted.picked, fitted.info, fitted.accuracy
+        fitted = fit(req, zoo, ranking, dataset, stages, lap)
+        model, masks, info, acc = fitted.model, fitted.masks, fitted.info, fitted.accuracy
         params, macs = params_and_macs(model, spec)
-        base_params, base_macs = params_and_macs(base_model, spec)
-        neighbours = [{"id": e.id, "task": e.manifest.task.name, "dataset": e.manifest.task.dataset,
-                       "classes": list(e.manifest.task.classes), "similarity": round(sim, 5),
-                       "test_acc": e.manifest.metrics.get("test_acc"), "pruner": e.manifest.pruner}
-                      for e, sim in picked]
+        # counts do not depend on the weights: a skeleton spares a remote prune the base's download
+        base_params, base_macs = params_and_macs(create_model(base.arch, len(base.classes), spec), spec)
+        neighbours = [n.summary() for n in fitted.neighbours]
         report = {
             "schema_version": REPORT_SCHEMA, "task": req.task.name, "dataset": req.task.dataset,
             "classes": list(req.task.classes), "device": profile.name, "method": req.method,
             "base": {"arch": base.arch, "dataset": base.dataset, "weights_sha256": base.weights_sha256,
                      "test_acc": base.test_acc, "params": base_params, "macs": base_macs,
                      "input_spec": spec.to_dict()},
-            "zoo": {"path": str(store.root), "entries": len(ids)},
+            "zoo": {"path": zoo.label, "entries": len(ids)},
             "similarity": None if ranking is None else {"kind": ranking.kind, "note": ranking.note,
                                                          "requested": req.similarity},
             "neighbours": neighbours, **info,
@@ -448,8 +405,8 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
             _export(req, profile, model, masks, spec, report, tmp, out, cache, data_root)
             lap("export_and_latency")
             if req.add_to_zoo:
-                report["zoo"]["added"] = _add_to_zoo(store, req, base, masks, report, [e for e, _ in picked], tmp,
-                                                     time.perf_counter() - start)
+                report["zoo"]["added"] = _add_to_zoo(zoo, req, base, masks, report, [n.id for n in fitted.neighbours],
+                                                     tmp, time.perf_counter() - start)
             timings["total"] = round(time.perf_counter() - start, 3)
             report["timings"] = timings
             atomic_write_bytes(tmp / REPORT, json.dumps(report, indent=1).encode())
@@ -505,9 +462,9 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _add_to_zoo(store: ZooStore, req: PruneRequest, base: BaseManifest, masks: Masks, report: dict,
-                entries: list[ZooEntry], folder: Path, seconds: float) -> str:
-    """Store the result as a zoo entry whose parents are its neighbours."""
+def _add_to_zoo(zoo: Zoo, req: PruneRequest, base: BaseManifest, masks: Masks, report: dict,
+                parents: list[str], folder: Path, seconds: float) -> str:
+    """Store the result as a zoo entry whose parents are its neighbours (uploaded to a remote zoo)."""
     from edgemvp.shrink import WEIGHTS_FILE
     from edgemvp.versions import tool_versions
     from edgemvp.zoo.entry import BaseRef, EntryManifest
@@ -515,7 +472,7 @@ def _add_to_zoo(store: ZooStore, req: PruneRequest, base: BaseManifest, masks: M
     weights = (folder / WEIGHTS_FILE).read_bytes()
     config = {"method": req.method, **report["settings"]}
     config.pop("device", None)
-    parents = tuple(e.id for e in entries)
+    parents = tuple(parents)
     ident = {"format": 1, "base": base.weights_sha256, "dataset": req.task.dataset, "classes": list(req.task.classes),
              "pruner": req.method, "config": config, "parents": list(parents)}
     job_key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
@@ -524,8 +481,7 @@ def _add_to_zoo(store: ZooStore, req: PruneRequest, base: BaseManifest, masks: M
     manifest = EntryManifest(req.task, BaseRef(base.arch, base.dataset, base.weights_sha256, base.input_spec), masks,
                              req.method, config, metrics, hashlib.sha256(weights).hexdigest(), job_key, parents,
                              tool_versions())
-    existing = store.job_entry(job_key)
-    return existing if existing else store.put(manifest, weights, build_seconds=round(seconds, 2))
+    return zoo.put(manifest, weights, build_seconds=round(seconds, 2))
 
 
 def model_card(report: dict) -> str:

@@ -33,6 +33,7 @@ import torch
 from edgemvp.errors import UsageError
 
 ClassKey = tuple[str, str]  # (dataset, class name)
+MAX_TREE_DEPTH = 64
 
 
 class Hierarchy:
@@ -74,19 +75,21 @@ class Hierarchy:
             parent[name] = up
             return name
 
-        def walk(node: Any, up: str | None) -> None:
+        def walk(node: Any, up: str | None, depth: int) -> None:
+            if depth > MAX_TREE_DEPTH:  # a tree from a file or a request must not exhaust the stack
+                raise UsageError(f"{source}: nested deeper than {MAX_TREE_DEPTH} levels")
             if isinstance(node, Mapping):
                 for key, children in node.items():
-                    walk(children, add(key, up))
+                    walk(children, add(key, up), depth + 1)
             elif isinstance(node, (list, tuple)):
                 for child in node:
-                    walk(child, up)
+                    walk(child, up, depth + 1)
             elif node is not None:
                 add(node, up)
 
         if not isinstance(tree, (Mapping, list)) or not tree:
             raise UsageError(f"{source}: a class hierarchy must be a non-empty mapping or list")
-        walk(tree, None)
+        walk(tree, None, 0)
         return cls(parent, source)
 
     @classmethod
@@ -96,6 +99,15 @@ class Hierarchy:
         Raises:
             UsageError: Missing file, unparsable or not a tree.
         """
+        return cls.from_tree(cls.read_tree(path), str(path))
+
+    @staticmethod
+    def read_tree(path: str | os.PathLike[str]) -> Any:
+        """The parsed content of a ``.yaml``/``.yml``/``.json`` hierarchy file (not yet checked to be a tree).
+
+        Raises:
+            UsageError: Missing or unparsable file.
+        """
         import yaml
 
         path = Path(path)
@@ -104,11 +116,22 @@ class Hierarchy:
         except OSError as exc:
             raise UsageError(f"class hierarchy {path}: {exc.strerror}") from exc
         try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (ValueError, yaml.YAMLError) as exc:
+            return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (ValueError, RecursionError, yaml.YAMLError) as exc:
             raise UsageError(f"class hierarchy {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}"
                              f" ({str(exc).splitlines()[0]})") from exc
-        return cls.from_tree(data, str(path))
+
+    def to_tree(self) -> dict[str, Any]:
+        """The tree as nested mappings (a leaf maps to None): ``from_tree(h.to_tree())`` is the same hierarchy."""
+        children: dict[str | None, list[str]] = {}
+        for node, up in self.parent.items():
+            children.setdefault(up, []).append(node)
+
+        def subtree(node: str) -> dict[str, Any] | None:
+            kids = children.get(node)
+            return {k: subtree(k) for k in kids} if kids else None
+
+        return {root: subtree(root) for root in children.get(None, [])}
 
     def depth(self, node: str) -> int:
         """Depth of a node (root = 1)."""
@@ -145,11 +168,17 @@ class Hierarchy:
 
 
 class Taxonomy:
-    """Where classes sit for Wu-Palmer: WordNet synsets (shipped per-dataset maps), or a :class:`Hierarchy`."""
+    """Where classes sit for Wu-Palmer: WordNet synsets (shipped per-dataset maps), or a :class:`Hierarchy`.
 
-    def __init__(self, hierarchy: Hierarchy | None = None, cache: str | os.PathLike[str] | None = None) -> None:
+    ``synsets`` places classes the shipped maps do not know (a task given with its WordNet synsets); it takes
+    precedence over the maps and is ignored with a hierarchy.
+    """
+
+    def __init__(self, hierarchy: Hierarchy | None = None, cache: str | os.PathLike[str] | None = None,
+                 synsets: Mapping[ClassKey, str] | None = None) -> None:
         self.hierarchy = hierarchy
         self.cache = cache
+        self.synsets = dict(synsets or {})
 
     @property
     def name(self) -> str:
@@ -162,7 +191,7 @@ class Taxonomy:
             return cls if cls in self.hierarchy else None
         from edgemvp.data.wordnet import synset_map
 
-        return synset_map(dataset).get(cls)
+        return self.synsets.get(key) or synset_map(dataset).get(cls)
 
     def class_matrix(self, keys: Sequence[ClassKey]) -> np.ndarray:
         """Wu-Palmer of every pair of classes (float64, symmetric); unknown classes score 0 except with themselves."""

@@ -59,8 +59,12 @@ class Payload:
 
 
 def make_entry(arch: str = "resnet18", seed: int = 0, classes: tuple[str, ...] = ("0", "1", "2"),
-               ratio: float = 0.9, dataset: str = "digits", base_sha256: str = "b" * 64):
-    """A zoo entry (manifest + weights bytes) from random masks and random weights, without training."""
+               ratio: float = 0.9, dataset: str = "digits", base_sha256: str = "b" * 64, spec=None,
+               base_dataset: str | None = None):
+    """A zoo entry (manifest + weights bytes) from random masks and random weights, without training.
+
+    ``spec`` and ``base_dataset`` describe the base (default: a 16 px grey input, the task's dataset).
+    """
     import torch
 
     from edgemvp.data.tasks import TaskSpec, task_name
@@ -70,13 +74,13 @@ def make_entry(arch: str = "resnet18", seed: int = 0, classes: tuple[str, ...] =
     from edgemvp.spec import InputSpec
     from edgemvp.zoo.entry import BaseRef, EntryManifest
 
-    spec = InputSpec(1, 16, (0.5,), (0.25,))
+    spec = spec or InputSpec(1, 16, (0.5,), (0.25,))
     masks = random_masks(arch, ratio, seed, base_sha256=base_sha256)
     torch.manual_seed(seed)
     model = build_pruned(arch, len(classes), spec, masks)
     weights = weights_bytes(model.state_dict(), pruned_metadata(masks, spec, len(classes)))
     task = TaskSpec(task_name(dataset, classes), dataset, classes)
-    manifest = EntryManifest(task, BaseRef(arch, dataset, base_sha256, spec), masks, "random", {"seed": seed},
+    manifest = EntryManifest(task, BaseRef(arch, base_dataset or dataset, base_sha256, spec), masks, "random", {"seed": seed},
                              {"test_acc": 50.0 + seed, "params": 1, "macs": 1, "keep_ratio": 0.1},
                              sha256_bytes(weights), job_key=f"job-{arch}-{seed}-{'-'.join(classes)}")
     return manifest, weights

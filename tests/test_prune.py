@@ -124,16 +124,15 @@ def test_learning_rate_and_few_data_options(tiny_bases, digits_zoo, tmp_path) ->
     req = _request(digits_zoo, tmp_path / "lr", method="random", iters=6, lr=0.2, train_per_class=4)
     assert len(req.train_view(ds)) == 12 and len(_request(digits_zoo, tmp_path).train_view(ds)) > 12
     assert req.train_view(ds).indices.tolist() == replace(req, seed=7).train_view(ds).indices.tolist()
-    with ZooStore.open(digits_zoo) as store:
-        from edgemvp.models.base import load_base
+    from edgemvp.voter import LocalZoo
 
-        base_model, base = load_base("resnet18", "digits", tiny_bases)
-        fast = fit(req, base_model, base, store, None, ds)
-        slow = fit(replace(req, lr=1e-4), base_model, base, store, None, ds)
-        same = fit(req, base_model, base, store, None, ds)
-        ids, tasks = store.task_table(base.weights_sha256)
-        ranking = rank(store, ids, tasks, base, req.task, ds, replace(req, similarity="leep"), tiny_bases)
-        ifp = fit(replace(req, method="ifp"), base_model, base, store, None, ds)
+    with LocalZoo.open(digits_zoo, cache=tiny_bases) as zoo:
+        fast = fit(req, zoo, None, ds)
+        slow = fit(replace(req, lr=1e-4), zoo, None, ds)
+        same = fit(req, zoo, None, ds)
+        ids, tasks = zoo.task_table()
+        ranking = rank(zoo, ids, tasks, req.task, ds, replace(req, similarity="leep"))
+        ifp = fit(replace(req, method="ifp"), zoo, None, ds)
     state = {k: v for k, v in fast.model.state_dict().items() if v.is_floating_point()}
     assert all(torch.equal(v, same.model.state_dict()[k]) for k, v in state.items())
     assert any(not torch.equal(v, slow.model.state_dict()[k]) for k, v in state.items())

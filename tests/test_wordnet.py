@@ -59,3 +59,14 @@ def test_fashion_map_covers_every_class_and_ranks_sensibly() -> None:
     mapping = synset_map("fashion-mnist")
     assert tuple(mapping) == FASHION_MNIST_CLASSES
     assert wup(mapping["Sneaker"], mapping["Sandal"]) > wup(mapping["Sneaker"], mapping["Dress"])
+
+
+def test_concurrent_lookups_read_correct_lines() -> None:
+    """nltk's reader shares file handles; the zoo server ranks in many threads at once (found by its load test)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = list(synset_map("cifar-100").values())
+    pairs = [(a, b) for a in names[:30] for b in names[30:60]]
+    with ThreadPoolExecutor(16) as pool:
+        parallel = list(pool.map(lambda p: wup(*p), pairs))
+    assert parallel == [wup(a, b) for a, b in pairs]

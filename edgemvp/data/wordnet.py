@@ -13,7 +13,9 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
+import threading
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -23,6 +25,10 @@ from edgemvp.errors import UsageError
 from edgemvp.paths import atomic_write_bytes, cache_dir
 
 logger = logging.getLogger(__name__)
+_PLAIN_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+# nltk's WordNet reader seeks and reads shared file handles: concurrent lookups (the zoo server ranks in
+# several threads) read each other's lines. One lookup at a time; the reader is shared by the whole process.
+_READER_LOCK = threading.RLock()
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 _REQUIRED = ("data.noun", "index.noun", "index.sense")
@@ -125,13 +131,14 @@ def synset(name: str, cache: str | os.PathLike[str] | None = None) -> Any:
     Raises:
         UsageError: When the name is not a WordNet 3.0 synset.
     """
-    wn = wordnet(cache)
-    try:
-        if len(name) == 9 and name[0] == "n" and name[1:].isdigit():
-            return wn.synset_from_pos_and_offset("n", int(name[1:]))
-        return wn.synset(name)
-    except Exception as exc:  # nltk raises WordNetError/ValueError for unknown names
-        raise UsageError(f"unknown WordNet synset '{name}'") from exc
+    with _READER_LOCK:
+        wn = wordnet(cache)
+        try:
+            if len(name) == 9 and name[0] == "n" and name[1:].isdigit():
+                return wn.synset_from_pos_and_offset("n", int(name[1:]))
+            return wn.synset(name)
+        except Exception as exc:  # nltk raises WordNetError/ValueError for unknown names
+            raise UsageError(f"unknown WordNet synset '{name}'") from exc
 
 
 def wup(a: str, b: str, cache: str | os.PathLike[str] | None = None) -> float:
@@ -141,17 +148,23 @@ def wup(a: str, b: str, cache: str | os.PathLike[str] | None = None) -> float:
     different depths (``dog.n.01`` with itself gives 0.929), which would make a task less similar to itself
     than to nothing better.
     """
-    sa, sb = synset(a, cache), synset(b, cache)
-    return 1.0 if sa == sb else float(sa.wup_similarity(sb) or 0.0)
+    with _READER_LOCK:  # hypernym paths are read lazily from the same files
+        sa, sb = synset(a, cache), synset(b, cache)
+        return 1.0 if sa == sb else float(sa.wup_similarity(sb) or 0.0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=256)
 def synset_map(dataset: str) -> dict[str, str]:
     """The class name → WordNet synset map shipped for a dataset (empty when none is shipped).
+
+    Only plain registry names are looked up: a name with a path in it (``imagefolder:/data``, or one that came
+    over the network) never reaches the file system.
 
     Args:
         dataset: A dataset name such as ``fashion-mnist``, ``oxford-pets`` or ``cifar-100``.
     """
+    if not _PLAIN_NAME.fullmatch(dataset):
+        return {}
     path = resources.files("edgemvp.data").joinpath("synsets", f"{dataset}.json")
     if not path.is_file():
         return {}

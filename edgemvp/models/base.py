@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -88,6 +89,12 @@ def find_base(arch: str, dataset: str, cache: str | os.PathLike[str] | None = No
     return BaseManifest.from_json(path.read_text(), str(path))
 
 
+def cached_bases(cache: str | os.PathLike[str] | None = None) -> list[BaseManifest]:
+    """Every finished base model in the cache (folder order)."""
+    paths = sorted((cache_dir(cache) / "bases").glob(f"*/{MANIFEST}"))
+    return [BaseManifest.from_json(p.read_text(), str(p)) for p in paths]
+
+
 def load_base(arch: str, dataset: str, cache: str | os.PathLike[str] | None = None
               ) -> tuple[nn.Module, BaseManifest]:
     """Rebuild a cached base model: create(arch) → load_state_dict(strict=True), sha256 verified.
@@ -117,6 +124,7 @@ def task_model(base: nn.Module, base_classes: tuple[str, ...], classes: tuple[st
     torch.manual_seed(seed)
     model.reset_classifier(len(classes))
     new = model.get_classifier()
+    _seeded_linear_init(new, seed)
     index = {c: i for i, c in enumerate(base_classes)}
     with torch.no_grad():
         for row, name in enumerate(classes):
@@ -125,3 +133,20 @@ def task_model(base: nn.Module, base_classes: tuple[str, ...], classes: tuple[st
                 if new.bias is not None and old.bias is not None:
                     new.bias[row] = old.bias[index[name]]
     return model
+
+
+def _seeded_linear_init(layer: nn.Module, seed: int) -> None:
+    """Redo ``nn.Linear``'s default initialisation from a private generator seeded with ``seed``.
+
+    The values equal those ``torch.manual_seed(seed)`` then ``reset_classifier`` draw in a single thread; drawn
+    from the process-wide generator they would depend on other threads (the zoo server votes in several).
+    """
+    if not isinstance(layer, nn.Linear):
+        return
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=gen)
+        if layer.bias is not None:
+            fan_in = layer.weight.shape[1]
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            nn.init.uniform_(layer.bias, -bound, bound, generator=gen)

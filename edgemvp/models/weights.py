@@ -22,6 +22,11 @@ from edgemvp.paths import atomic_write_bytes
 
 StateDict = dict[str, torch.Tensor]
 
+# bytes per element of the safetensors dtypes a state dict can hold
+SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                      "BOOL": 1}
+MAX_HEADER_BYTES = 16 << 20
+
 
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of bytes."""
@@ -82,11 +87,87 @@ def load_weights(path: Path, expected_sha256: str | None = None) -> StateDict:
     if expected_sha256 is not None and sha256_bytes(raw) != expected_sha256:
         raise UsageError(f"{path}: sha256 mismatch (file changed or corrupt)")
     if path.suffix == ".safetensors":
-        try:
-            return dict(st_load(raw))
-        except (SafetensorError, ValueError, RuntimeError) as exc:
-            raise UsageError(f"{path}: corrupt safetensors file ({exc})") from exc
+        return parse_safetensors(raw, str(path))[0]
     return _load_torch_state(path)
+
+
+def check_safetensors(raw: bytes, source: str) -> dict[str, str]:
+    """Check that bytes are a well-formed safetensors file before any library parses them.
+
+    The 8-byte little-endian header length, the JSON header (tensor dtypes, shapes, data offsets) and the
+    layout of the data (every byte belongs to exactly one tensor) are checked here, so a pickle, a zip (a
+    ``torch.save`` checkpoint), a truncated file or a header that lies about its tensors is refused with one
+    line and never reaches a parser.
+
+    Returns:
+        The header's ``__metadata__`` (str -> str; empty when there is none).
+
+    Raises:
+        UsageError: Anything that is not a well-formed safetensors file.
+    """
+    def bad(reason: str) -> UsageError:
+        return UsageError(f"{source}: corrupt safetensors file ({reason})")
+
+    if len(raw) < 8:
+        raise bad("shorter than its 8-byte header length")
+    size = struct.unpack("<Q", raw[:8])[0]
+    if size > MAX_HEADER_BYTES or 8 + size > len(raw):
+        if raw[:4] == b"PK\x03\x04":
+            raise bad("it is a zip archive such as a torch.save checkpoint; only safetensors are accepted")
+        if raw[:1] == b"\x80" and raw[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+            raise bad("it is a pickle, which is never loaded; only safetensors are accepted")
+        raise bad(f"header length {size} does not fit the {len(raw)}-byte file")
+    try:
+        header = json.loads(raw[8 : 8 + size])
+    except (ValueError, RecursionError) as exc:
+        raise bad(f"header is not JSON: {exc.__class__.__name__}") from exc
+    if not isinstance(header, dict):
+        raise bad("header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise bad("__metadata__ must map strings to strings")
+    spans = sorted(_tensor_span(name, info, bad) for name, info in header.items())
+    end = 0
+    for begin, stop in spans:
+        if begin != end:
+            raise bad("tensor data overlap or leave gaps")
+        end = stop
+    if 8 + size + end != len(raw):
+        raise bad(f"tensor data take {end} bytes, the file holds {len(raw) - 8 - size}")
+    return meta
+
+
+def _tensor_span(name: str, info: object, bad) -> tuple[int, int]:
+    """One header entry's data offsets, checked against its dtype and shape."""
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise bad(f"tensor '{name[:80]}' needs exactly dtype, shape and data_offsets")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype not in SAFETENSORS_DTYPES:
+        raise bad(f"tensor '{name[:80]}' has dtype {str(dtype)[:20]!r}; allowed: {', '.join(SAFETENSORS_DTYPES)}")
+    ints = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+    if not isinstance(shape, list) or not all(ints(d) for d in shape):
+        raise bad(f"tensor '{name[:80]}' has a malformed shape")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(ints(o) for o in offsets):
+        raise bad(f"tensor '{name[:80]}' has malformed data_offsets")
+    count = 1
+    for d in shape:
+        count *= d
+    if offsets[1] - offsets[0] != count * SAFETENSORS_DTYPES[dtype]:
+        raise bad(f"tensor '{name[:80]}': data_offsets do not match dtype and shape")
+    return offsets[0], offsets[1]
+
+
+def parse_safetensors(raw: bytes, source: str) -> tuple[StateDict, dict[str, str]]:
+    """Checked (:func:`check_safetensors`) safetensors bytes as a state dict and its metadata.
+
+    Raises:
+        UsageError: Not a well-formed safetensors file.
+    """
+    meta = check_safetensors(raw, source)
+    try:
+        return dict(st_load(raw)), meta
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise UsageError(f"{source}: corrupt safetensors file ({exc})") from exc
 
 
 def _load_torch_state(path: Path) -> StateDict:

@@ -33,6 +33,7 @@ from edgemvp.shrink import params_and_macs, pruned_metadata
 from edgemvp.train import Progress, accuracy
 from edgemvp.versions import tool_versions
 from edgemvp.zoo.entry import BaseRef, EntryManifest
+from edgemvp.zoo.remote import RemoteZoo, ZooAddress
 from edgemvp.zoo.store import ZooStore
 
 logger = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class BuildReport:
     seconds: float
 
 
-def build(spec: BuildSpec, zoo: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None,
+def build(spec: BuildSpec, zoo: str | os.PathLike[str] | ZooAddress, cache: str | os.PathLike[str] | None = None,
           data_root: str | os.PathLike[str] | None = None, workers: int = 1, ray_address: str | None = None,
           threads: int | None = None, overall: Progress | None = None,
           task_progress: Callable[[Job], Progress] | None = None) -> BuildReport:
@@ -175,7 +176,8 @@ def build(spec: BuildSpec, zoo: str | os.PathLike[str], cache: str | os.PathLike
 
     Args:
         spec: What to build.
-        zoo: Zoo folder (created if missing).
+        zoo: Zoo folder (created if missing), or a zoo server: jobs run here, each entry is uploaded as it
+            arrives (the server validates it) and jobs the server has are skipped.
         cache: Cache folder with the base model.
         data_root: Data folder.
         workers: Local worker processes (1 = in this process).
@@ -195,11 +197,7 @@ def build(spec: BuildSpec, zoo: str | os.PathLike[str], cache: str | os.PathLike
                          f"'edgemvp pretrain --arch {spec.arch} --dataset {spec.dataset}'")
     jobs = plan(spec, base, data_root)
     threads = threads or max(1, torch.get_num_threads() // max(1, workers))
-    with ZooStore.open(zoo, create=True) as store:
-        recovered = store.recover()
-        if recovered.recovered or recovered.removed_temp:
-            logger.info("recovered %d entries, removed %d unfinished writes", len(recovered.recovered),
-                        recovered.removed_temp)
+    with _open_sink(zoo, base) as store:
         todo = [j for j in jobs if store.job_entry(j.key) is None]
         if overall is not None:
             overall.reset(total=len(jobs))
@@ -210,6 +208,32 @@ def build(spec: BuildSpec, zoo: str | os.PathLike[str], cache: str | os.PathLike
                 overall.update(1)
         ids = tuple(store.job_entry(j.key) or "" for j in jobs)
     return BuildReport(ids, len(todo), len(jobs) - len(todo), time.perf_counter() - start)
+
+
+def _open_sink(zoo: str | os.PathLike[str] | ZooAddress, base: BaseManifest) -> ZooStore | RemoteZoo:
+    """Where a build stores entries: a zoo folder (recovered first) or a zoo server that votes with ``base``.
+
+    Raises:
+        UsageError: A server without this base (it would refuse every upload), or unreachable.
+    """
+    if isinstance(zoo, ZooAddress):
+        remote = RemoteZoo(zoo)
+        try:
+            remote.require_write()
+            if base.weights_sha256 not in {b.weights_sha256 for b in remote.bases()}:
+                raise UsageError(f"zoo server {zoo.url} has no {base.arch} base of '{base.dataset}' with sha256 "
+                                 f"{base.weights_sha256[:12]} (the cached one here); it accepts entries of its own "
+                                 "bases only")
+        except BaseException:
+            remote.close()
+            raise
+        return remote
+    store = ZooStore.open(zoo, create=True)
+    recovered = store.recover()
+    if recovered.recovered or recovered.removed_temp:
+        logger.info("recovered %d entries, removed %d unfinished writes", len(recovered.recovered),
+                    recovered.removed_temp)
+    return store
 
 
 def _results(todo: list[Job], cache: str | os.PathLike[str] | None, data_root: str | os.PathLike[str] | None,

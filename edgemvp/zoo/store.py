@@ -20,13 +20,14 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import tarfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
@@ -45,6 +46,7 @@ INDEX = "index.sqlite"
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 BUNDLE = "bundle.json"
+ENTRY_ID = re.compile(r"[0-9a-f]{64}")  # an entry id: the sha256 of its canonical manifest
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -154,8 +156,11 @@ class ZooStore:
         self.root, self.db = root, db
 
     @classmethod
-    def open(cls, root: str | os.PathLike[str], create: bool = False) -> "ZooStore":
+    def open(cls, root: str | os.PathLike[str], create: bool = False, shared: bool = False) -> "ZooStore":
         """Open (or create) a zoo folder.
+
+        ``shared`` lets the connection move between threads (the server's pool hands one store to one thread
+        at a time); it is never used by two threads at once.
 
         Raises:
             UsageError: No zoo there (and ``create`` is false), or a newer schema.
@@ -167,7 +172,7 @@ class ZooStore:
             root.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(root / MARKER, json.dumps({"format": FORMAT, "schema_version": SCHEMA_VERSION}).encode())
         check_marker(root)
-        db = sqlite3.connect(root / INDEX, timeout=60.0, isolation_level=None)
+        db = sqlite3.connect(root / INDEX, timeout=60.0, isolation_level=None, check_same_thread=not shared)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
@@ -266,24 +271,32 @@ class ZooStore:
         return row[0] if row else None
 
     def _select(self, columns: str, arch: str | None, base_sha256: str | None, class_name: str | None,
-                dataset: str | None) -> sqlite3.Cursor:
+                dataset: str | None, job_key: str | None = None, limit: int | None = None,
+                offset: int = 0) -> sqlite3.Cursor:
         sql, args, where = f"SELECT {columns} FROM entries e", [], []
         if class_name is not None:
             sql += " JOIN entry_classes c ON c.id = e.id"
             where.append("c.class = ?")
             args.append(class_name)
-        for column, value in (("arch", arch), ("base_sha256", base_sha256), ("dataset", dataset)):
+        for column, value in (("arch", arch), ("base_sha256", base_sha256), ("dataset", dataset),
+                              ("job_key", job_key)):
             if value is not None:
                 where.append(f"e.{column} = ?")
                 args.append(value)
         if where:
             sql += " WHERE " + " AND ".join(where)
-        return self.db.execute(sql + " ORDER BY e.rowid", args)
+        sql += " ORDER BY e.rowid"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            args += [int(limit), int(offset)]
+        return self.db.execute(sql, args)
 
     def rows(self, arch: str | None = None, base_sha256: str | None = None, class_name: str | None = None,
-             dataset: str | None = None) -> list[EntryRow]:
-        """Index rows filtered by arch, base model, dataset and/or a class (in insertion order)."""
-        cur = self._select("e.*", arch, base_sha256, class_name, dataset)
+             dataset: str | None = None, job_key: str | None = None, limit: int | None = None,
+             offset: int = 0) -> list[EntryRow]:
+        """Index rows filtered by arch, base model, dataset, build job and/or a class (in insertion order),
+        optionally one page of them (``limit`` rows from ``offset``)."""
+        cur = self._select("e.*", arch, base_sha256, class_name, dataset, job_key, limit, offset)
         names = [d[0] for d in cur.description]
         return [_row(dict(zip(names, r))) for r in cur.fetchall()]
 
@@ -360,6 +373,10 @@ class ZooStore:
             "SELECT arch, base_sha256, COUNT(*), (SELECT id FROM entries f WHERE f.base_sha256 = e.base_sha256 "
             "ORDER BY rowid LIMIT 1) FROM entries e GROUP BY arch, base_sha256 ORDER BY MIN(rowid)")]
 
+    def __contains__(self, entry_id: object) -> bool:
+        """Whether an entry id is indexed."""
+        return self.db.execute("SELECT 1 FROM entries WHERE id=?", (str(entry_id),)).fetchone() is not None
+
     def __len__(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
 
@@ -425,17 +442,13 @@ class ZooStore:
             The number of entries written.
         """
         ids = ids if ids is not None else [r.id for r in self.rows()]
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            _add(tar, BUNDLE, json.dumps({"format": FORMAT + "-bundle", "schema_version": SCHEMA_VERSION,
-                                          "entries": ids}).encode())
-            for entry_id in ids:
-                reason = self._check_files(entry_id)
-                if reason is not None:
-                    raise CorruptEntry(reason)
-                for name in (MANIFEST, WEIGHTS):
-                    _add(tar, f"{entry_id}/{name}", (self.folder(entry_id) / name).read_bytes())
-        atomic_write_bytes(Path(path), buf.getvalue())
+        items = []
+        for entry_id in ids:
+            reason = self._check_files(entry_id)
+            if reason is not None:
+                raise CorruptEntry(reason)
+            items.append(tuple((self.folder(entry_id) / name).read_bytes() for name in (MANIFEST, WEIGHTS)))
+        atomic_write_bytes(Path(path), bundle_bytes(items))
         return len(ids)
 
     def import_entries(self, items: list[tuple[EntryManifest, bytes]]) -> tuple[int, int]:
@@ -475,16 +488,47 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def bundle_bytes(items: list[tuple[bytes, bytes]]) -> bytes:
+    """A bundle (uncompressed tar) of entries given as ``(canonical manifest bytes, weights bytes)``."""
+    buf = io.BytesIO()
+    ids = [sha256_bytes(raw) for raw, _ in items]
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        _add(tar, BUNDLE, json.dumps({"format": FORMAT + "-bundle", "schema_version": SCHEMA_VERSION,
+                                      "entries": ids}).encode())
+        for entry_id, (raw, weights) in zip(ids, items):
+            _add(tar, f"{entry_id}/{MANIFEST}", raw)
+            _add(tar, f"{entry_id}/{WEIGHTS}", weights)
+    return buf.getvalue()
+
+
 def read_bundle(path: Path) -> list[tuple[EntryManifest, bytes]]:
-    """Read and verify every entry of a bundle without extracting anything to disk.
+    """Read and verify every entry of a bundle file without extracting anything to disk.
 
     Raises:
         UsageError: Not a bundle, a newer schema, or an entry whose files do not match their sha256s.
     """
     if not path.is_file():
         raise UsageError(f"bundle not found: {path}")
+    with open(path, "rb") as fh:
+        return read_bundle_from(fh, str(path))
+
+
+def read_bundle_from(fileobj: BinaryIO, source: str, max_entries: int | None = None
+                     ) -> list[tuple[EntryManifest, bytes]]:
+    """Read and verify every entry of a bundle from an open binary file (or ``io.BytesIO``), in memory.
+
+    Args:
+        fileobj: The bundle's bytes.
+        source: Names the bundle in errors.
+        max_entries: Refuse bundles listing more entries.
+
+    Raises:
+        UsageError: Not a bundle, a newer schema, too many entries, or an entry whose files do not match
+            their sha256s (or whose manifest is not in canonical form).
+    """
+    path = source
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with tarfile.open(fileobj=fileobj, mode="r:") as tar:
             members = {m.name: m for m in tar.getmembers() if m.isfile()}
 
             def read(name: str) -> bytes:
@@ -497,15 +541,22 @@ def read_bundle(path: Path) -> list[tuple[EntryManifest, bytes]]:
                 raise UsageError(f"{path}: not an edgemvp zoo bundle")
             if int(header.get("schema_version", 0)) > SCHEMA_VERSION:
                 raise UsageError(f"{path}: bundle written by a newer edgemvp (schema {header['schema_version']})")
+            listed = header["entries"]
+            if not isinstance(listed, list) or not all(isinstance(i, str) and ENTRY_ID.fullmatch(i) for i in listed):
+                raise UsageError(f"{path}: bundle header must list entry ids (64 hex digits)")
+            if max_entries is not None and len(listed) > max_entries:
+                raise UsageError(f"{path}: {len(listed)} entries; at most {max_entries} per bundle")
             out = []
-            for entry_id in header["entries"]:
+            for entry_id in listed:
                 raw, weights = read(f"{entry_id}/{MANIFEST}"), read(f"{entry_id}/{WEIGHTS}")
                 if sha256_bytes(raw) != entry_id:
                     raise UsageError(f"{path}: entry {str(entry_id)[:12]}: manifest does not match its id")
                 manifest = EntryManifest.from_bytes(raw, f"{path}: entry {entry_id[:12]}")
+                if manifest.to_bytes() != raw:  # else it would be stored under another id
+                    raise UsageError(f"{path}: entry {entry_id[:12]}: manifest is not in canonical form")
                 if sha256_bytes(weights) != manifest.weights_sha256:
                     raise UsageError(f"{path}: entry {entry_id[:12]}: weights do not match the manifest")
                 out.append((manifest, weights))
             return out
-    except (tarfile.TarError, EOFError, ValueError, KeyError, TypeError) as exc:
+    except (tarfile.TarError, EOFError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise UsageError(f"{path}: unreadable bundle ({exc.__class__.__name__}: {exc})") from exc
