@@ -232,7 +232,7 @@ def ranking(bed: Bed, task: TaskSpec, kind: str, per_class: int | None, seed: in
             ) -> tuple[Ranking, float, float]:
     """The zoo ranked for a task (leaving out an entry of the same classes), and the wall and CPU seconds it
     took."""
-    keep = [i for i, (_, c) in enumerate(bed.tasks) if set(c) != set(task.classes) or task.dataset != bed.tasks[i][0]]
+    keep = [i for i, (d, c) in enumerate(bed.tasks) if (d, set(c)) != (task.dataset, set(task.classes))]
     ids, tasks = [bed.ids[i] for i in keep], [bed.tasks[i] for i in keep]
     key = (task.classes, kind, per_class, seed if kind in ("leep", "random") else 0)
     if key in bed.rankings:
@@ -405,7 +405,7 @@ def run_testbed(tb: Testbed, cache: Path, bars: bool, lr_from: dict | None = Non
     out: dict = {}
     zoo_tb = TESTBEDS[tb.zoo_from or tb.key]
     for regime, per_class in tb.regimes:
-        n_sel = sum(len(LR_GRID[bed.family]) for _ in tb.select) + (len(TAU_GRID) if "mvp" in tb.select else 0)
+        n_sel = len(LR_GRID[bed.family]) * len(tb.select) + (len(TAU_GRID) if "mvp" in tb.select else 0)
         with tqdm(total=n_sel * tb.val_tasks, desc=f"{regime}: choose lr/tau on zoo tasks", disable=not bars) as bar:
             bed.selected[regime] = select(bed, per_class, bar) if tb.select else dict(lr_from or {})
         print(f"[{regime}] chosen on zoo tasks: {json.dumps(bed.selected[regime].get('lr'))}, "
@@ -608,7 +608,7 @@ def main() -> None:
     bars = not args.no_bars
     prior = args.out / "paper.json"
     paper = json.loads(prior.read_text()) if prior.exists() else {}
-    paper["total_s_before"] = paper.get("total_s", 0.0)
+    before = paper.get("total_s", 0.0)  # time of earlier invocations (cached work is not redone)
     paper.setdefault("testbeds", {})
     paper.setdefault("curves", {})
     paper.setdefault("iou", {})
@@ -624,12 +624,11 @@ def main() -> None:
             paper["curves"][regime] = curves(bed, regime, per_class, targets(bed), bars)
             paper["iou"][key] = iou_by_similarity(bed, tb.primary)
         bed.local.close()
-        _write(paper, args, start)
-    _write(paper, args, start)
+        _write(paper, args, before + time.perf_counter() - start)
 
 
-def _write(paper: dict, args, start: float) -> None:
-    paper["total_s"] = round(paper.get("total_s_before", 0.0) + time.perf_counter() - start, 1)
+def _write(paper: dict, args, total_s: float) -> None:
+    paper["total_s"] = round(total_s, 1)
     paper["machine"] = {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__}
     paper["plots"] = plots(paper, args.out)
     command = "python bench/paper.py " + " ".join(sys.argv[1:])

@@ -42,7 +42,7 @@ from edgemvp.paths import atomic_write_bytes
 from edgemvp.similarity import Hierarchy, leep_similarity
 from edgemvp.train import OptimConfig, Progress, accuracy, default_device, train_steps
 from edgemvp.vote import DEFAULT_NEIGHBOURS, DEFAULT_TEMPERATURE, nearest
-from edgemvp.voter import Initial, LocalZoo, Neighbour, Ranking, VoteSpec
+from edgemvp.voter import Initial, LocalZoo, Neighbour, Ranking, VoteSpec, check_vote_settings
 from edgemvp.zoo.remote import RemoteError, RemoteZoo, ZooAddress
 
 logger = logging.getLogger(__name__)
@@ -128,12 +128,7 @@ class PruneRequest:
             raise UsageError(f"unknown similarity '{self.similarity}'; valid: {', '.join(SIMILARITIES)}")
         if self.iters < 0:
             raise UsageError(f"--iters must be at least 0, got {self.iters}")
-        if not 0.0 < self.ratio < 1.0:
-            raise UsageError(f"--ratio must be in (0, 1), got {self.ratio}")
-        if not self.temperature > 0:
-            raise UsageError(f"--temperature must be positive, got {self.temperature}")
-        if self.neighbours < 1:
-            raise UsageError(f"--neighbours must be at least 1, got {self.neighbours}")
+        check_vote_settings(self.ratio, self.temperature, self.neighbours)
         if self.lr is not None and not self.lr > 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
         if self.train_per_class is not None and self.train_per_class < 1:

@@ -57,6 +57,20 @@ class Neighbour:
                 "similarity": round(self.similarity, 5), "test_acc": m.metrics.get("test_acc"), "pruner": m.pruner}
 
 
+def check_vote_settings(ratio: float, temperature: float, neighbours: int) -> None:
+    """Refuse a ratio outside (0, 1), a non-positive tau or fewer than one neighbour (one line each).
+
+    Raises:
+        UsageError: The first bad setting.
+    """
+    if not 0.0 < ratio < 1.0:
+        raise UsageError(f"--ratio must be in (0, 1), got {ratio}")
+    if not temperature > 0:
+        raise UsageError(f"--temperature must be positive, got {temperature}")
+    if neighbours < 1:
+        raise UsageError(f"--neighbours must be at least 1, got {neighbours}")
+
+
 @dataclass(frozen=True)
 class VoteSpec:
     """What the voter needs besides the zoo: the target task and the method's settings.
@@ -81,12 +95,7 @@ class VoteSpec:
     def __post_init__(self) -> None:
         if self.method not in VOTER_METHODS:
             raise UsageError(f"the voter makes {', '.join(VOTER_METHODS)} models, not '{self.method}'")
-        if not 0.0 < self.ratio < 1.0:
-            raise UsageError(f"--ratio must be in (0, 1), got {self.ratio}")
-        if not self.temperature > 0:
-            raise UsageError(f"--temperature must be positive, got {self.temperature}")
-        if self.neighbours < 1:
-            raise UsageError(f"--neighbours must be at least 1, got {self.neighbours}")
+        check_vote_settings(self.ratio, self.temperature, self.neighbours)
 
     @property
     def count(self) -> int:

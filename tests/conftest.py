@@ -21,14 +21,18 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_bases(tmp_path_factory: pytest.TempPathFactory):
-    """A cache with tiny digits bases (16 px grey): resnet18 and vit_tiny, briefly trained."""
+    """A cache with tiny digits bases (16 px grey): resnet18 and vit_tiny, briefly trained.
+
+    fp32 (``amp=False``): bf16 autocast on this CPU is not bit-reproducible, and tests that compare runs or
+    fine-tune from these bases must see the same base in every session.
+    """
     from edgemvp.pretrain import PretrainConfig, pretrain
     from edgemvp.train import OptimConfig
 
     cache = tmp_path_factory.mktemp("bases")
-    pretrain("resnet18", "digits", PretrainConfig(epochs=2, batch_size=64, size=16,
+    pretrain("resnet18", "digits", PretrainConfig(epochs=2, batch_size=64, size=16, amp=False,
                                                   optim=OptimConfig(lr=0.05, warmup_steps=5)), cache=cache)
-    pretrain("vit_tiny", "digits", PretrainConfig(epochs=1, batch_size=64, size=16,
+    pretrain("vit_tiny", "digits", PretrainConfig(epochs=1, batch_size=64, size=16, amp=False,
                                                   optim=OptimConfig("adamw", lr=1e-3, weight_decay=0.05,
                                                                     warmup_steps=5)), cache=cache)
     return cache
