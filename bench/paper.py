@@ -58,6 +58,11 @@ from edgemvp.zoo.defaults import zoo_path  # noqa: E402
 from edgemvp.voter import LocalZoo  # noqa: E402
 
 RUN_FORMAT = 1
+CACHED_ONLY = False  # --cached-only: report what is cached, run nothing
+
+
+class NotCached(Exception):
+    """A run that --cached-only may not do."""
 LR_GRID = {"cnn": (0.005, 0.01, 0.02, 0.05, 0.1), "vit": (1e-4, 2e-4, 5e-4, 1e-3)}
 TAU_GRID = (0.1, 0.25, 0.5, 1.0)
 SEEDS = (0, 1, 2)
@@ -176,13 +181,21 @@ class Bed:
 def prepare(tb: Testbed, cache: Path, bars: bool) -> Bed:
     """Base and zoo (built or found in the cache), targets' dataset and the hierarchy file."""
     src = TESTBEDS[tb.zoo_from] if tb.zoo_from else tb
+    folder = zoo_path(src.arch, src.dataset, cache, f"paper-{src.key}")
+    if CACHED_ONLY:
+        if find_base(src.arch, src.dataset, cache) is None or not (folder / "zoo.json").exists():
+            raise NotCached(f"{src.key}: base or zoo")
+        from edgemvp.zoo.store import ZooStore
+
+        with ZooStore.open(folder) as store:
+            if len(store) < src.zoo_tasks:
+                raise NotCached(f"{src.key}: zoo has {len(store)} of {src.zoo_tasks} entries")
     if find_base(src.arch, src.dataset, cache) is None:
         print(f"[{tb.key}] pre-training {src.arch} on {src.dataset} ({src.pretrain.epochs} epochs)", flush=True)
         with tqdm(desc=f"pretrain {src.arch}", unit="step", disable=not bars) as bar:
             pretrain(src.arch, src.dataset, src.pretrain, cache, progress=bar)
     base = find_base(src.arch, src.dataset, cache)
     print(f"[{tb.key}] base {src.arch}/{src.dataset}: {base.test_acc:.2f}% ({base.weights_sha256[:12]})", flush=True)
-    folder = zoo_path(src.arch, src.dataset, cache, f"paper-{src.key}")
     cfg = PruneConfig(ratio=0.9, iters=src.zoo_iters)
     spec = BuildSpec(src.arch, src.dataset, src.zoo_tasks, 5, src.zoo_pruner, cfg, seed=0,
                      within_parent=src.within_parent)
@@ -268,6 +281,8 @@ def run_one(bed: Bed, task: TaskSpec, m: Method, per_class: int | None, seed: in
     path = bed.cache / "paper-runs" / f"{run_key(bed, task, m, per_class, seed, lr, tau)}.json"
     if path.exists():
         return json.loads(path.read_text())
+    if CACHED_ONLY:
+        raise NotCached(path.name)
     kind = similarity_kind(bed, m)
     rk, rank_s, rank_cpu = (ranking(bed, task, kind, per_class, seed) if m.method in ("mvp", "transfer")
                             else (None, 0.0, 0.0))
@@ -407,7 +422,11 @@ def run_testbed(tb: Testbed, cache: Path, bars: bool, lr_from: dict | None = Non
     for regime, per_class in tb.regimes:
         n_sel = len(LR_GRID[bed.family]) * len(tb.select) + (len(TAU_GRID) if "mvp" in tb.select else 0)
         with tqdm(total=n_sel * tb.val_tasks, desc=f"{regime}: choose lr/tau on zoo tasks", disable=not bars) as bar:
-            bed.selected[regime] = select(bed, per_class, bar) if tb.select else dict(lr_from or {})
+            try:
+                bed.selected[regime] = select(bed, per_class, bar) if tb.select else dict(lr_from or {})
+            except NotCached:
+                print(f"[{regime}] selection not finished: skipped (--cached-only)", flush=True)
+                continue
         print(f"[{regime}] chosen on zoo tasks: {json.dumps(bed.selected[regime].get('lr'))}, "
               f"tau {bed.selected[regime].get('tau')}", flush=True)
         rows = []
@@ -416,10 +435,16 @@ def run_testbed(tb: Testbed, cache: Path, bars: bool, lr_from: dict | None = Non
             for m in tb.methods:
                 for t in tgts:
                     for seed in SEEDS[: m.seeds]:
-                        row = run_one(bed, t, m, per_class, seed, lr_for(bed, regime, m), tau_for(bed, regime, m))
+                        try:
+                            row = run_one(bed, t, m, per_class, seed, lr_for(bed, regime, m), tau_for(bed, regime, m))
+                        except NotCached:
+                            continue
                         rows.append({**row, "label": m.label})
                         bar.update()
-        out[regime] = {"methods": summarise(rows, [m.label for m in tb.methods]), "runs": rows,
+        done = [m.label for m in tb.methods if any(r["label"] == m.label for r in rows)]
+        if not done:
+            continue
+        out[regime] = {"methods": summarise(rows, done), "runs": rows, "complete": len(rows) == total,
                        "selection": bed.selected[regime], "targets": [t.name for t in tgts],
                        "base": {"arch": bed.base.arch, "dataset": bed.base.dataset, "test_acc": bed.base.test_acc,
                                 "sha256": bed.base.weights_sha256, "train": bed.base.train},
@@ -590,7 +615,93 @@ def markdown(paper: dict, command: str) -> str:
                          f"{s['cpu_s_median']:.1f} | "
                          f"{s['train_flops'] / 1e9:.0f} |")
         lines.append("")
+    for key, cur in paper.get("curves", {}).items():
+        lines += [f"### Curves `{key}` (mean over targets; `curves_{key}.png`)", "",
+                  "| method | " + " | ".join(f"J = {j}" for j in cur["J"]) + " |", "|---|" + "---|" * len(cur["J"])]
+        lines += [f"| {name} | " + " | ".join(f"{a:.2f}" for a in accs) + " |" for name, accs in cur["acc_vs_J"].items()]
+        lines += ["", "| MVP@100 | " + " | ".join(f"N = {n}" for n in cur["N"]) + " |", "|---|" + "---|" * len(cur["N"]),
+                  "| accuracy (3 seeds) | " + " | ".join(f"{a:.2f}" for a in cur["acc_vs_N"]) + " |", ""]
+    for key, res in paper.get("iou", {}).items():
+        half = len(res["layers"]) // 2
+        rnd = res["random_iou"]
+        lines += [f"### Kept-unit IoU of zoo task pairs by {res['similarity']} similarity `{key}` (`iou_{key}.png`)", "",
+                  f"{res['pairs']} pairs in 5 similarity groups; shallow = first {half} unit groups in model order, "
+                  f"deep = the other {len(res['layers']) - half}. Random masks of the same sizes: shallow "
+                  f"{np.mean(rnd[:half]):.3f}, deep {np.mean(rnd[half:]):.3f}.", "",
+                  "| similarity group | pairs | mean IoU | shallow | deep |", "|---|---|---|---|---|"]
+        for g, vals in enumerate(res["iou_by_group"]):
+            if vals is None:
+                continue
+            lo, hi = res["group_edges"][g], res["group_edges"][g + 1]
+            lines.append(f"| {lo:.3f}-{hi:.3f} | {res['pairs_per_group'][g]} | {res['mean_iou_by_group'][g]:.3f} | "
+                         f"{np.mean(vals[:half]):.3f} | {np.mean(vals[half:]):.3f} |")
+        lines.append("")
+    lines += acceptance(paper)
     return "\n".join(lines) + "\n"
+
+
+PRIMARY = {"fashion": "MVP@100 (WordNet, N = 3)", "fashion_100": "MVP@100 (WordNet, N = 3)",
+           "omniglot": "MVP@100 (taxonomy, N = 3)", "vit": "MVP@100", "digits": "MVP@100 (LEEP, N = 3)"}
+
+
+def acceptance(paper: dict) -> list[str]:
+    """Issue 7's bars, each with the paired measured figure (mean per-target difference, wins / targets)."""
+    tbs = paper["testbeds"]
+    rows: list[tuple[str, str, float, float, str]] = []  # testbed, claim, measured, bar, detail
+
+    def vs(key: str, other: str, bar: float, claim: str) -> None:
+        m = tbs[key]["methods"]
+        if other not in m or PRIMARY[key] not in m:
+            return
+        d, wins, n = paired(m, PRIMARY[key], other)
+        rows.append((key, claim, d, bar, f"{PRIMARY[key]} {m[PRIMARY[key]]['acc_mean']:.2f} vs {other} "
+                     f"{m[other]['acc_mean']:.2f}; wins {wins}/{n}"))
+
+    for key, bar_ifp in (("fashion", -0.5), ("fashion_100", 0.0)):
+        if key not in tbs:
+            continue
+        m = tbs[key]["methods"]
+        vs(key, "IFP@1000", bar_ifp, f"MVP@100 >= IFP@1000 {bar_ifp:+.1f}")
+        best = max(("IFP@100", "random@100"), key=lambda lab: m.get(lab, {}).get("acc_mean", -1.0))
+        vs(key, best, 1.5, f"MVP@100 >= best of IFP@100, random@100 (here {best}) + 1.5")
+        vs(key, "transfer@100", 0.0, "MVP@100 >= transfer@100")
+        for stat in ("wall_s_mean", "wall_s_median", "cpu_s_median") if {"IFP@1000", PRIMARY[key]} <= set(m) else ():
+            ratio = m["IFP@1000"][stat] / m[PRIMARY[key]][stat]
+            rows.append((key, f"time per target <= 1/20 of IFP@1000 ({stat})", ratio, 20.0,
+                         f"{m[PRIMARY[key]][stat]:.2f} s vs {m['IFP@1000'][stat]:.1f} s: 1/{ratio:.1f}"))
+    if "omniglot" in tbs:
+        m = tbs["omniglot"]["methods"]
+        vs("omniglot", "transfer@100", 2.0, "MVP@100 >= transfer@100 + 2")
+        vs("omniglot", "MVP@100 (random neighbours)", 2.0, "MVP@100 >= MVP from random zoo tasks + 2")
+        free = max(("IFP@1000", "IFP@100", "random@100"), key=lambda lab: m.get(lab, {}).get("acc_mean", -1.0))
+        vs("omniglot", free, 5.0, f"MVP@100 >= best zoo-free baseline (here {free}) + 5")
+        best100 = max(("IFP@100", "random@100"), key=lambda lab: m.get(lab, {}).get("acc_mean", -1.0))
+        if best100 != free:
+            vs("omniglot", best100, 5.0, f"(same, at 100 iterations: {best100}) + 5")
+    if "vit" in tbs:
+        vs("vit", "AHNP@1000", -1.0, "MVP@100 >= AHNP@1000 - 1")
+    lines = ["### Acceptance (issue 7), paired per target", "",
+             "| testbed | claim | measured | bar | holds | detail |", "|---|---|---|---|---|---|"]
+    for key, claim, got, bar, detail in rows:
+        ratio = claim.startswith("time")
+        shown = f"1/{got:.1f}" if ratio else f"{got:+.2f}"
+        lines.append(f"| {key} | {claim} | {shown} | {'1/' if ratio else ''}{bar:g} | "
+                     f"{'yes' if got >= bar else '**no**'} | {detail} |")
+    lines.append("")
+    extras = []
+    for key, res in tbs.items():
+        m = res["methods"]
+        for other, what in (("MVP@100 (no BN re-estimation)", "BatchNorm re-estimation"),
+                            ("MVP@100 (paper: tau 1, no BN re-estimation)", "BN re-estimation and the chosen tau")):
+            if other in m and PRIMARY.get(key) in m:
+                d, wins, n = paired(m, PRIMARY[key], other)
+                extras.append(f"| {key} | {what} | {d:+.2f} | {wins}/{n} | "
+                              f"{m[PRIMARY[key]]['acc_init_mean']} vs {m[other]['acc_init_mean']} |")
+    if extras:
+        lines += ["### Improvements beyond the paper (switchable), their effect on MVP@100", "",
+                  "| testbed | switched off | accuracy gain when on (paired) | wins | accuracy at J=0, on vs off |",
+                  "|---|---|---|---|---|", *extras, ""]
+    return lines
 
 
 def main() -> None:
@@ -600,7 +711,19 @@ def main() -> None:
     ap.add_argument("--only", default="fashion,omniglot,vit,digits", help="Testbeds to run (comma-separated).")
     ap.add_argument("--no-curves", action="store_true", help="Skip the J/N curves and IoU analysis.")
     ap.add_argument("--no-bars", action="store_true")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="Summarise the runs already cached (partial results while a run goes on); run nothing.")
+    ap.add_argument("--report", action="store_true",
+                    help="Only rewrite results.md and the plots from <out>/paper.json (runs nothing).")
     args = ap.parse_args()
+    if args.report:
+        paper = json.loads((args.out / "paper.json").read_text())
+        paper["plots"] = plots(paper, args.out)
+        (args.out / "paper.json").write_text(json.dumps(paper, indent=1))
+        (args.out / "results.md").write_text(markdown(paper, paper["command"]))
+        return
+    global CACHED_ONLY
+    CACHED_ONLY = args.cached_only
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -617,22 +740,30 @@ def main() -> None:
         lr_from = paper["testbeds"].get("fashion", {}).get("selection") if tb.zoo_from else None
         if tb.zoo_from and lr_from is None:
             raise SystemExit(f"testbed '{key}' uses the learning rates chosen on '{tb.zoo_from}': run that first")
-        res, bed = run_testbed(tb, args.cache_dir, bars, lr_from)
+        try:
+            res, bed = run_testbed(tb, args.cache_dir, bars, lr_from)
+        except NotCached as e:
+            print(f"[{key}] not cached yet ({e}): skipped", flush=True)
+            continue
         paper["testbeds"].update(res)
         if not args.no_curves and key in ("fashion", "omniglot"):
             regime, per_class = tb.regimes[0]
-            paper["curves"][regime] = curves(bed, regime, per_class, targets(bed), bars)
+            try:
+                paper["curves"][regime] = curves(bed, regime, per_class, targets(bed), bars)
+            except NotCached:
+                print(f"[{key}] curves not finished: skipped (--cached-only)", flush=True)
             paper["iou"][key] = iou_by_similarity(bed, tb.primary)
         bed.local.close()
-        _write(paper, args, before + time.perf_counter() - start)
+        # --cached-only recomputes summaries only: it adds no time and keeps the command that ran the work
+        _write(paper, args, before + (0.0 if CACHED_ONLY else time.perf_counter() - start))
 
 
 def _write(paper: dict, args, total_s: float) -> None:
     paper["total_s"] = round(total_s, 1)
     paper["machine"] = {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__}
     paper["plots"] = plots(paper, args.out)
-    command = "python bench/paper.py " + " ".join(sys.argv[1:])
-    paper["command"] = command
+    command = "python bench/paper.py " + " ".join(a for a in sys.argv[1:] if a != "--cached-only")
+    paper["command"] = paper.get("command", command) if CACHED_ONLY else command
     (args.out / "paper.json").write_text(json.dumps(paper, indent=1))
     (args.out / "results.md").write_text(markdown(paper, command))
 
