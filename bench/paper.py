@@ -482,11 +482,11 @@ def summarise(rows: list[dict], labels: list[str]) -> dict:
     return out
 
 
-def paired(summary: dict, a: str, b: str) -> tuple[float, int, int]:
-    """Mean per-target difference a - b, wins of a, and targets compared."""
+def paired(summary: dict, a: str, b: str) -> tuple[float, int, int, int]:
+    """Mean per-target difference a - b, wins and ties of a, and targets compared."""
     pa, pb = summary[a]["per_target"], summary[b]["per_target"]
     diffs = [pa[t] - pb[t] for t in pa if t in pb]
-    return round(statistics.mean(diffs), 3), sum(d > 0 for d in diffs), len(diffs)
+    return round(statistics.mean(diffs), 3), sum(d > 0 for d in diffs), sum(d == 0 for d in diffs), len(diffs)
 
 
 # --- curves and plots --------------------------------------------------------------------------------------
@@ -593,9 +593,9 @@ def plots(paper: dict, out: Path) -> list[str]:
 
 
 # --- report ------------------------------------------------------------------------------------------------
-def markdown(paper: dict, command: str) -> str:
+def markdown(paper: dict) -> str:
     """The section for docs/results.md."""
-    lines = ["## Paper benchmarks (issue 7)", "", f"Command: `{command}` (total {paper['total_s'] / 60:.0f} min "
+    lines = ["## Paper benchmarks (issue 7)", "", f"Command: `{paper['command']}` (total {paper['total_s'] / 60:.0f} min "
              f"here; cached runs are reused, so a rerun takes minutes). Results: `docs/bench/paper.json`.", ""]
     for key, res in paper["testbeds"].items():
         sel = res["selection"]
@@ -647,15 +647,18 @@ PRIMARY = {"fashion": "MVP@100 (WordNet, N = 3)", "fashion_100": "MVP@100 (WordN
 def acceptance(paper: dict) -> list[str]:
     """Issue 7's bars, each with the paired measured figure (mean per-target difference, wins / targets)."""
     tbs = paper["testbeds"]
-    rows: list[tuple[str, str, float, float, str]] = []  # testbed, claim, measured, bar, detail
+    rows: list[str] = []
+
+    def row(key: str, claim: str, shown: str, bar: str, holds: bool, detail: str) -> None:
+        rows.append(f"| {key} | {claim} | {shown} | {bar} | {'yes' if holds else '**no**'} | {detail} |")
 
     def vs(key: str, other: str, bar: float, claim: str) -> None:
         m = tbs[key]["methods"]
         if other not in m or PRIMARY[key] not in m:
             return
-        d, wins, n = paired(m, PRIMARY[key], other)
-        rows.append((key, claim, d, bar, f"{PRIMARY[key]} {m[PRIMARY[key]]['acc_mean']:.2f} vs {other} "
-                     f"{m[other]['acc_mean']:.2f}; wins {wins}/{n}"))
+        d, wins, ties, n = paired(m, PRIMARY[key], other)
+        row(key, claim, f"{d:+.2f}", f"{bar:g}", d >= bar, f"{PRIMARY[key]} {m[PRIMARY[key]]['acc_mean']:.2f} vs "
+            f"{other} {m[other]['acc_mean']:.2f}; wins {wins}/{n}")
 
     for key, bar_ifp in (("fashion", -0.5), ("fashion_100", 0.0)):
         if key not in tbs:
@@ -667,8 +670,8 @@ def acceptance(paper: dict) -> list[str]:
         vs(key, "transfer@100", 0.0, "MVP@100 >= transfer@100")
         for stat in ("wall_s_mean", "wall_s_median", "cpu_s_median") if {"IFP@1000", PRIMARY[key]} <= set(m) else ():
             ratio = m["IFP@1000"][stat] / m[PRIMARY[key]][stat]
-            rows.append((key, f"time per target <= 1/20 of IFP@1000 ({stat})", ratio, 20.0,
-                         f"{m[PRIMARY[key]][stat]:.2f} s vs {m['IFP@1000'][stat]:.1f} s: 1/{ratio:.1f}"))
+            row(key, f"time per target <= 1/20 of IFP@1000 ({stat})", f"1/{ratio:.1f}", "1/20", ratio >= 20.0,
+                f"{m[PRIMARY[key]][stat]:.2f} s vs {m['IFP@1000'][stat]:.1f} s")
     if "omniglot" in tbs:
         m = tbs["omniglot"]["methods"]
         vs("omniglot", "transfer@100", 2.0, "MVP@100 >= transfer@100 + 2")
@@ -681,25 +684,20 @@ def acceptance(paper: dict) -> list[str]:
     if "vit" in tbs:
         vs("vit", "AHNP@1000", -1.0, "MVP@100 >= AHNP@1000 - 1")
     lines = ["### Acceptance (issue 7), paired per target", "",
-             "| testbed | claim | measured | bar | holds | detail |", "|---|---|---|---|---|---|"]
-    for key, claim, got, bar, detail in rows:
-        ratio = claim.startswith("time")
-        shown = f"1/{got:.1f}" if ratio else f"{got:+.2f}"
-        lines.append(f"| {key} | {claim} | {shown} | {'1/' if ratio else ''}{bar:g} | "
-                     f"{'yes' if got >= bar else '**no**'} | {detail} |")
-    lines.append("")
+             "| testbed | claim | measured | bar | holds | detail |", "|---|---|---|---|---|---|", *rows, ""]
     extras = []
     for key, res in tbs.items():
         m = res["methods"]
         for other, what in (("MVP@100 (no BN re-estimation)", "BatchNorm re-estimation"),
                             ("MVP@100 (paper: tau 1, no BN re-estimation)", "BN re-estimation and the chosen tau")):
             if other in m and PRIMARY.get(key) in m:
-                d, wins, n = paired(m, PRIMARY[key], other)
-                extras.append(f"| {key} | {what} | {d:+.2f} | {wins}/{n} | "
+                d, wins, ties, n = paired(m, PRIMARY[key], other)
+                extras.append(f"| {key} | {what} | {d:+.2f} | {wins}/{ties}/{n} | "
                               f"{m[PRIMARY[key]]['acc_init_mean']} vs {m[other]['acc_init_mean']} |")
     if extras:
         lines += ["### Improvements beyond the paper (switchable), their effect on MVP@100", "",
-                  "| testbed | switched off | accuracy gain when on (paired) | wins | accuracy at J=0, on vs off |",
+                  "| testbed | switched off | accuracy gain when on (paired) | wins / ties / targets | "
+                  "accuracy at J=0, on vs off |",
                   "|---|---|---|---|---|", *extras, ""]
     return lines
 
@@ -717,10 +715,7 @@ def main() -> None:
                     help="Only rewrite results.md and the plots from <out>/paper.json (runs nothing).")
     args = ap.parse_args()
     if args.report:
-        paper = json.loads((args.out / "paper.json").read_text())
-        paper["plots"] = plots(paper, args.out)
-        (args.out / "paper.json").write_text(json.dumps(paper, indent=1))
-        (args.out / "results.md").write_text(markdown(paper, paper["command"]))
+        _render(json.loads((args.out / "paper.json").read_text()), args.out)
         return
     global CACHED_ONLY
     CACHED_ONLY = args.cached_only
@@ -761,11 +756,16 @@ def main() -> None:
 def _write(paper: dict, args, total_s: float) -> None:
     paper["total_s"] = round(total_s, 1)
     paper["machine"] = {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__}
-    paper["plots"] = plots(paper, args.out)
     command = "python bench/paper.py " + " ".join(a for a in sys.argv[1:] if a != "--cached-only")
     paper["command"] = paper.get("command", command) if CACHED_ONLY else command
-    (args.out / "paper.json").write_text(json.dumps(paper, indent=1))
-    (args.out / "results.md").write_text(markdown(paper, command))
+    _render(paper, args.out)
+
+
+def _render(paper: dict, out: Path) -> None:
+    """Plots, paper.json and results.md from the results."""
+    paper["plots"] = plots(paper, out)
+    (out / "paper.json").write_text(json.dumps(paper, indent=1))
+    (out / "results.md").write_text(markdown(paper))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 OP_CLASSES = ("conv", "conv_unaligned", "matmul", "other")
 SMOOTH_P = 2.0  # exponent of the smooth maximum of compute and memory time
 _BYTES = {1: 4, 2: 1, 3: 1, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}  # onnx elem_type -> bytes
-_ARRAYS = ("cin", "cout", "flops", "act_bytes", "weight_bytes", "valid")
 _WEIGHT_OPS = {"Conv": "conv", "ConvInteger": "conv", "QLinearConv": "conv", "MatMul": "matmul", "Gemm": "matmul",
                "MatMulInteger": "matmul", "QLinearMatMul": "matmul"}
 
@@ -106,9 +105,6 @@ class OpTable:
         flops: Floating-point operations (2 per multiply-accumulate; output elements for other nodes).
         act_bytes: Bytes of the node's activation inputs and outputs.
         weight_bytes: Bytes of the node's constant inputs.
-        valid: Share of a convolution's kernel taps that fall inside the input (not on zero padding), averaged
-            over output positions (1 for other nodes). At small spatial sizes this is far below 1: a 3x3
-            convolution on a 1x1 map uses only its centre tap.
     """
 
     op: tuple[str, ...]
@@ -118,11 +114,6 @@ class OpTable:
     flops: np.ndarray
     act_bytes: np.ndarray
     weight_bytes: np.ndarray
-    valid: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if self.valid is None:
-            object.__setattr__(self, "valid", np.ones_like(self.flops))
 
     def classes(self, channel_block: int) -> np.ndarray:
         """Index into :data:`OP_CLASSES` per node, given the device's SIMD channel block."""
@@ -139,14 +130,14 @@ class OpTable:
     def to_json(self) -> str:
         """Serialise (no pickle)."""
         data = {"op": list(self.op), "base": list(self.base)}
-        data.update({k: getattr(self, k).tolist() for k in _ARRAYS})
+        data.update({k: getattr(self, k).tolist() for k in ("cin", "cout", "flops", "act_bytes", "weight_bytes")})
         return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> "OpTable":
         """Inverse of :meth:`to_json`."""
         d = json.loads(text)
-        arrays = {k: np.asarray(d[k], dtype=np.float64) for k in _ARRAYS if k in d}
+        arrays = {k: np.asarray(d[k], dtype=np.float64) for k in ("cin", "cout", "flops", "act_bytes", "weight_bytes")}
         return cls(tuple(d["op"]), tuple(d["base"]), **arrays)
 
 
@@ -189,18 +180,8 @@ def op_table(path: str | os.PathLike[str]) -> OpTable:
     consts = {t.name for t in g.initializer}
     shapes.update({t.name: (list(t.dims), _BYTES.get(t.data_type, 4)) for t in g.initializer})
     rows = [_node_row(node, shapes, consts) for node in g.node]
-    ops, base, *arrays = zip(*rows) if rows else ((),) * (2 + len(_ARRAYS))
-    return OpTable(tuple(ops), tuple(base), *(np.asarray(a, dtype=np.float64) for a in arrays))
-
-
-def _valid_share(in_sizes: list[int], kernel: list[int], strides: list[int], pads: list[int],
-                 dilations: list[int], out_sizes: list[int]) -> float:
-    """Share of (output position, kernel tap) pairs whose input lies inside the map, over all spatial dims."""
-    share = 1.0
-    for d, (size, k, s, dil, out) in enumerate(zip(in_sizes, kernel, strides, dilations, out_sizes)):
-        o = np.arange(out)[:, None] * s - pads[d] + np.arange(k)[None, :] * dil
-        share *= float(np.mean((o >= 0) & (o < size))) if out and k else 1.0
-    return share
+    ops, base, cin, cout, flops, act, weight = zip(*rows) if rows else ((),) * 7
+    return OpTable(tuple(ops), tuple(base), *(np.asarray(a, dtype=np.float64) for a in (cin, cout, flops, act, weight)))
 
 
 def _node_row(node: "onnx.NodeProto", shapes: dict[str, tuple[list[int], int]], consts: set[str]) -> tuple:
@@ -211,28 +192,17 @@ def _node_row(node: "onnx.NodeProto", shapes: dict[str, tuple[list[int], int]], 
     act = sum(nbytes(n) for n in [*node.input, *node.output] if n and n not in consts)
     weight = sum(nbytes(n) for n in node.input if n in consts)
     out_elems = int(np.prod(shapes.get(node.output[0], ([0], 4))[0])) if node.output else 0
-    base, cin, cout, flops, valid = _WEIGHT_OPS.get(node.op_type, "other"), 0, 0, out_elems, 1.0
+    base, cin, cout, flops = _WEIGHT_OPS.get(node.op_type, "other"), 0, 0, out_elems
     w_index = 3 if node.op_type == "QLinearConv" else 1
     if base == "conv" and len(node.input) > w_index and node.input[w_index] in shapes:
         w = shapes[node.input[w_index]][0]  # (Cout, Cin/groups, kh, kw)
         cout, cin = w[0], w[1] if len(w) > 1 else 1
         flops = 2 * out_elems * int(np.prod(w[1:]))
-        x, y = shapes.get(node.input[0], ([], 4))[0], shapes.get(node.output[0], ([], 4))[0]
-        if len(w) > 2 and len(x) == len(w) and len(y) == len(w):
-            attrs = {a.name: list(a.ints) for a in node.attribute}
-            n = len(w) - 2
-            pads = attrs.get("pads") or [0] * (2 * n)
-            if any(a.name == "auto_pad" and a.s not in (b"", b"NOTSET", b"VALID") for a in node.attribute):
-                pads = [max(0, ((o - 1) * s + (k - 1) * dl + 1 - i) // 2) for o, s, k, dl, i in
-                        zip(y[2:], attrs.get("strides") or [1] * n, w[2:], attrs.get("dilations") or [1] * n, x[2:])]
-                pads = pads + pads
-            valid = _valid_share(x[2:], w[2:], attrs.get("strides") or [1] * n, pads,
-                                 attrs.get("dilations") or [1] * n, y[2:])
     elif base == "matmul" and node.input and node.input[0] in shapes:
         a = shapes[node.input[0]][0]
         k = a[0] if node.op_type == "Gemm" and any(at.name == "transA" and at.i for at in node.attribute) else a[-1]
         flops = 2 * out_elems * k
-    return node.op_type, base, cin, cout, flops, act, weight, valid
+    return node.op_type, base, cin, cout, flops, act, weight
 
 
 def _predict(v: np.ndarray, table: OpTable, channel_block: int, cache_bytes: float) -> float:

@@ -52,21 +52,6 @@ def test_op_table_counts_flops_and_alignment(tmp_path: Path) -> None:
     assert table.weight_bytes.sum() == pytest.approx(4 * 11.17e6, rel=0.01)
     pruned = op_table(tiny_onnx(tmp_path / "p.onnx", ratio=0.9))
     assert (pruned.classes(16)[np.array([b == "conv" for b in pruned.base])] == 1).any()
-    # at 32 px the last stage runs on a 1x1 map: its 3x3 convolutions use only the centre tap
-    valid = table.valid[conv]
-    assert valid.max() <= 1.0 and valid[-1] == pytest.approx(1 / 9) and valid[0] > 0.8
-    assert (table.valid[~conv] == 1).all()
-    assert OpTable.from_json(table.to_json()).valid.tolist() == table.valid.tolist()
-
-
-def test_valid_share_counts_taps_inside_the_map() -> None:
-    from edgemvp.costmodel import _valid_share
-
-    assert _valid_share([1, 1], [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], [1, 1]) == pytest.approx(1 / 9)
-    assert _valid_share([2, 2], [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], [2, 2]) == pytest.approx(4 / 9)
-    assert _valid_share([8], [1], [1], [0, 0], [1], [8]) == 1.0  # 1x1 convolutions never touch padding
-    # 7x7 stride-2 stem on 32 px: border outputs lose taps, interior ones do not
-    assert 0.8 < _valid_share([32, 32], [7, 7], [2, 2], [3, 3, 3, 3], [1, 1], [16, 16]) < 1.0
 
 
 def test_measure_reports_percentiles(tmp_path: Path) -> None:
