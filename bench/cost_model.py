@@ -1,7 +1,7 @@
 """Benchmark: the host cost model fitted on the calibration suite, validated on a disjoint held-out set (issue 5).
 
 Usage: python bench/cost_model.py [--runs 60] [--cache-dir DIR]
-1. ``devices calibrate host``: measure the host profile's suite here and fit the ten constants.
+1. ``devices calibrate host``: measure the host profile's suite here and fit the eleven constants.
 2. Held-out: resnet18 / resnet50 / vit_tiny, dense and pruned at 50% and 90%, at 32 px (grey, 10 classes) and
    224 px (RGB, 1000 classes); none of these is in the suite. Each is measured (median of ``--runs``) and
    estimated by the fitted model. Prints a Markdown table and the share within +-20%.

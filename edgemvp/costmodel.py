@@ -9,12 +9,17 @@ memory time plus a per-operator overhead::
     t_op = sqrt(compute² + memory²) + overhead [+ weight bytes / pack rate for channel-misaligned convolutions]
     compute = flops / F[class]            class: conv, conv (channels not a multiple of the SIMD block), matmul, other
     memory  = activation bytes / B_act + weight bytes · (1 / B_cache + spill / B_dram)
+              [+ im2col bytes / B_im2col for channel-misaligned convolutions]
+    im2col bytes = 4 · output pixels · Cin/groups · kh · kw  (= 4 · flops / (2 · Cout), the fp32 column buffer)
     spill   = max(0, 1 - cache / all weight bytes)   (the share of the weights that cannot stay in cache)
     latency = Σ t_op + run overhead
 
 The channel split exists because onnxruntime's blocked (NCHWc) convolution kernels need channel counts that
-are multiples of the SIMD width and otherwise fall back to im2col + GEMM with the weights packed on every run;
-pruning to odd widths is the commonest way a pruned model ends up no faster. The ten constants
+are multiples of the SIMD width and otherwise fall back to im2col + GEMM: the weights are packed on every run and
+the input is expanded into a column buffer kh·kw times its size, which costs memory traffic in proportion to the
+convolution's work per output channel (on this machine the term took the 90%-pruned ResNets' estimates from
+-23..-39% to within 20%, docs/results.md). Pruning to odd widths is the commonest way a pruned model ends up no
+faster. The eleven constants
 (:class:`CostConstants`) start from priors derived from the device's hardware numbers and are fitted by
 non-linear least squares on log latency, with a weak pull towards the priors so that a device with only a few
 reference figures still gets a sensible model.
@@ -57,6 +62,7 @@ class CostConstants:
     gbs_cache: float
     gbs_dram: float
     gbs_pack: float
+    gbs_im2col: float
     op_overhead_us: float
     run_overhead_ms: float
 
@@ -71,18 +77,19 @@ class CostConstants:
 
         missing = [f.name for f in fields(cls) if f.name not in data]
         if missing:
-            raise UsageError(f"cost-model constants lack {', '.join(missing)}")
+            raise UsageError(f"cost-model constants lack {', '.join(missing)} (written by an older edgemvp? re-run "
+                             f"'edgemvp devices calibrate' or remove the constants to refit from the references)")
         return cls(**{f.name: float(data[f.name]) for f in fields(cls)})
 
     def vector(self) -> np.ndarray:
         """The constants in SI units (FLOP/s, B/s, s, s) in field order."""
-        scale = np.array([1e9] * 4 + [1e9] * 4 + [1e-6, 1e-3])
+        scale = np.array([1e9] * 4 + [1e9] * 5 + [1e-6, 1e-3])
         return np.array([getattr(self, f.name) for f in fields(self)]) * scale
 
     @classmethod
     def from_vector(cls, v: np.ndarray) -> "CostConstants":
         """Inverse of :meth:`vector`."""
-        scale = np.array([1e9] * 4 + [1e9] * 4 + [1e-6, 1e-3])
+        scale = np.array([1e9] * 4 + [1e9] * 5 + [1e-6, 1e-3])
         return cls(*(float(x) for x in np.asarray(v) / scale))
 
 
@@ -90,7 +97,8 @@ def prior_constants(hw: "Hardware") -> CostConstants:
     """Priors from the hardware numbers: typical efficiencies of onnxruntime kernels (fitted values replace them)."""
     peak, bw = hw.peak_gflops, hw.mem_bandwidth_gbs
     overhead = 10.0 if hw.accelerator else 1.0  # µs per node: kernel launches cost more than CPU dispatch
-    return CostConstants(0.5 * peak, 0.25 * peak, 0.5 * peak, 0.02 * peak, 2 * bw, 8 * bw, 0.5 * bw, bw, overhead, 0.05)
+    return CostConstants(0.5 * peak, 0.25 * peak, 0.5 * peak, 0.02 * peak, 2 * bw, 8 * bw, 0.5 * bw, bw, bw, overhead,
+                         0.05)
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,10 @@ class OpTable:
         misaligned = (self.cout % channel_block != 0) | ((self.cin % channel_block != 0) & (self.cin >= 4))
         out[(out == 0) & misaligned] = 1
         return out
+
+    def im2col_bytes(self) -> np.ndarray:
+        """Per node, the fp32 column buffer an im2col convolution fills: output pixels · Cin/groups · kh · kw · 4."""
+        return np.where(self.cout > 0, 4.0 * self.flops / (2.0 * np.maximum(self.cout, 1.0)), 0.0)
 
     def totals(self) -> dict[str, float]:
         """Whole-graph sums (for reports)."""
@@ -207,11 +219,12 @@ def _node_row(node: "onnx.NodeProto", shapes: dict[str, tuple[list[int], int]], 
 
 def _predict(v: np.ndarray, table: OpTable, channel_block: int, cache_bytes: float) -> float:
     """Latency in seconds for constants ``v`` (SI units, :meth:`CostConstants.vector` order)."""
-    rates, b_act, b_cache, b_dram, b_pack, overhead, run = v[:4], *v[4:]
+    rates, b_act, b_cache, b_dram, b_pack, b_col, overhead, run = v[:4], *v[4:]
     cls = table.classes(channel_block)
     spill = max(0.0, 1.0 - cache_bytes / max(float(table.weight_bytes.sum()), 1.0))
     compute = table.flops / rates[cls]
     memory = table.act_bytes / b_act + table.weight_bytes * (1.0 / b_cache + spill / b_dram)
+    memory = memory + (cls == 1) * table.im2col_bytes() / b_col
     node = (compute ** SMOOTH_P + memory ** SMOOTH_P) ** (1.0 / SMOOTH_P) + overhead
     node = node + (cls == 1) * table.weight_bytes / b_pack
     return float(node.sum() + run)

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                "all": "ORT_ENABLE_ALL"}
-COST_MODEL_VERSION = 1  # bump when op_table or the cost formula changes: cached tables and fits are keyed on it
+COST_MODEL_VERSION = 2  # bump when op_table or the cost formula changes: cached tables and fits are keyed on it
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,13 @@ def fit_profile(profile: DeviceProfile, cache: str | os.PathLike[str] | None = N
 def device_constants(profile: DeviceProfile, cache: str | os.PathLike[str] | None = None) -> CostConstants:
     """The device's cost-model constants: from the profile, else fitted to its references (cached)."""
     if profile.calibration.constants:
-        return CostConstants.from_dict(dict(profile.calibration.constants))
+        try:
+            return CostConstants.from_dict(dict(profile.calibration.constants))
+        except UsageError as err:  # constants of an older cost model: refit from the references if there are any
+            if not any(r.precision == "fp32" for r in profile.calibration.references):
+                raise UsageError(f"device '{profile.name}': {err}") from None
+            logger.warning("device '%s': %s; refitting them from its %d references", profile.name, err,
+                           len(profile.calibration.references))
     path = _cost_dir(cache) / f"fit-{profile.name}-{_fit_key(profile)}.json"
     if path.is_file():
         return CostConstants.from_dict(json.loads(path.read_text()))

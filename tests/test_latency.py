@@ -12,7 +12,7 @@ from edgemvp.errors import BudgetExceeded
 from edgemvp.latency import enforce_budget, estimate, measure
 from tests.deploy_helpers import profile_data, tiny_onnx, write_profile
 
-TRUE = CostConstants(120, 60, 100, 5, 40, 400, 12, 25, 2.0, 0.03)
+TRUE = CostConstants(120, 60, 100, 5, 40, 400, 12, 25, 15, 2.0, 0.03)
 
 
 def _synthetic_tables(n: int, seed: int = 0) -> list[OpTable]:
@@ -33,7 +33,7 @@ def _synthetic_tables(n: int, seed: int = 0) -> list[OpTable]:
 def test_fit_recovers_constants_on_synthetic_graphs() -> None:
     tables = _synthetic_tables(80)
     lat = [estimate_ms(t, TRUE, 16, 32) for t in tables]
-    prior = CostConstants(*(v * f for v, f in zip(TRUE.to_dict().values(), (2, 0.5, 3, 0.3, 2, 0.5, 3, 0.4, 3, 2))))
+    prior = CostConstants(*(v * f for v, f in zip(TRUE.to_dict().values(), (2, 0.5, 3, 0.3, 2, 0.5, 3, 0.4, 2, 3, 2))))
     fit = fit_constants(tables, lat, prior, 16, 32, prior_weight=1e-4)
     assert fit.within(0.01) == 1.0
     got, want = fit.constants.to_dict(), TRUE.to_dict()
@@ -41,6 +41,20 @@ def test_fit_recovers_constants_on_synthetic_graphs() -> None:
         assert got[key] == pytest.approx(want[key], rel=0.05), key
     held = _synthetic_tables(20, seed=1)
     assert all(abs(estimate_ms(t, fit.constants, 16, 32) / estimate_ms(t, TRUE, 16, 32) - 1) < 0.02 for t in held)
+
+
+def test_misaligned_convolutions_pay_for_im2col() -> None:
+    """The column buffer of a channel-misaligned convolution costs memory traffic; aligned ones do not pay it."""
+    def conv(cout: float) -> OpTable:  # one 3x3 convolution, 64 -> cout channels, 16x16 output
+        flops = 2 * 16 * 16 * 64 * 9 * cout
+        return OpTable(("Conv",), ("conv",), np.array([64.0]), np.array([cout]), np.array([flops]),
+                       np.array([4 * 16 * 16 * (64 + cout)]), np.array([4 * 64 * 9 * cout]))
+
+    aligned, odd = conv(64.0), conv(63.0)
+    assert aligned.im2col_bytes()[0] == pytest.approx(4 * 16 * 16 * 64 * 9)
+    slow = CostConstants(**{**TRUE.to_dict(), "gbs_im2col": 0.1})
+    assert estimate_ms(aligned, slow, 16, 32) == pytest.approx(estimate_ms(aligned, TRUE, 16, 32))
+    assert estimate_ms(odd, slow, 16, 32) > 5 * estimate_ms(odd, TRUE, 16, 32)
 
 
 def test_op_table_counts_flops_and_alignment(tmp_path: Path) -> None:
@@ -74,5 +88,10 @@ def test_estimate_on_a_user_profile_and_budget_line(tmp_path: Path) -> None:
     assert report.value_ms == pytest.approx(20.0, rel=0.2)  # the dense reference itself (10 vs 5 classes)
     assert estimate(tiny_onnx(tmp_path / "p.onnx", ratio=0.9), profile).value_ms < 6.0
     assert enforce_budget(report, profile, budget_ms=100) == 100
+    stale = dict(data, name="old-board")  # constants written by an older cost model (one field short): refitted
+    stale["calibration"] = dict(data["calibration"], constants={k: v for k, v in TRUE.to_dict().items()
+                                                                if k != "gbs_im2col"})
+    old = ProfileRegistry((write_profile(tmp_path / "o", stale),)).get("old-board")
+    assert estimate(model, old).value_ms == pytest.approx(report.value_ms)
     with pytest.raises(BudgetExceeded, match=r"over budget: \d+\.\d+ ms p50 \(estimated, tiny-board cost model\) > 1 ms"):
         enforce_budget(report, profile, budget_ms=1)
