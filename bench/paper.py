@@ -516,7 +516,8 @@ def curves(bed: Bed, regime: str, per_class: int | None, tgts: list[TaskSpec], b
 
 
 def iou_by_similarity(bed: Bed, kind: str, groups: int = 5) -> dict:
-    """Per-layer IoU of kept units between pairs of zoo entries, by similarity quintile, vs random masks."""
+    """Per-layer IoU of kept units between pairs of zoo entries, by similarity quintile (or by value, when the
+    similarity takes few values), vs random masks."""
     from edgemvp.similarity import Hierarchy, Taxonomy, wordnet_similarity
 
     taxonomy = Taxonomy(Hierarchy.load(bed.hierarchy) if kind == "taxonomy" else None, bed.cache)
@@ -529,9 +530,17 @@ def iou_by_similarity(bed: Bed, kind: str, groups: int = 5) -> dict:
         for b in range(a + 1, len(bed.ids)):
             pairs.append((a, b))
             sims.append(float(sim[b]))
-    sims_arr = np.array(sims)
-    edges = np.quantile(sims_arr, np.linspace(0, 1, groups + 1))
-    which = np.clip(np.searchsorted(edges, sims_arr, side="right") - 1, 0, groups - 1)
+    sims_arr = np.round(np.array(sims), 6)
+    values = np.unique(sims_arr)
+    if len(values) <= groups:  # a coarse similarity (e.g. a two-level hierarchy): one group per value
+        groups = len(values)
+        which = np.searchsorted(values, sims_arr)
+        labels = [f"{v:.3f}" for v in values]
+        edges = np.append(values, values[-1])
+    else:  # quantile groups
+        edges = np.quantile(sims_arr, np.linspace(0, 1, groups + 1))
+        which = np.clip(np.searchsorted(edges, sims_arr, side="right") - 1, 0, groups - 1)
+        labels = [f"{edges[g]:.3f}-{edges[g + 1]:.3f}" for g in range(groups)]
     iou = np.zeros((len(pairs), len(names)))
     for p, (a, b) in enumerate(pairs):
         for k, u in enumerate(names):
@@ -544,13 +553,19 @@ def iou_by_similarity(bed: Bed, kind: str, groups: int = 5) -> dict:
         draws = [len(set(rng.choice(n, k, replace=False)) & set(rng.choice(n, k, replace=False))) for _ in range(200)]
         ref.append(float(np.mean([d / (2 * k - d) for d in draws])))
     return {"layers": names, "similarity": kind, "pairs": len(pairs),
-            "group_edges": [round(float(e), 4) for e in edges],
+            "group_edges": [round(float(e), 4) for e in edges], "group_labels": labels,
             "iou_by_group": [[round(float(v), 4) for v in iou[which == g].mean(axis=0)] if (which == g).any() else None
                              for g in range(groups)],
             "pairs_per_group": [int((which == g).sum()) for g in range(groups)],
             "random_iou": [round(v, 4) for v in ref],
             "mean_iou_by_group": [round(float(iou[which == g].mean()), 4) if (which == g).any() else None
                                   for g in range(groups)]}
+
+
+def _group_label(res: dict, g: int) -> str:
+    if "group_labels" in res:
+        return res["group_labels"][g]
+    return f"{res['group_edges'][g]:.3f}-{res['group_edges'][g + 1]:.3f}"
 
 
 def plots(paper: dict, out: Path) -> list[str]:
@@ -579,11 +594,10 @@ def plots(paper: dict, out: Path) -> list[str]:
         x = np.arange(len(res["layers"]))
         for g, vals in enumerate(res["iou_by_group"]):
             if vals is not None:
-                lo, hi = res["group_edges"][g], res["group_edges"][g + 1]
-                ax.plot(x, vals, marker=".", label=f"similarity {lo:.2f}-{hi:.2f}")
+                ax.plot(x, vals, marker=".", label=f"similarity {_group_label(res, g)}")
         ax.plot(x, res["random_iou"], "k--", label="random masks")
         ax.set(xlabel="unit group (model order: shallow -> deep)", ylabel="IoU of kept units",
-               title=f"{key}: kept-unit IoU of zoo task pairs by {res['similarity']} similarity quintile")
+               title=f"{key}: kept-unit IoU of zoo task pairs by {res['similarity']} similarity group")
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / f"iou_{key}.png", dpi=110)
@@ -628,15 +642,14 @@ def markdown(paper: dict) -> str:
         half = len(res["layers"]) // 2
         rnd = res["random_iou"]
         lines += [f"### Kept-unit IoU of zoo task pairs by {res['similarity']} similarity `{key}` (`iou_{key}.png`)", "",
-                  f"{res['pairs']} pairs in 5 similarity groups; shallow = first {half} unit groups in model order, "
+                  f"{res['pairs']} pairs in {len(res['iou_by_group'])} similarity groups; shallow = first {half} unit groups in model order, "
                   f"deep = the other {len(res['layers']) - half}. Random masks of the same sizes: shallow "
                   f"{np.mean(rnd[:half]):.3f}, deep {np.mean(rnd[half:]):.3f}.", "",
                   "| similarity group | pairs | mean IoU | shallow | deep |", "|---|---|---|---|---|"]
         for g, vals in enumerate(res["iou_by_group"]):
             if vals is None:
                 continue
-            lo, hi = res["group_edges"][g], res["group_edges"][g + 1]
-            lines.append(f"| {lo:.3f}-{hi:.3f} | {res['pairs_per_group'][g]} | {res['mean_iou_by_group'][g]:.3f} | "
+            lines.append(f"| {_group_label(res, g)} | {res['pairs_per_group'][g]} | {res['mean_iou_by_group'][g]:.3f} | "
                          f"{np.mean(vals[:half]):.3f} | {np.mean(vals[half:]):.3f} |")
         lines.append("")
     lines += acceptance(paper)
