@@ -19,6 +19,7 @@ from edgemvp.pruners import PruneConfig
 from edgemvp.train import accuracy
 from edgemvp.zoo import ZooStore
 from edgemvp.zoo.build import BuildSpec, build
+from edgemvp.zoo.store import MARKER
 
 ROOT = Path(__file__).parent.parent
 SPEC = BuildSpec("resnet18", "digits", tasks=4, classes_per_task=3, pruner="ifp-activation",
@@ -65,19 +66,32 @@ def test_sigkill_at_random_moments_then_resume(tiny_bases, tmp_path: Path) -> No
     clean = _cli(tiny_bases, *CLI_BUILD, "--zoo", str(tmp_path / "clean"))  # the reference, and its duration
     duration = time.perf_counter() - start
     assert clean.returncode == 0, clean.stderr
+    start = time.perf_counter()
+    assert _cli(tiny_bases, *CLI_BUILD, "--zoo", str(tmp_path / "clean")).returncode == 0  # nothing left to do
+    startup = min(time.perf_counter() - start, duration)
+    per_task = (duration - startup) / 4
     zoo = tmp_path / "zoo"
     env = {**os.environ, "EDGEMVP_CACHE": str(tiny_bases)}
     rng = random.Random(0)
-    kills = 0
-    for _ in range(10):  # each run resumes the previous one and is killed somewhere in start-up, training or writing
+    kills = runs = 0
+    # each run resumes the previous one and is killed somewhere in its start-up, training or writing: the moment is
+    # drawn over the time the run needs for the tasks still left, so that resumed runs are interrupted as well
+    while kills < 5 and runs < 20:
+        left = 4
+        if (zoo / MARKER).exists():  # the first run may be killed before it creates the zoo
+            with ZooStore.open(zoo) as store:
+                left = 4 - len(store.rows())
+        if left == 0:
+            break
+        runs += 1
         proc = subprocess.Popen([sys.executable, "-m", "edgemvp", *CLI_BUILD, "--zoo", str(zoo)], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.15, 0.8) * duration)
+        time.sleep(rng.uniform(0.15, 0.8) * (startup + left * per_task))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
-    assert kills >= 5  # most runs were really interrupted
+    assert kills >= 5, f"only {kills} of {runs} runs were interrupted"
     done = _cli(tiny_bases, *CLI_BUILD, "--zoo", str(zoo))
     assert done.returncode == 0, done.stderr
     verify = _cli(tiny_bases, "zoo", "verify", "--zoo", str(zoo))
