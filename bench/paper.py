@@ -63,6 +63,8 @@ CACHED_ONLY = False  # --cached-only: report what is cached, run nothing
 
 class NotCached(Exception):
     """A run that --cached-only may not do."""
+
+
 LR_GRID = {"cnn": (0.005, 0.01, 0.02, 0.05, 0.1), "vit": (1e-4, 2e-4, 5e-4, 1e-3)}
 TAU_GRID = (0.1, 0.25, 0.5, 1.0)
 SEEDS = (0, 1, 2)
@@ -609,9 +611,8 @@ def plots(paper: dict, out: Path) -> list[str]:
 # --- report ------------------------------------------------------------------------------------------------
 def markdown(paper: dict) -> str:
     """The section for docs/results.md."""
-    runs = paper.get("invocations") or [{"command": paper["command"], "s": paper["total_s"]}]
     lines = ["## Paper benchmarks (issue 7)", "", "Commands (each resumes from the cache and adds its testbeds):", ""]
-    lines += [f"- `{r['command']}`: {r['s'] / 60:.0f} min" for r in runs]
+    lines += [f"- `{r['command']}`: {r['s'] / 60:.0f} min" for r in paper["invocations"]]
     lines += ["", f"Total {paper['total_s'] / 60:.0f} min here; cached runs are reused, so a rerun takes minutes. Results: "
               "`docs/bench/paper.json`.", ""]
     for key, res in paper["testbeds"].items():
@@ -743,11 +744,10 @@ def main() -> None:
     bars = not args.no_bars
     prior = args.out / "paper.json"
     paper = json.loads(prior.read_text()) if prior.exists() else {}
-    before = paper.get("total_s", 0.0)  # time of earlier invocations (cached work is not redone)
-    invocations = paper.setdefault("invocations", [{"command": paper["command"], "s": before}] if "command" in paper else [])
-    command = "python bench/paper.py " + " ".join(a for a in sys.argv[1:] if a != "--cached-only")
+    # each invocation that runs work is recorded with its time (cached work is not redone); --cached-only adds none
+    invocations = paper.setdefault("invocations", [])
     if not CACHED_ONLY:
-        invocations.append({"command": command, "s": 0.0})
+        invocations.append({"command": "python bench/paper.py " + " ".join(sys.argv[1:]), "s": 0.0})
     paper.setdefault("testbeds", {})
     paper.setdefault("curves", {})
     paper.setdefault("iou", {})
@@ -771,16 +771,14 @@ def main() -> None:
                 print(f"[{key}] curves not finished: skipped (--cached-only)", flush=True)
             paper["iou"][key] = iou_by_similarity(bed, tb.primary)  # zoo masks only: cheap
         bed.local.close()
-        # --cached-only recomputes summaries only: it adds no time and keeps the command that ran the work
         if not CACHED_ONLY:
             invocations[-1]["s"] = round(time.perf_counter() - start, 1)
-        _write(paper, args, before + (0.0 if CACHED_ONLY else time.perf_counter() - start), command)
+        _write(paper, args)
 
 
-def _write(paper: dict, args, total_s: float, command: str) -> None:
-    paper["total_s"] = round(total_s, 1)
+def _write(paper: dict, args) -> None:
+    paper["total_s"] = round(sum(r["s"] for r in paper["invocations"]), 1)
     paper["machine"] = {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__}
-    paper["command"] = paper.get("command", command) if CACHED_ONLY else command
     _render(paper, args.out)
 
 
