@@ -32,7 +32,7 @@ def main() -> None:
     print(f"fitted on {len(fit.rel_errors)} suite models ({100 * fit.within():.0f}% within 20% of their own "
           f"measurements); profile written to {path}")
     fitted = load_profile(path)
-    constants = CostConstants.from_dict(dict(fitted.calibration.constants))
+    constants = CostConstants.from_dict(dict(fitted.calibration.constants), versioned=True)
     print("constants:", constants.to_dict())
     print("\n| model | input | measured p50 ms | estimated ms | error |")
     print("|---|---|---|---|---|")

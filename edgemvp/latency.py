@@ -18,7 +18,8 @@ from typing import Literal
 
 import numpy as np
 
-from edgemvp.costmodel import CostConstants, FitResult, OpTable, estimate_ms, fit_constants, op_table, prior_constants
+from edgemvp.costmodel import (COST_MODEL_VERSION, CostConstants, FitResult, OpTable, estimate_ms, fit_constants,
+                               op_table, prior_constants)
 from edgemvp.devices import DeviceProfile, ReferenceModel, Runtime
 from edgemvp.errors import BudgetExceeded, UsageError
 from edgemvp.paths import atomic_write_bytes, cache_dir
@@ -27,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                "all": "ORT_ENABLE_ALL"}
-COST_MODEL_VERSION = 2  # bump when op_table or the cost formula changes: cached tables and fits are keyed on it
 
 
 @dataclass(frozen=True)
@@ -200,8 +200,8 @@ def device_constants(profile: DeviceProfile, cache: str | os.PathLike[str] | Non
     """The device's cost-model constants: from the profile, else fitted to its references (cached)."""
     if profile.calibration.constants:
         try:
-            return CostConstants.from_dict(dict(profile.calibration.constants))
-        except UsageError as err:  # constants of an older cost model: refit from the references if there are any
+            return CostConstants.from_dict(dict(profile.calibration.constants), versioned=True)
+        except UsageError as err:  # constants of another cost model: refit from the references if there are any
             if not any(r.precision == "fp32" for r in profile.calibration.references):
                 raise UsageError(f"device '{profile.name}': {err}") from None
             logger.warning("device '%s': %s; refitting them from its %d references", profile.name, err,
@@ -313,7 +313,7 @@ def calibrate(profile: DeviceProfile, cache: str | os.PathLike[str] | None = Non
     source = Source(MEASURED_SOURCE, f"measured by 'edgemvp devices calibrate {profile.name}' on {platform.node()} "
                     f"({platform.machine()}, {hw.cores} cores) on {time.strftime('%Y-%m-%d')}",
                     note=f"median of {runs} runs per model, batch 1, {profile.runtime.threads or 'default'} threads")
-    path = write_calibrated(profile, refs, fit.constants.to_dict(), source, user_profile_dir(cache))
+    path = write_calibrated(profile, refs, fit.constants.to_record(), source, user_profile_dir(cache))
     return path, fit
 
 

@@ -68,6 +68,37 @@ def test_op_table_counts_flops_and_alignment(tmp_path: Path) -> None:
     assert (pruned.classes(16)[np.array([b == "conv" for b in pruned.base])] == 1).any()
 
 
+def _conv_onnx(path: Path, k: int, size: int, channels: int = 64) -> Path:
+    """One k x k convolution (padding k // 2) over a size x size map, as an ONNX file."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((channels, channels, k, k), np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[k, k], pads=[k // 2] * 4)
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, channels, size, size]) for n in "xy")
+    graph = helper.make_graph([node], "conv", [x], [y], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), path)
+    return path
+
+
+def test_padding_taps_cost_nothing(tmp_path: Path) -> None:
+    """Kernel taps that only ever see zero padding are skipped: a 3x3 convolution over a 1x1 map costs a 1x1 one."""
+    one = op_table(_conv_onnx(tmp_path / "a.onnx", 3, 1))
+    assert one.tap_share[0] == pytest.approx(1 / 9) and one.weight_share[0] == pytest.approx(1 / 9)
+    assert one.flops[0] == 2 * 64 * 64 * 9  # nominal work is still reported as such
+    pointwise = op_table(_conv_onnx(tmp_path / "b.onnx", 1, 1))
+    assert estimate_ms(one, TRUE, 16, 32) == pytest.approx(estimate_ms(pointwise, TRUE, 16, 32), rel=1e-6)
+    two = op_table(_conv_onnx(tmp_path / "c.onnx", 3, 2))  # each output sees 2x2 of the 3x3 taps; all taps used
+    assert two.tap_share[0] == pytest.approx(4 / 9) and two.weight_share[0] == 1.0
+    eight = op_table(_conv_onnx(tmp_path / "d.onnx", 3, 8))  # per axis 22 of 24 (output, tap) pairs are inside
+    assert eight.tap_share[0] == pytest.approx((22 / 24) ** 2) and eight.weight_share[0] == 1.0
+    resnet = op_table(tiny_onnx(tmp_path / "r.onnx", ratio=0.0))  # resnet18 at 32 px: stage 4 sees 1x1 maps
+    flops, weight = resnet.effective()
+    assert weight.sum() < 0.4 * resnet.weight_bytes.sum() and flops.sum() < 0.7 * resnet.flops.sum()
+    restored = OpTable.from_json(resnet.to_json())
+    assert np.array_equal(restored.tap_share, resnet.tap_share) and np.array_equal(restored.weight_share, resnet.weight_share)
+
+
 def test_measure_reports_percentiles(tmp_path: Path) -> None:
     report = measure(tiny_onnx(tmp_path / "m.onnx"), ProfileRegistry().get("host"), runs=30, warmup=3)
     s = report.stats
@@ -88,10 +119,19 @@ def test_estimate_on_a_user_profile_and_budget_line(tmp_path: Path) -> None:
     assert report.value_ms == pytest.approx(20.0, rel=0.2)  # the dense reference itself (10 vs 5 classes)
     assert estimate(tiny_onnx(tmp_path / "p.onnx", ratio=0.9), profile).value_ms < 6.0
     assert enforce_budget(report, profile, budget_ms=100) == 100
-    stale = dict(data, name="old-board")  # constants written by an older cost model (one field short): refitted
-    stale["calibration"] = dict(data["calibration"], constants={k: v for k, v in TRUE.to_dict().items()
-                                                                if k != "gbs_im2col"})
-    old = ProfileRegistry((write_profile(tmp_path / "o", stale),)).get("old-board")
-    assert estimate(model, old).value_ms == pytest.approx(report.value_ms)
+    # constants written by an older cost model are refitted from the references: one field short (version 1), or
+    # all fields but fitted for another formula (unversioned: version 2); constants of this version are used as given
+    for i, constants in enumerate(({k: v for k, v in TRUE.to_dict().items() if k != "gbs_im2col"}, TRUE.to_dict(),
+                                   {**TRUE.to_dict(), "cost_model_version": 2})):
+        stale = dict(data, name=f"old-board-{i}")
+        stale["calibration"] = dict(data["calibration"], constants=constants)
+        old = ProfileRegistry((write_profile(tmp_path / f"o{i}", stale),)).get(f"old-board-{i}")
+        assert estimate(model, old).value_ms == pytest.approx(report.value_ms)
+    current = dict(data, name="new-board")
+    current["calibration"] = dict(data["calibration"], constants=TRUE.to_record())
+    new = ProfileRegistry((write_profile(tmp_path / "n", current),)).get("new-board")
+    hw = new.hardware
+    assert estimate(model, new).value_ms == pytest.approx(estimate_ms(op_table(model), TRUE, hw.channel_block, hw.cache_mb),
+                                                          rel=1e-4)
     with pytest.raises(BudgetExceeded, match=r"over budget: \d+\.\d+ ms p50 \(estimated, tiny-board cost model\) > 1 ms"):
         enforce_budget(report, profile, budget_ms=1)
