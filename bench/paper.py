@@ -278,10 +278,13 @@ def run_key(bed: Bed, task: TaskSpec, m: Method, per_class: int | None, seed: in
 
 
 def run_one(bed: Bed, task: TaskSpec, m: Method, per_class: int | None, seed: int, lr: float | None,
-            tau: float) -> dict:
-    """Train one method for one target and seed (cached); accuracy, wall seconds and training FLOPs."""
+            tau: float, cached: bool = True) -> dict:
+    """Train one method for one target and seed (cached); accuracy, wall seconds and training FLOPs.
+
+    ``cached=False`` runs it again and stores nothing (the re-timing).
+    """
     path = bed.cache / "paper-runs" / f"{run_key(bed, task, m, per_class, seed, lr, tau)}.json"
-    if path.exists():
+    if cached and path.exists():
         return json.loads(path.read_text())
     if CACHED_ONLY:
         raise NotCached(path.name)
@@ -314,6 +317,8 @@ def run_one(bed: Bed, task: TaskSpec, m: Method, per_class: int | None, seed: in
            "neighbour_ids": [n.id for n in fitted.neighbours],
            "neighbour_similarity": [round(n.similarity, 5) for n in fitted.neighbours],
            "keep_ratio": round(fitted.masks.keep_ratio(), 5)}
+    if not cached:
+        return row
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(row))
@@ -455,6 +460,29 @@ def run_testbed(tb: Testbed, cache: Path, bars: bool, lr_from: dict | None = Non
                                "mean_test_acc": round(statistics.mean(bed.store.get(i).manifest.metrics["test_acc"]
                                                                       for i in bed.ids), 3)}}
     return out, bed
+
+
+def retime(bed: Bed, regime: str, per_class: int | None, k: int) -> dict:
+    """Time IFP@1000 against the primary MVP@100 again on the first ``k`` targets (seed 0), interleaved.
+
+    The cached runs were timed hours apart, while other work may have shared the machine; here each target's two
+    runs follow each other (alternating which goes first), so both see the same machine. Nothing is cached.
+    """
+    mvp = next(m for m in bed.tb.methods if m.label == PRIMARY[regime])
+    pairs = []
+    for i, t in enumerate(targets(bed)[:k]):
+        secs = {}
+        for m in ((IFP1000, mvp) if i % 2 == 0 else (mvp, IFP1000)):
+            row = run_one(bed, t, m, per_class, 0, lr_for(bed, regime, m), tau_for(bed, regime, m), cached=False)
+            secs[m.label] = (row["wall_s"], row["cpu_s"])
+        (iw, ic), (mw, mc) = secs[IFP1000.label], secs[mvp.label]
+        pairs.append({"task": t.name, "ifp1000_wall_s": iw, "mvp_wall_s": mw, "ifp1000_cpu_s": ic, "mvp_cpu_s": mc,
+                      "ratio_wall": round(iw / mw, 2), "ratio_cpu": round(ic / mc, 2)})
+        print(f"[{regime}] re-timed {t.name}: IFP@1000 {iw:.1f} s, MVP@100 {mw:.2f} s (1/{iw / mw:.1f})", flush=True)
+    return {"targets": len(pairs), "seed": 0, "pairs": pairs,
+            "ratio_wall_median": round(statistics.median(p["ratio_wall"] for p in pairs), 2),
+            "ratio_wall_of_means": round(sum(p["ifp1000_wall_s"] for p in pairs) / sum(p["mvp_wall_s"] for p in pairs), 2),
+            "ratio_cpu_median": round(statistics.median(p["ratio_cpu"] for p in pairs), 2)}
 
 
 def summarise(rows: list[dict], labels: list[str]) -> dict:
@@ -689,6 +717,12 @@ def acceptance(paper: dict) -> list[str]:
             ratio = m["IFP@1000"][stat] / m[PRIMARY[key]][stat]
             row(key, f"time per target <= 1/20 of IFP@1000 ({stat})", f"1/{ratio:.1f}", "1/20", ratio >= 20.0,
                 f"{m[PRIMARY[key]][stat]:.2f} s vs {m['IFP@1000'][stat]:.1f} s")
+        rt = paper.get("retime", {}).get(key)
+        if rt:
+            row(key, f"time per target <= 1/20 of IFP@1000 (re-timed interleaved, {rt['targets']} targets, median)",
+                f"1/{rt['ratio_wall_median']:.1f}", "1/20", rt["ratio_wall_median"] >= 20.0,
+                f"wall ratio of means 1/{rt['ratio_wall_of_means']:.1f}, CPU median 1/{rt['ratio_cpu_median']:.1f}; "
+                f"per target " + ", ".join(f"1/{p['ratio_wall']:.1f}" for p in rt["pairs"]))
     if "omniglot" in tbs:
         m = tbs["omniglot"]["methods"]
         vs("omniglot", "transfer@100", 2.0, "MVP@100 >= transfer@100 + 2")
@@ -729,6 +763,9 @@ def main() -> None:
     ap.add_argument("--no-bars", action="store_true")
     ap.add_argument("--cached-only", action="store_true",
                     help="Summarise the runs already cached (partial results while a run goes on); run nothing.")
+    ap.add_argument("--retime", type=int, default=0, metavar="K",
+                    help="Also time IFP@1000 and MVP@100 again on K targets of each Fashion-MNIST regime, "
+                         "interleaved on the same machine state (not cached; recorded under 'retime').")
     ap.add_argument("--report", action="store_true",
                     help="Only rewrite results.md and the plots from <out>/paper.json (runs nothing).")
     args = ap.parse_args()
@@ -770,6 +807,9 @@ def main() -> None:
             except NotCached:
                 print(f"[{key}] curves not finished: skipped (--cached-only)", flush=True)
             paper["iou"][key] = iou_by_similarity(bed, tb.primary)  # zoo masks only: cheap
+        if key == "fashion" and args.retime and not CACHED_ONLY:
+            for regime, per_class in tb.regimes:
+                paper.setdefault("retime", {})[regime] = retime(bed, regime, per_class, args.retime)
         bed.local.close()
         if not CACHED_ONLY:
             invocations[-1]["s"] = round(time.perf_counter() - start, 1)
