@@ -193,7 +193,7 @@ def fit_profile(profile: DeviceProfile, cache: str | os.PathLike[str] | None = N
                          f"'edgemvp devices calibrate {profile.name}' on the device")
     tables = [reference_table(r.model, cache) for r in refs]
     hw = profile.hardware
-    return fit_constants(tables, [r.latency_ms for r in refs], prior_constants(hw), hw.channel_block, hw.cache_mb)
+    return fit_constants(tables, [r.latency_ms for r in refs], prior_constants(hw), hw.channel_block)
 
 
 def device_constants(profile: DeviceProfile, cache: str | os.PathLike[str] | None = None) -> CostConstants:
@@ -222,7 +222,7 @@ def estimate(path: str | os.PathLike[str], profile: DeviceProfile, cache: str | 
     """
     table = table if table is not None else op_table(path)
     constants = device_constants(profile, cache)
-    value = estimate_ms(table, constants, profile.hardware.channel_block, profile.hardware.cache_mb)
+    value = estimate_ms(table, constants, profile.hardware.channel_block)
     stats = [r.statistic for r in profile.calibration.references] or ["p50"]
     statistic = max(set(stats), key=stats.count)
     return LatencyReport(str(path), profile.name, value, statistic, "estimated", profile.runtime.providers[0].name,
@@ -309,7 +309,7 @@ def calibrate(profile: DeviceProfile, cache: str | os.PathLike[str] | None = Non
         refs.append(Reference(model, report.value_ms, "p50", MEASURED_SOURCE))
         logger.info("%s: %.3f ms p50", model.key(), report.value_ms)
     hw = profile.hardware
-    fit = fit_constants(tables, [r.latency_ms for r in refs], prior_constants(hw), hw.channel_block, hw.cache_mb)
+    fit = fit_constants(tables, [r.latency_ms for r in refs], prior_constants(hw), hw.channel_block)
     source = Source(MEASURED_SOURCE, f"measured by 'edgemvp devices calibrate {profile.name}' on {platform.node()} "
                     f"({platform.machine()}, {hw.cores} cores) on {time.strftime('%Y-%m-%d')}",
                     note=f"median of {runs} runs per model, batch 1, {profile.runtime.threads or 'default'} threads")

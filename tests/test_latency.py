@@ -12,7 +12,7 @@ from edgemvp.errors import BudgetExceeded
 from edgemvp.latency import enforce_budget, estimate, measure
 from tests.deploy_helpers import profile_data, tiny_onnx, write_profile
 
-TRUE = CostConstants(120, 60, 100, 5, 40, 400, 12, 25, 15, 2.0, 0.03)
+TRUE = CostConstants(120, 60, 100, 5, 40, 400, 12, 25, 15, 2.0, 0.03, 32)
 
 
 def _synthetic_tables(n: int, seed: int = 0) -> list[OpTable]:
@@ -32,15 +32,15 @@ def _synthetic_tables(n: int, seed: int = 0) -> list[OpTable]:
 
 def test_fit_recovers_constants_on_synthetic_graphs() -> None:
     tables = _synthetic_tables(80)
-    lat = [estimate_ms(t, TRUE, 16, 32) for t in tables]
-    prior = CostConstants(*(v * f for v, f in zip(TRUE.to_dict().values(), (2, 0.5, 3, 0.3, 2, 0.5, 3, 0.4, 2, 3, 2))))
-    fit = fit_constants(tables, lat, prior, 16, 32, prior_weight=1e-4)
+    lat = [estimate_ms(t, TRUE, 16) for t in tables]
+    prior = CostConstants(*(v * f for v, f in zip(TRUE.to_dict().values(), (2, 0.5, 3, 0.3, 2, 0.5, 3, 0.4, 2, 3, 2, 0.5))))
+    fit = fit_constants(tables, lat, prior, 16, prior_weight=1e-4)
     assert fit.within(0.01) == 1.0
     got, want = fit.constants.to_dict(), TRUE.to_dict()
     for key in ("gflops_conv", "gflops_conv_unaligned", "gflops_matmul", "gbs_act", "op_overhead_us"):
         assert got[key] == pytest.approx(want[key], rel=0.05), key
     held = _synthetic_tables(20, seed=1)
-    assert all(abs(estimate_ms(t, fit.constants, 16, 32) / estimate_ms(t, TRUE, 16, 32) - 1) < 0.02 for t in held)
+    assert all(abs(estimate_ms(t, fit.constants, 16) / estimate_ms(t, TRUE, 16) - 1) < 0.02 for t in held)
 
 
 def test_misaligned_convolutions_pay_for_im2col() -> None:
@@ -53,8 +53,24 @@ def test_misaligned_convolutions_pay_for_im2col() -> None:
     aligned, odd = conv(64.0), conv(63.0)
     assert aligned.im2col_bytes()[0] == pytest.approx(4 * 16 * 16 * 64 * 9)
     slow = CostConstants(**{**TRUE.to_dict(), "gbs_im2col": 0.1})
-    assert estimate_ms(aligned, slow, 16, 32) == pytest.approx(estimate_ms(aligned, TRUE, 16, 32))
-    assert estimate_ms(odd, slow, 16, 32) > 5 * estimate_ms(odd, TRUE, 16, 32)
+    assert estimate_ms(aligned, slow, 16) == pytest.approx(estimate_ms(aligned, TRUE, 16))
+    assert estimate_ms(odd, slow, 16) > 5 * estimate_ms(odd, TRUE, 16)
+
+
+def test_weights_beyond_the_fitted_cache_stream_from_dram() -> None:
+    """Weights that do not fit in the (fitted) cache cost DRAM time in proportion to the share that spills."""
+    def gemm(weight_mb: float) -> OpTable:  # one 64-channel 1x1 convolution over a 1x1 map with this many weights
+        return OpTable(("Conv",), ("conv",), np.array([64.0]), np.array([64.0]), np.array([2.0 * 64 * 64]),
+                       np.array([512.0]), np.array([weight_mb * 2 ** 20]))
+
+    def ms(table: OpTable, cache_mb: float) -> float:
+        return estimate_ms(table, CostConstants(**{**TRUE.to_dict(), "cache_mb": cache_mb}), 16)
+
+    small, big = gemm(4.0), gemm(16.0)
+    assert ms(small, 8) == pytest.approx(ms(small, 32))  # fits in both: no spill
+    dram_s = 16 * 2 ** 20 / (TRUE.gbs_dram * 1e9)  # all 16 MB from DRAM, in seconds
+    assert (ms(big, 8) - ms(big, 32)) / 1e3 == pytest.approx(0.5 * dram_s, rel=1e-6)  # half of it spills
+    assert CostConstants.from_vector(TRUE.vector()) == TRUE
 
 
 def test_op_table_counts_flops_and_alignment(tmp_path: Path) -> None:
@@ -87,7 +103,7 @@ def test_padding_taps_cost_nothing(tmp_path: Path) -> None:
     assert one.tap_share[0] == pytest.approx(1 / 9) and one.weight_share[0] == pytest.approx(1 / 9)
     assert one.flops[0] == 2 * 64 * 64 * 9  # nominal work is still reported as such
     pointwise = op_table(_conv_onnx(tmp_path / "b.onnx", 1, 1))
-    assert estimate_ms(one, TRUE, 16, 32) == pytest.approx(estimate_ms(pointwise, TRUE, 16, 32), rel=1e-6)
+    assert estimate_ms(one, TRUE, 16) == pytest.approx(estimate_ms(pointwise, TRUE, 16), rel=1e-6)
     two = op_table(_conv_onnx(tmp_path / "c.onnx", 3, 2))  # each output sees 2x2 of the 3x3 taps; all taps used
     assert two.tap_share[0] == pytest.approx(4 / 9) and two.weight_share[0] == 1.0
     eight = op_table(_conv_onnx(tmp_path / "d.onnx", 3, 8))  # per axis 22 of 24 (output, tap) pairs are inside
@@ -121,8 +137,10 @@ def test_estimate_on_a_user_profile_and_budget_line(tmp_path: Path) -> None:
     assert enforce_budget(report, profile, budget_ms=100) == 100
     # constants written by an older cost model are refitted from the references: one field short (version 1), or
     # all fields but fitted for another formula (unversioned: version 2); constants of this version are used as given
+    # all fields of version 3 (which had no fitted cache) with their version stamp
+    v3 = {**{k: v for k, v in TRUE.to_dict().items() if k != "cache_mb"}, "cost_model_version": 3}
     for i, constants in enumerate(({k: v for k, v in TRUE.to_dict().items() if k != "gbs_im2col"}, TRUE.to_dict(),
-                                   {**TRUE.to_dict(), "cost_model_version": 2})):
+                                   {**TRUE.to_dict(), "cost_model_version": 2}, v3)):
         stale = dict(data, name=f"old-board-{i}")
         stale["calibration"] = dict(data["calibration"], constants=constants)
         old = ProfileRegistry((write_profile(tmp_path / f"o{i}", stale),)).get(f"old-board-{i}")
@@ -131,7 +149,6 @@ def test_estimate_on_a_user_profile_and_budget_line(tmp_path: Path) -> None:
     current["calibration"] = dict(data["calibration"], constants=TRUE.to_record())
     new = ProfileRegistry((write_profile(tmp_path / "n", current),)).get("new-board")
     hw = new.hardware
-    assert estimate(model, new).value_ms == pytest.approx(estimate_ms(op_table(model), TRUE, hw.channel_block, hw.cache_mb),
-                                                          rel=1e-4)
+    assert estimate(model, new).value_ms == pytest.approx(estimate_ms(op_table(model), TRUE, hw.channel_block), rel=1e-4)
     with pytest.raises(BudgetExceeded, match=r"over budget: \d+\.\d+ ms p50 \(estimated, tiny-board cost model\) > 1 ms"):
         enforce_budget(report, profile, budget_ms=1)
