@@ -65,8 +65,8 @@ class NotCached(Exception):
     """A run that --cached-only may not do."""
 
 
-LR_GRID = {"cnn": (0.005, 0.01, 0.02, 0.05, 0.1), "vit": (1e-4, 2e-4, 5e-4, 1e-3)}
-TAU_GRID = (0.1, 0.25, 0.5, 1.0)
+LR_GRID = {"cnn": (0.005, 0.01, 0.02, 0.05, 0.1, 0.2), "vit": (1e-4, 2e-4, 5e-4, 1e-3)}
+TAU_GRID = (0.05, 0.1, 0.25, 0.5, 1.0)
 SEEDS = (0, 1, 2)
 
 

@@ -242,6 +242,12 @@ def test_averaged_init_through_expand_uses_neighbours_and_base(tiny_bases) -> No
     head_w = got["fc.weight"][1]
     kept_in = masks.index(_last_unit(masks))
     assert torch.allclose(head_w[kept_in], base.state_dict()["fc.weight"][fc][kept_in])
+    # averaging only the kept elements gives exactly what averaging the full layout and contracting gives
+    from edgemvp.mvp import average_state, target_model
+    full = target_model(base, manifest.classes, "digits", "digits", target, seed=0).state_dict()
+    reference = contract_state(average_state(full, [c1, c2], classifier_keys(base)), masks)
+    state = model.state_dict()
+    assert set(state) == set(reference) and all(torch.equal(state[k], reference[k]) for k in reference)
 
 
 def _last_unit(masks: Masks) -> str:
