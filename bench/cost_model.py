@@ -20,7 +20,7 @@ import numpy as np
 
 from edgemvp.costmodel import COST_MODEL_VERSION, CostConstants, estimate_ms, op_table
 from edgemvp.devices import ProfileRegistry, ReferenceModel, load_profile
-from edgemvp.latency import build_reference_onnx, calibrate, measure
+from edgemvp.latency import build_reference_onnx, calibrate, measure, reference_table
 
 HELD_OUT = [ReferenceModel(arch, size, 1 if size == 32 else 3, 10 if size == 32 else 1000, ratio)
             for arch in ("resnet18", "resnet50", "vit_tiny") for ratio in (0.0, 0.5, 0.9) for size in (32, 224)]
@@ -57,11 +57,9 @@ def main() -> None:
     print(f"\nheld-out within +-20%: {100 * within:.0f}% ({sum(abs(e) <= 0.2 for e in errors)}/{len(errors)}); "
           f"median |error| {100 * float(np.median(np.abs(errors))):.1f}%")
     if args.json:
-        suite = []
-        for ref in fitted.calibration.references:
-            with tempfile.TemporaryDirectory() as tmp:
-                table = op_table(build_reference_onnx(ref.model, Path(tmp) / "m.onnx"))
-            suite.append({"model": ref.model.key(), "latency_ms": ref.latency_ms, "table": json.loads(table.to_json())})
+        suite = [{"model": ref.model.key(), "latency_ms": ref.latency_ms,
+                  "table": json.loads(reference_table(ref.model, args.cache_dir).to_json())}
+                 for ref in fitted.calibration.references]
         hw = fitted.hardware
         record = {"cost_model_version": COST_MODEL_VERSION, "runs": args.runs, "machine": platform.node(),
                   "channel_block": hw.channel_block, "cache_mb": hw.cache_mb, "constants": constants.to_dict(),

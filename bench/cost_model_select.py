@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import least_squares
 
-from edgemvp.costmodel import SMOOTH_P, OpTable, estimate_ms, fit_constants
+from edgemvp.costmodel import SMOOTH_P, OpTable, estimate_ms, fit_constants, prior_constants
+from edgemvp.devices import ProfileRegistry
 
 P0_PRIOR = 16.0  # output pixels at which a blocked convolution runs at half its rate (prior of the narrow term)
 
@@ -108,9 +109,6 @@ def main() -> None:
     block, cache = data["channel_block"], data["cache_mb"] * 2 ** 20
     suite = [(r["model"], OpTable.from_json(json.dumps(r["table"])), r["latency_ms"]) for r in data["suite"]]
     held = [(r["model"], OpTable.from_json(json.dumps(r["table"])), r["latency_ms"]) for r in data["held_out"]]
-    from edgemvp.costmodel import prior_constants
-    from edgemvp.devices import ProfileRegistry
-
     hw = ProfileRegistry().get("host").hardware
     prior = prior_constants(hw).vector()[:11]  # the variants' extras (a fitted cache among them) come after these
     lib = fit_constants([t for _, t, _ in suite], [m for *_, m in suite], prior_constants(hw), block)
