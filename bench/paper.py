@@ -9,7 +9,7 @@ Testbeds (all at 32 px grey unless said):
   omniglot  resnet18 pre-trained on the 242 characters of Omniglot's two small background sets (15 drawings
             each for training, 5 for test); zoo of 60 five-character tasks, each drawn within one alphabet, by
             IFP@500; 15 targets drawn the same way; similarity by the alphabet -> character hierarchy and LEEP.
-  vit       vit_tiny pre-trained on Fashion-MNIST at 16 px; zoo of 12 tasks by AHNP@500; 4 targets.
+  vit       vit_tiny pre-trained on Fashion-MNIST at 16 px; zoo of 12 tasks by AHNP@1000; 4 targets.
   digits    scikit-learn digits as an unseen dataset: 5 five-digit targets voted from the fashion zoo by LEEP.
 
 Every method runs through ``edgemvp.pipeline.fit`` -- the code behind ``edgemvp prune`` -- so a method differs
@@ -87,7 +87,7 @@ class Method:
     similarity: str = "primary"
     group: str | None = "mvp"
     seeds: int = 3
-    bn: bool = True
+    bn: bool | None = True  # BatchNorm re-estimation: on, off, or None (the library's default: auto)
     tau: float | None = None  # None: the temperature chosen on zoo tasks
 
 
@@ -120,6 +120,7 @@ class Testbed:
     zoo_from: str | None = None  # use another testbed's base and zoo
     val_tasks: int = 3
     select: tuple[str, ...] = ("ifp", "random", "transfer", "mvp")
+    zoo_name: str | None = None  # the zoo's folder name (default paper-<key>)
 
 
 FASHION = Testbed(
@@ -134,10 +135,10 @@ OMNIGLOT = Testbed(
                  Method("MVP@100 (random neighbours)", "mvp", 100, similarity="random")) + MVP_VARIANTS,
     (("omniglot", None),), primary="taxonomy", within_parent=True)
 VIT = Testbed(
-    "vit", "vit_tiny", "fashion-mnist", PretrainConfig(epochs=4, size=16), 12, "ahnp", 500, 4,
+    "vit", "vit_tiny", "fashion-mnist", PretrainConfig(epochs=4, size=16), 12, "ahnp", 1000, 4,
     (Method("AHNP@1000", "ifp", 1000, group=None, seeds=1), Method("MVP@100", "mvp", 100),
      Method("random@100", "random", 100, group="random")),
-    (("vit", None),), val_tasks=2, select=("random", "mvp"))
+    (("vit", None),), val_tasks=2, select=("random", "mvp"), zoo_name="paper-vit-ahnp1000")
 DIGITS = Testbed(
     "digits", "resnet18", "fashion-mnist", FASHION.pretrain, 0, "ifp-activation", 1000, 5,
     BASELINES[:3] + (Method("transfer@100", "transfer", 100, similarity="leep", group="transfer"),
@@ -183,7 +184,7 @@ class Bed:
 def prepare(tb: Testbed, cache: Path, bars: bool) -> Bed:
     """Base and zoo (built or found in the cache), targets' dataset and the hierarchy file."""
     src = TESTBEDS[tb.zoo_from] if tb.zoo_from else tb
-    folder = zoo_path(src.arch, src.dataset, cache, f"paper-{src.key}")
+    folder = zoo_path(src.arch, src.dataset, cache, src.zoo_name or f"paper-{src.key}")
     if CACHED_ONLY:
         if find_base(src.arch, src.dataset, cache) is None or not (folder / "zoo.json").exists():
             raise NotCached(f"{src.key}: base or zoo")
@@ -269,7 +270,9 @@ def ranking(bed: Bed, task: TaskSpec, kind: str, per_class: int | None, seed: in
 
 def run_key(bed: Bed, task: TaskSpec, m: Method, per_class: int | None, seed: int, lr: float | None,
             tau: float) -> str:
-    ident = {"format": RUN_FORMAT, "base": bed.base.weights_sha256, "zoo": sorted(bed.ids), "task": task.classes,
+    # IFP and random start from the base alone: their runs do not depend on the zoo (and are shared between zoos)
+    zoo = sorted(bed.ids) if m.method in ("mvp", "transfer") else None
+    ident = {"format": RUN_FORMAT, "base": bed.base.weights_sha256, "zoo": zoo, "task": task.classes,
              "dataset": task.dataset, "method": m.method, "iters": m.iters, "neighbours": m.neighbours,
              "similarity": similarity_kind(bed, m) if m.method in ("mvp", "transfer") else None, "bn": m.bn,
              "tau": tau if m.method == "mvp" else None, "per_class": per_class, "seed": seed, "lr": lr,
@@ -309,7 +312,7 @@ def run_one(bed: Bed, task: TaskSpec, m: Method, per_class: int | None, seed: in
     wall = rank_s + sum(v for k, v in laps.items() if not k.startswith("evaluate"))
     cpu = rank_cpu + sum(v for k, v in cpu_laps.items() if not k.startswith("evaluate"))
     row = {"task": task.name, "classes": list(task.classes), "method": m.method, "iters": m.iters,
-           "neighbours": m.neighbours, "similarity": kind if rk is not None else None, "bn": m.bn, "tau": tau,
+           "neighbours": m.neighbours, "similarity": kind if rk is not None else None, "bn": m.bn, "bn_reestimated": fitted.info.get("bn_reestimated"), "tau": tau,
            "per_class": per_class, "seed": seed, "lr": lr, "acc": fitted.accuracy["final"],
            "acc_init": fitted.accuracy["init"], "acc_init_before_bn": fitted.accuracy["init_before_bn"],
            "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "rank_s": round(rank_s, 3), "laps": {k: round(v, 3) for k, v in laps.items()},
@@ -358,7 +361,7 @@ def train_flops(bed: Bed, m: Method, fitted, rk: Ranking | None, per_class: int 
                               + _macs_at(bed, tuple(final.items()), classes) * k)
         return 6.0 * b * _ifp_mac_steps(bed, cfg, full, classes)
     macs = params_and_macs(fitted.model, bed.base.input_spec)[1]
-    flops = 6.0 * macs * b * m.iters + (2.0 * macs * b * 20 if m.bn else 0.0)
+    flops = 6.0 * macs * b * m.iters + (2.0 * macs * b * 20 if fitted.info.get("bn_reestimated") else 0.0)
     if rk is not None and rk.kind == "leep":
         metrics = [e.manifest.metrics.get("macs", 0) for e in map(bed.store.get, rk.ids)]
         flops += 2.0 * sum(metrics) * min(500, n_train or 500)
@@ -468,15 +471,18 @@ def retime(bed: Bed, regime: str, per_class: int | None, k: int) -> dict:
     The cached runs were timed hours apart, while other work may have shared the machine; here each target's two
     runs follow each other (alternating which goes first), so both see the same machine. Nothing is cached.
     """
-    mvp = next(m for m in bed.tb.methods if m.label == PRIMARY[regime])
+    # with the library's default for BatchNorm re-estimation (auto: skipped at J = 100, where fine-tuning replaces
+    # the statistics; the tables' runs re-estimate, with the same accuracies, see "no BN re-estimation")
+    mvp = replace(next(m for m in bed.tb.methods if m.label == PRIMARY[regime]), bn=None)
     pairs = []
     for i, t in enumerate(targets(bed)[:k]):
         secs = {}
         for m in ((IFP1000, mvp) if i % 2 == 0 else (mvp, IFP1000)):
             row = run_one(bed, t, m, per_class, 0, lr_for(bed, regime, m), tau_for(bed, regime, m), cached=False)
-            secs[m.label] = (row["wall_s"], row["cpu_s"])
-        (iw, ic), (mw, mc) = secs[IFP1000.label], secs[mvp.label]
+            secs[m.label] = (row["wall_s"], row["cpu_s"], row["acc"])
+        (iw, ic, ia), (mw, mc, ma) = secs[IFP1000.label], secs[mvp.label]
         pairs.append({"task": t.name, "ifp1000_wall_s": iw, "mvp_wall_s": mw, "ifp1000_cpu_s": ic, "mvp_cpu_s": mc,
+                      "ifp1000_acc": ia, "mvp_acc": ma,
                       "ratio_wall": round(iw / mw, 2), "ratio_cpu": round(ic / mc, 2)})
         print(f"[{regime}] re-timed {t.name}: IFP@1000 {iw:.1f} s, MVP@100 {mw:.2f} s (1/{iw / mw:.1f})", flush=True)
     return {"targets": len(pairs), "seed": 0, "pairs": pairs,

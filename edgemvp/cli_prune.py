@@ -45,7 +45,10 @@ from edgemvp.cli_deploy import profiles_option
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True),
               help="Peak fine-tune learning rate (and the pruner's for --method ifp) [default: the family's].")
 @click.option("--train-per-class", type=click.IntRange(min=1), help="Use at most this many training images per class.")
-@click.option("--no-bn-reestimate", is_flag=True, help="Keep the averaged BatchNorm statistics (the paper's way).")
+@click.option("--bn-reestimate", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Recompute BatchNorm statistics on the target before fine-tuning; auto: only when --iters is too "
+                   "short to replace them (below 66 steps at BatchNorm's momentum 0.1).")
+@click.option("--no-bn-reestimate", is_flag=True, help="Same as --bn-reestimate off (the paper's way).")
 @click.option("--runs", type=click.IntRange(min=5), default=100, show_default=True, help="Timed runs when measuring.")
 @profiles_option
 @pass_ctx
@@ -54,7 +57,7 @@ def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str 
               hierarchy: Path | None, temperature: float,
               ratio: float, seed: int, int8: bool, budget_ms: float | None, measure: bool, out: Path | None,
               add_to_zoo: bool, arch: str | None, base_dataset: str | None, lr: float | None,
-              train_per_class: int | None, no_bn_reestimate: bool, runs: int,
+              train_per_class: int | None, bn_reestimate: str, no_bn_reestimate: bool, runs: int,
               profiles: tuple[Path, ...]) -> None:
     """Prune the base model for a new task by voting from the nearest zoo tasks; export and check it."""
     from edgemvp.cli_zoo import _zoo_location
@@ -62,9 +65,12 @@ def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str 
     from edgemvp.errors import BudgetExceeded
     from edgemvp.pipeline import PruneRequest, Stages, run
 
+    if no_bn_reestimate and bn_reestimate == "on":
+        raise click.UsageError("--no-bn-reestimate contradicts --bn-reestimate on")
+    bn = False if no_bn_reestimate else {"auto": None, "on": True, "off": False}[bn_reestimate]
     spec = resolve_task(task, dataset, classes, ctx.data)
     req = PruneRequest(spec, device, _zoo_location(ctx, zoo, token_file) if zoo else None, arch, base_dataset, method, iters,
-                       neighbours, similarity, hierarchy, temperature, ratio, seed, bn_reestimate=not no_bn_reestimate,
+                       neighbours, similarity, hierarchy, temperature, ratio, seed, bn_reestimate=bn,
                        int8=int8, budget_ms=budget_ms, measure=measure, out=out, add_to_zoo=add_to_zoo, runs=runs,
                        lr=lr, train_per_class=train_per_class)
     bars: list[_Bar] = []
@@ -97,7 +103,7 @@ def summary(r: dict, out: Path) -> list[str]:
                   for n in r["neighbours"]]
     init = "" if acc["init"] is None else (f" (at init {acc['init']:.2f}%"
                                            + (f", before BN re-estimation {acc['init_before_bn']:.2f}%"
-                                              if r["settings"]["bn_reestimate"] else "") + ")")
+                                              if r.get("bn_reestimated") else "") + ")")
     lines.append(f"accuracy {acc['final']:.2f}% after {r['settings']['iters']} steps{init}")
     lines.append(f"size {r['params'] / 1e6:.3f} M params ({100 * r['params_ratio']:.1f}% of {r['base']['params'] / 1e6:.2f} M), "
                  f"{r['macs'] / 1e6:.2f} M MACs ({100 * r['macs_ratio']:.1f}% of {r['base']['macs'] / 1e6:.1f} M)")

@@ -145,9 +145,23 @@ def averaged_model(base: nn.Module, base_classes: tuple[str, ...], base_dataset:
         c = neighbour_contribution(e, shapes, head, target_dataset, target_classes)
         contributions.append(Contribution(contract_state(c.state, masks), contract_state(c.present, masks), c.rows))
     averaged = average_state(contract_state(fallback, masks), contributions, head)
-    model = build_pruned(arch, len(target_classes), spec, masks)
+    model = build_pruned(arch, len(target_classes), spec, masks, initialise=False)
     load_into(model, averaged, "averaged neighbours")
     return model.eval()
+
+
+def batchnorm_statistics_matter(model: nn.Module, steps: int, threshold: float = 1e-3) -> bool:
+    """Whether BatchNorm statistics set now would still count after ``steps`` training steps.
+
+    Training-mode BatchNorm normalises with batch statistics and moves its running statistics towards them by
+    ``momentum`` per step, so after ``steps`` steps a fraction ``(1 - momentum) ** steps`` of what they were is
+    left (momentum 0.1: 2.7e-5 after 100 steps, 1e-3 after 66). False when that fraction is below ``threshold``
+    for every BatchNorm, or when the model has none; True for a cumulative average (momentum None).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return False
+    return any(m.momentum is None or (1.0 - m.momentum) ** steps >= threshold for m in norms)
 
 
 @torch.no_grad()

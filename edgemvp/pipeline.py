@@ -37,7 +37,7 @@ from edgemvp.errors import UsageError
 from edgemvp.masks import Masks
 from edgemvp.models.base import BaseManifest, find_base
 from edgemvp.models.factory import create_model, get_arch
-from edgemvp.mvp import reestimate_batchnorm, target_model
+from edgemvp.mvp import batchnorm_statistics_matter, reestimate_batchnorm, target_model
 from edgemvp.paths import atomic_write_bytes
 from edgemvp.similarity import Hierarchy, leep_similarity
 from edgemvp.train import OptimConfig, Progress, accuracy, default_device, train_steps
@@ -81,7 +81,9 @@ class PruneRequest:
         ratio: Fraction of every unit group removed.
         seed: Seeds the vote, the batches and default-initialised rows.
         batch_size: Fine-tune batch (paper: 128).
-        bn_reestimate: Recompute BatchNorm statistics on the target before fine-tuning.
+        bn_reestimate: Recompute BatchNorm statistics on the target before fine-tuning: True, False, or None
+            (auto: only when fine-tuning is too short to replace them, see
+            :func:`edgemvp.mvp.batchnorm_statistics_matter`; with BatchNorm's momentum 0.1, J < 66).
         bn_batches: Batches used for that.
         leep_samples: Target training images LEEP scores candidates on.
         int8: Also write and report an int8 model (the gate then applies to it).
@@ -109,7 +111,7 @@ class PruneRequest:
     ratio: float = 0.9
     seed: int = 0
     batch_size: int = 128
-    bn_reestimate: bool = True
+    bn_reestimate: bool | None = None
     bn_batches: int = 20
     leep_samples: int = 500
     int8: bool = False
@@ -316,11 +318,16 @@ def fit(req: PruneRequest, zoo: Zoo, ranking: Ranking | None, dataset: Dataset, 
     if req.method != "ifp":
         acc["init_before_bn"] = round(accuracy(model, eval_batches(test, spec), device), 3)
         lap("evaluate_init_before_bn")
-        if req.bn_reestimate:
-            plain = train_batches(train, spec, req.batch_size, req.seed + 1, augmented=False)
-            reestimate_batchnorm(model.to(device), plain, req.bn_batches, device)
+        reestimate = (req.bn_reestimate if req.bn_reestimate is not None
+                      else batchnorm_statistics_matter(model, req.iters))
+        init.info["bn_reestimated"] = bool(reestimate and reestimate_batchnorm(
+            model.to(device), train_batches(train, spec, req.batch_size, req.seed + 1, augmented=False),
+            req.bn_batches, device))
         lap("bn_reestimate")
-        acc["init"] = round(accuracy(model, eval_batches(test, spec), device), 3)
+        if init.info["bn_reestimated"]:
+            acc["init"] = round(accuracy(model, eval_batches(test, spec), device), 3)
+        else:
+            acc["init"] = acc["init_before_bn"]
         lap("evaluate_init")
         if req.iters:
             train_steps(model, batches, req.iters, req.finetune_optim(family), device,
@@ -388,7 +395,8 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
             "neighbours": neighbours, **info,
             "settings": {"iters": req.iters, "ratio": req.ratio, "seed": req.seed, "batch_size": req.batch_size,
                          "neighbours": req.neighbours, "temperature": req.temperature,
-                         "bn_reestimate": req.bn_reestimate, "bn_batches": req.bn_batches,
+                         "bn_reestimate": "auto" if req.bn_reestimate is None else req.bn_reestimate,
+                         "bn_batches": req.bn_batches,
                          "train_per_class": req.train_per_class,
                          "finetune_optim": asdict(req.finetune_optim(family)), "device": str(default_device())},
             "accuracy": acc,

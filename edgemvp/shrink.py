@@ -166,11 +166,23 @@ def expand_state(shrunk: StateDict, masks: Masks, full_shapes: dict[str, torch.S
     return full, present
 
 
-def build_pruned(arch: str, num_classes: int, spec: InputSpec, masks: Masks) -> nn.Module:
-    """create(arch) → shrink(masks): the empty skeleton that pruned weights load into."""
+def build_pruned(arch: str, num_classes: int, spec: InputSpec, masks: Masks, initialise: bool = True) -> nn.Module:
+    """create(arch) → shrink(masks): the skeleton that pruned weights load into.
+
+    ``initialise=False`` skips the full model's random initialisation (about 0.1 s for resnet18 on a CPU): it is
+    built on the meta device and given uninitialised memory, so every parameter and buffer must then be loaded
+    (``load_into`` is strict). Models with non-persistent buffers, which a state dict would not fill, are
+    initialised anyway.
+    """
     if masks.arch != arch:
         raise UsageError(f"masks are for arch '{masks.arch}', not '{arch}'")
-    return shrink(create_model(arch, num_classes, spec), masks)
+    if initialise:
+        return shrink(create_model(arch, num_classes, spec), masks)
+    with torch.device("meta"):
+        model = create_model(arch, num_classes, spec)
+    if set(dict(model.named_buffers())) - set(model.state_dict()):
+        return build_pruned(arch, num_classes, spec, masks, initialise=True)
+    return shrink(model.to_empty(device="cpu"), masks)
 
 
 def save_pruned(model: nn.Module, masks: Masks, spec: InputSpec, num_classes: int, folder: Path) -> str:
@@ -208,7 +220,7 @@ def load_pruned(folder: str | os.PathLike[str], expected_sha256: str | None = No
     except (KeyError, ValueError, TypeError) as exc:
         raise UsageError(f"{weights}: header lacks arch/num_classes/input_spec metadata") from exc
     masks = Masks.load(folder / MASKS_FILE, arch=arch)
-    model = build_pruned(arch, num_classes, spec, masks)
+    model = build_pruned(arch, num_classes, spec, masks, initialise=False)
     load_into(model, state, str(weights))
     return model.eval(), masks
 

@@ -11,7 +11,7 @@ from scipy import stats
 
 from edgemvp.errors import UsageError
 from edgemvp.masks import Masks, random_masks
-from edgemvp.mvp import Contribution, average_state, reestimate_batchnorm
+from edgemvp.mvp import Contribution, average_state, batchnorm_statistics_matter, reestimate_batchnorm
 from edgemvp.similarity import Candidates, Hierarchy, Taxonomy, leep, task_similarity, wordnet_similarity
 from edgemvp.units import unit_space
 from edgemvp.vote import nearest, vote
@@ -267,3 +267,13 @@ def test_batchnorm_reestimation_changes_only_statistics() -> None:
         acts = torch.cat([model[0](x) for x, _ in data])
     assert torch.allclose(model[1].running_mean, acts.mean(dim=(0, 2, 3)), atol=1e-5)
     assert all(torch.equal(params[k], v) for k, v in model.named_parameters())
+
+
+def test_batchnorm_statistics_matter_until_momentum_has_replaced_them() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    assert batchnorm_statistics_matter(model, 65) and not batchnorm_statistics_matter(model, 66)  # 0.9^66 < 1e-3
+    model[1].momentum = 0.01
+    assert batchnorm_statistics_matter(model, 66) and not batchnorm_statistics_matter(model, 700)
+    model[1].momentum = None  # cumulative average: the starting statistics always count
+    assert batchnorm_statistics_matter(model, 10_000)
+    assert not batchnorm_statistics_matter(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2)), 1)

@@ -136,7 +136,8 @@ def test_learning_rate_and_few_data_options(tiny_bases, digits_zoo, tmp_path) ->
     state = {k: v for k, v in fast.model.state_dict().items() if v.is_floating_point()}
     assert all(torch.equal(v, same.model.state_dict()[k]) for k, v in state.items())
     assert any(not torch.equal(v, slow.model.state_dict()[k]) for k, v in state.items())
-    assert fast.info == {} and fast.accuracy["init"] is not None
+    # 6 steps are too few to replace BatchNorm statistics: auto re-estimates them
+    assert fast.info == {"bn_reestimated": True} and fast.accuracy["init"] is not None
     assert ranking.kind == "leep" and len(ranking.scores) == len(ids)
     report = run(replace(req, out=tmp_path / "run"), tiny_bases).report
     assert report["settings"]["finetune_optim"]["lr"] == 0.2 and report["settings"]["train_per_class"] == 4
@@ -192,6 +193,7 @@ def test_bad_input_is_one_clear_line(tiny_bases, digits_zoo, tmp_path) -> None:
         ([*digits, "--device", "host", "--zoo", str(digits_zoo), "-n", "99"], "is more than the"),
         ([*digits, "--device", "host", "--zoo", str(tmp_path / "nope")], "zoo not found"),
         ([*digits, "--device", "host", "--zoo", str(digits_zoo), "--ratio", "1.5"], "--ratio must be in (0, 1)"),
+        ([*digits, "--device", "host", "--no-bn-reestimate", "--bn-reestimate", "on"], "contradicts"),
     ]
     for args, message in cases:
         proc = _cli(tiny_bases, "prune", *args)
@@ -224,3 +226,30 @@ def test_vit_mvp_averages_heads_and_exports(tiny_bases, tmp_path) -> None:
     _, masks = load_pruned(tmp_path / "v")
     for unit in unit_space("vit_tiny").units:
         assert len(masks.kept[unit.name]) == max(1, round(0.5 * unit.size))
+
+
+def test_auto_skips_batchnorm_reestimation_that_fine_tuning_would_replace(tiny_bases, digits_zoo, tmp_path) -> None:
+    """At J = 66, (1 - 0.1)^66 < 1e-3 of the re-estimated statistics would be left: auto skips the work, and the
+    trained parameters are exactly those of a run that re-estimates (training-mode BatchNorm uses batch statistics
+    and the re-estimation draws from its own batches)."""
+    from edgemvp.pipeline import fit
+    from edgemvp.voter import LocalZoo
+
+    ds = get_dataset("digits")
+    req = _request(digits_zoo, tmp_path, method="random", iters=66, train_per_class=10)
+    with LocalZoo.open(digits_zoo, cache=tiny_bases) as zoo:
+        auto, on = fit(req, zoo, None, ds), fit(replace(req, bn_reestimate=True), zoo, None, ds)
+        short = fit(replace(req, iters=65), zoo, None, ds)
+        start_auto, start_on = (fit(replace(req, iters=0, bn_reestimate=bn), zoo, None, ds).model.state_dict()
+                                for bn in (False, True))
+    assert auto.info == {"bn_reestimated": False} and on.info == {"bn_reestimated": True}
+    assert short.info == {"bn_reestimated": True}  # 0.9^65 > 1e-3
+    assert auto.accuracy["init"] == auto.accuracy["init_before_bn"] != on.accuracy["init"]
+    a, b = auto.model.state_dict(), on.model.state_dict()
+    params = dict(auto.model.named_parameters())
+    assert params and all(torch.equal(a[k], b[k]) for k in params)
+    stats = [k for k in a if k.endswith("running_var")]
+    assert stats and any(not torch.equal(a[k], b[k]) for k in stats)
+    # both runs move their statistics by the same batch statistics: what differs is 0.9^66 of where they started
+    for k in stats:
+        assert torch.allclose(a[k] - b[k], 0.9 ** 66 * (start_auto[k] - start_on[k]), atol=1e-5), k

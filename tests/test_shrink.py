@@ -191,3 +191,21 @@ def test_params_and_macs_at_90_percent() -> None:
     head = model.fc.weight.numel() + model.fc.bias.numel()
     assert 0.09e6 < params - head < 0.14e6, params - head
     assert 22e6 < macs < 34e6, macs
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vit_tiny"])
+def test_uninitialised_skeleton_has_the_same_layout_and_computes_the_same_after_loading(arch: str) -> None:
+    from edgemvp.models.factory import load_into
+    from edgemvp.shrink import build_pruned
+
+    spec = InputSpec(1, 16, (0.5,), (0.25,))
+    masks = random_masks(arch, 0.75, 3)
+    torch.manual_seed(0)
+    initialised = build_pruned(arch, 4, spec, masks).eval()
+    skeleton = build_pruned(arch, 4, spec, masks, initialise=False)
+    a, b = initialised.state_dict(), skeleton.state_dict()
+    assert list(a) == list(b) and all(a[k].shape == b[k].shape and a[k].dtype == b[k].dtype for k in a)
+    assert all(p.device.type == "cpu" for p in skeleton.parameters())
+    load_into(skeleton, a, "test")
+    x = torch.randn(3, 1, 16, 16)
+    assert torch.equal(initialised(x), skeleton.eval()(x))

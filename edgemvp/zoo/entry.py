@@ -136,6 +136,6 @@ class ZooEntry:
             state = load_weights(self.folder / WEIGHTS, m.weights_sha256)
         except UsageError as exc:
             raise CorruptEntry(f"zoo entry {self.id[:12]}: {WEIGHTS} refused ({exc})") from exc
-        model = build_pruned(m.arch, len(m.task.classes), m.base.input_spec, m.masks)
+        model = build_pruned(m.arch, len(m.task.classes), m.base.input_spec, m.masks, initialise=False)
         load_into(model, state, f"zoo entry {self.id[:12]}")
         return model.eval()

@@ -202,7 +202,7 @@ class RemoteZoo:
         for entry_id in ids:
             m, weights = self.entry(entry_id)
             source = f"{self.address.url} entry {entry_id[:12]}"
-            model = build_pruned(m.arch, len(m.task.classes), m.base.input_spec, m.masks)
+            model = build_pruned(m.arch, len(m.task.classes), m.base.input_spec, m.masks, initialise=False)
             load_into(model, parse_safetensors(weights, source)[0], source)
             yield model.eval()
 

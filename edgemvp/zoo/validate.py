@@ -56,5 +56,6 @@ def check_entry(manifest: EntryManifest, weights: bytes, bases: Mapping[str, Bas
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise UsageError(f"{source}: weights: tensor '{bad[0]}' holds NaN or infinity")
-    model = build_pruned(manifest.arch, len(manifest.task.classes), ref.input_spec, manifest.masks)
+    model = build_pruned(manifest.arch, len(manifest.task.classes), ref.input_spec, manifest.masks,
+                         initialise=False)
     load_into(model, state, f"{source}: weights")

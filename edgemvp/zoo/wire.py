@@ -82,7 +82,7 @@ def initial_from_bytes(raw: bytes, spec: InputSpec, base_sha256: str, source: st
         raise UsageError(f"{source}: malformed vote payload ({exc.__class__.__name__}: {exc})") from exc
     if masks.base_sha256 != base_sha256:
         raise UsageError(f"{source}: masks refer to base {masks.base_sha256[:12]}, not {base_sha256[:12]}")
-    model = build_pruned(arch, num_classes, spec, masks)
+    model = build_pruned(arch, num_classes, spec, masks, initialise=False)
     load_into(model, state, source)
     return Initial(model.eval(), masks, neighbours, info), seed
 
