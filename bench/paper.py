@@ -312,7 +312,8 @@ def run_one(bed: Bed, task: TaskSpec, m: Method, per_class: int | None, seed: in
     wall = rank_s + sum(v for k, v in laps.items() if not k.startswith("evaluate"))
     cpu = rank_cpu + sum(v for k, v in cpu_laps.items() if not k.startswith("evaluate"))
     row = {"task": task.name, "classes": list(task.classes), "method": m.method, "iters": m.iters,
-           "neighbours": m.neighbours, "similarity": kind if rk is not None else None, "bn": m.bn, "bn_reestimated": fitted.info.get("bn_reestimated"), "tau": tau,
+           "neighbours": m.neighbours, "similarity": kind if rk is not None else None, "bn": m.bn,
+           "bn_reestimated": fitted.info.get("bn_reestimated"), "tau": tau,
            "per_class": per_class, "seed": seed, "lr": lr, "acc": fitted.accuracy["final"],
            "acc_init": fitted.accuracy["init"], "acc_init_before_bn": fitted.accuracy["init_before_bn"],
            "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "rank_s": round(rank_s, 3), "laps": {k: round(v, 3) for k, v in laps.items()},

@@ -320,9 +320,11 @@ def fit(req: PruneRequest, zoo: Zoo, ranking: Ranking | None, dataset: Dataset, 
         lap("evaluate_init_before_bn")
         reestimate = (req.bn_reestimate if req.bn_reestimate is not None
                       else batchnorm_statistics_matter(model, req.iters))
-        init.info["bn_reestimated"] = bool(reestimate and reestimate_batchnorm(
-            model.to(device), train_batches(train, spec, req.batch_size, req.seed + 1, augmented=False),
-            req.bn_batches, device))
+        reset = 0  # BatchNorm layers re-estimated (none in a ViT)
+        if reestimate:
+            plain = train_batches(train, spec, req.batch_size, req.seed + 1, augmented=False)
+            reset = reestimate_batchnorm(model.to(device), plain, req.bn_batches, device)
+        init.info["bn_reestimated"] = reset > 0
         lap("bn_reestimate")
         if init.info["bn_reestimated"]:
             acc["init"] = round(accuracy(model, eval_batches(test, spec), device), 3)
