@@ -694,7 +694,8 @@ def markdown(paper: dict) -> str:
 
 
 PRIMARY = {"fashion": "MVP@100 (WordNet, N = 3)", "fashion_100": "MVP@100 (WordNet, N = 3)",
-           "omniglot": "MVP@100 (taxonomy, N = 3)", "omniglot_5": "MVP@100 (taxonomy, N = 3)", "vit": "MVP@100", "digits": "MVP@100 (LEEP, N = 3)"}
+           "omniglot": "MVP@100 (taxonomy, N = 3)", "omniglot_5": "MVP@100 (taxonomy, N = 3)", "vit": "MVP@100",
+           "digits": "MVP@100 (LEEP, N = 3)"}
 
 
 def acceptance(paper: dict) -> list[str]:

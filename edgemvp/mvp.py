@@ -150,6 +150,11 @@ def averaged_model(base: nn.Module, base_classes: tuple[str, ...], base_dataset:
     return model.eval()
 
 
+def _running_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The model's BatchNorm layers that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
 def batchnorm_statistics_matter(model: nn.Module, steps: int, threshold: float = 1e-3) -> bool:
     """Whether BatchNorm statistics set now would still count after ``steps`` training steps.
 
@@ -158,7 +163,7 @@ def batchnorm_statistics_matter(model: nn.Module, steps: int, threshold: float =
     left (momentum 0.1: 2.7e-5 after 100 steps, 1e-3 after 66). False when that fraction is below ``threshold``
     for every BatchNorm, or when the model has none; True for a cumulative average (momentum None).
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = _running_batchnorms(model)
     if not norms:
         return False
     return any(m.momentum is None or (1.0 - m.momentum) ** steps >= threshold for m in norms)
@@ -170,9 +175,9 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterator[tuple[torch.Tensor,
     """Recompute every BatchNorm's running mean and variance as the average over ``steps`` batches.
 
     No parameter changes (forward passes only, in train mode for the statistics). Returns the number of
-    BatchNorm layers reset (0 for models without any, such as ViTs).
+    BatchNorm layers reset (0 for models without any that keep running statistics, such as ViTs).
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = _running_batchnorms(model)
     if not norms or steps < 1:
         return 0
     device = device or next(model.parameters()).device
