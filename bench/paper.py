@@ -66,6 +66,12 @@ class NotCached(Exception):
     """A run that --cached-only may not do."""
 
 
+# what a fresh run would spend on the runs a report uses, from their recorded times (filled by run_one): seconds
+# per run (training and test evaluations, without ranking) and per ranking (shared by the runs of a target)
+SPENT: dict[str, float] = {}
+RANKS: dict[tuple, float] = {}
+
+
 LR_GRID = {"cnn": (0.005, 0.01, 0.02, 0.05, 0.1, 0.2), "vit": (1e-4, 2e-4, 5e-4, 1e-3)}
 TAU_GRID = (0.05, 0.1, 0.25, 0.5, 1.0)
 SEEDS = (0, 1, 2)
@@ -289,7 +295,7 @@ def run_one(bed: Bed, task: TaskSpec, m: Method, per_class: int | None, seed: in
     """
     path = bed.cache / "paper-runs" / f"{run_key(bed, task, m, per_class, seed, lr, tau)}.json"
     if cached and path.exists():
-        return json.loads(path.read_text())
+        return _spent(path, json.loads(path.read_text()))
     if CACHED_ONLY:
         raise NotCached(path.name)
     kind = similarity_kind(bed, m)
@@ -328,6 +334,17 @@ def run_one(bed: Bed, task: TaskSpec, m: Method, per_class: int | None, seed: in
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(row))
     tmp.replace(path)
+    return _spent(path, row)
+
+
+def _spent(path: Path, row: dict) -> dict:
+    """Record a run's cost for the fresh-run estimate (its ranking once per target, seed and similarity)."""
+    evals = sum(v for k, v in row["laps"].items() if k.startswith("evaluate"))
+    SPENT[path.name] = row["wall_s"] - row["rank_s"] + evals
+    if row["similarity"] is not None:
+        key = (tuple(row["classes"]), row["similarity"], row["per_class"],
+               row["seed"] if row["similarity"] in ("leep", "random") else 0)
+        RANKS[key] = max(RANKS.get(key, 0.0), row["rank_s"])
     return row
 
 
@@ -651,6 +668,24 @@ def markdown(paper: dict) -> str:
     lines += [f"- `{r['command']}`: {r['s'] / 60:.0f} min" for r in paper["invocations"]]
     lines += ["", f"Total {paper['total_s'] / 60:.0f} min here; cached runs are reused, so a rerun takes minutes. Results: "
               "`docs/bench/paper.json`.", ""]
+    fresh = paper.get("fresh_run", {})
+    if fresh:
+        def tot(c: dict, typical: bool) -> float:
+            zoo = c["zoo_median_s"] * c["zoo_entries"] if typical else c["zoo_s"]
+            return c["base_s"] + zoo + c["runs_s"]
+
+        total = sum(tot(c, False) for c in fresh.values())
+        typical = sum(tot(c, True) for c in fresh.values())
+        lines += [f"A fresh run (empty cache) of the testbeds below would take about **{total / 60:.0f} min** here by "
+                  f"the recorded times of what this report uses, or {typical / 60:.0f} min with every zoo entry at "
+                  "the median entry's time (some entries took many times the median). Counted: base pre-training, "
+                  "zoo entries, every run with its test evaluations, every ranking once; not dataset loading.", "",
+                  "| testbed | base pre-training min | zoo entries | zoo min (recorded / median x entries) | runs | "
+                  "runs min | total min |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {c['base_s'] / 60:.0f} | {c['zoo_entries']} | {c['zoo_s'] / 60:.0f} / "
+                  f"{c['zoo_median_s'] * c['zoo_entries'] / 60:.0f} | {c['runs']} | {c['runs_s'] / 60:.0f} | "
+                  f"{tot(c, False) / 60:.0f} |" for k, c in fresh.items()]
+        lines.append("")
     for key, res in paper["testbeds"].items():
         sel = res["selection"]
         lines += [f"### `{key}`", "",
@@ -804,6 +839,8 @@ def main() -> None:
         lr_from = paper["testbeds"].get("fashion", {}).get("selection") if tb.zoo_from else None
         if tb.zoo_from and lr_from is None:
             raise SystemExit(f"testbed '{key}' uses the learning rates chosen on '{tb.zoo_from}': run that first")
+        SPENT.clear()
+        RANKS.clear()
         try:
             res, bed = run_testbed(tb, args.cache_dir, bars, lr_from)
         except NotCached as e:
@@ -818,6 +855,9 @@ def main() -> None:
             except NotCached:
                 print(f"[{key}] curves not finished: skipped (--cached-only)", flush=True)
             paper["iou"][key] = iou_by_similarity(bed, tb.primary)  # zoo masks only: cheap
+        if res and all(r.get("complete") for r in res.values()):
+            with_curves = key in ("fashion", "omniglot") and not args.no_curves
+            paper.setdefault("fresh_run", {})[key] = fresh_run_cost(bed, with_curves)
         if key == "fashion" and args.retime and not CACHED_ONLY:
             for regime, per_class in tb.regimes:
                 paper.setdefault("retime", {})[regime] = retime(bed, regime, per_class, args.retime)
@@ -825,6 +865,20 @@ def main() -> None:
         if not CACHED_ONLY:
             invocations[-1]["s"] = round(time.perf_counter() - start, 1)
         _write(paper, args)
+
+
+def fresh_run_cost(bed: Bed, curves: bool) -> dict:
+    """What running this testbed from an empty cache would take here, from the recorded times of what its report
+    uses: the base's pre-training and the zoo's entries (unless borrowed from another testbed), every run (training
+    and test evaluations) and every ranking. Dataset loading and process start-up are not counted."""
+    own = not bed.tb.zoo_from
+    ids = set(bed.ids)
+    zoo = [r.build_seconds or 0.0 for r in bed.store.rows() if r.id in ids] if own else []
+    base_s = float(bed.base.train.get("train_seconds", 0.0)) if own else 0.0
+    # entries built while the cores were shared took up to 18x their zoo's median: report median x entries too
+    return {"base_s": round(base_s, 1), "zoo_s": round(sum(zoo), 1),
+            "zoo_median_s": round(statistics.median(zoo), 1) if zoo else 0.0, "zoo_entries": len(zoo),
+            "runs": len(SPENT), "runs_s": round(sum(SPENT.values()) + sum(RANKS.values()), 1), "curves": curves}
 
 
 def _write(paper: dict, args) -> None:
