@@ -251,13 +251,18 @@ def similarity_kind(bed: Bed, m: Method) -> str:
     return bed.tb.primary if m.similarity == "primary" else m.similarity
 
 
+def ranking_key(classes, kind: str, per_class: int | None, seed: int) -> tuple:
+    """What a ranking depends on: only LEEP (its sample of target images) and random rankings depend on the seed."""
+    return tuple(classes), kind, per_class, seed if kind in ("leep", "random") else 0
+
+
 def ranking(bed: Bed, task: TaskSpec, kind: str, per_class: int | None, seed: int
             ) -> tuple[Ranking, float, float]:
     """The zoo ranked for a task (leaving out an entry of the same classes), and the wall and CPU seconds it
     took."""
     keep = [i for i, (d, c) in enumerate(bed.tasks) if (d, set(c)) != (task.dataset, set(task.classes))]
     ids, tasks = [bed.ids[i] for i in keep], [bed.tasks[i] for i in keep]
-    key = (task.classes, kind, per_class, seed if kind in ("leep", "random") else 0)
+    key = ranking_key(task.classes, kind, per_class, seed)
     if key in bed.rankings:
         return bed.rankings[key]
     t0, c0 = time.perf_counter(), time.process_time()
@@ -342,8 +347,7 @@ def _spent(path: Path, row: dict) -> dict:
     evals = sum(v for k, v in row["laps"].items() if k.startswith("evaluate"))
     SPENT[path.name] = row["wall_s"] - row["rank_s"] + evals
     if row["similarity"] is not None:
-        key = (tuple(row["classes"]), row["similarity"], row["per_class"],
-               row["seed"] if row["similarity"] in ("leep", "random") else 0)
+        key = ranking_key(row["classes"], row["similarity"], row["per_class"], row["seed"])
         RANKS[key] = max(RANKS.get(key, 0.0), row["rank_s"])
     return row
 
