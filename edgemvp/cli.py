@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from edgemvp.cli_types import Number, Seed
 from edgemvp.errors import EdgeMVPError
 
 
@@ -189,15 +190,15 @@ def units(arch: str) -> None:
 @cli.command()
 @click.option("--arch", default="resnet18", show_default=True, help="Architecture (see 'edgemvp archs').")
 @click.option("--dataset", default="fashion-mnist", show_default=True, help="Dataset (see 'edgemvp datasets list').")
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--epochs", type=Number(0, 10_000, lo_open=True), default=5.0, show_default=True)
+@click.option("--batch-size", type=Number(1, 65_536, integer=True), default=256, show_default=True)
+@click.option("--lr", type=Number(0, 10, lo_open=True), default=None,
               help="Peak learning rate [default: 0.2 SGD for CNNs, 1e-3 AdamW for ViTs].")
-@click.option("--size", type=click.IntRange(min=8), default=32, show_default=True, help="Input side in px.")
+@click.option("--size", type=Number(8, 4096, integer=True), default=32, show_default=True, help="Input side in px.")
 @click.option("--init", default="none", show_default=True,
               help="Start weights: 'none' (random), 'hub' (timm hub, online) or a local weights file "
                    "(.safetensors, or a tensor state dict).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=Seed(), default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Train again even if the cache has this base.")
 @pass_ctx
 def pretrain(ctx: Context, arch: str, dataset: str, epochs: float, batch_size: int, lr: float | None, size: int,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from edgemvp.cli_types import Number
 from edgemvp.cli import Context, cli, pass_ctx
 
 profiles_option = click.option(
@@ -30,7 +31,7 @@ def _registry(ctx: Context, profiles: tuple[Path, ...]):
 @click.option("--dataset", help="Dataset of an ad-hoc task.")
 @click.option("--classes", help="Comma-separated classes of an ad-hoc task.")
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
-@click.option("--runs", type=click.IntRange(min=5), default=100, show_default=True, help="Timed runs when measuring.")
+@click.option("--runs", type=Number(5, 100_000, integer=True), default=100, show_default=True, help="Timed runs when measuring.")
 @profiles_option
 @pass_ctx
 def export_cmd(ctx: Context, source: Path, device: str, int8: bool, out: Path | None, task: str | None,
@@ -39,12 +40,13 @@ def export_cmd(ctx: Context, source: Path, device: str, int8: bool, out: Path | 
     from edgemvp.data.tasks import resolve_task
     from edgemvp.deploy import REPORT, deploy, load_source
     from edgemvp.export import ExportConfig
+    from edgemvp.runs import check_export_out
 
     profile = _registry(ctx, profiles).get(device)
     src = load_source(source)
     name = task or src.task
     spec = resolve_task(name, dataset, classes, ctx.data) if (name or dataset or classes) else None
-    out_dir = out or src.folder
+    out_dir = check_export_out(out or src.folder, src.folder)  # never over a user's own model.onnx
     report = deploy(src, profile, out_dir, int8, spec, ExportConfig(exporter=exporter), ctx.cache, ctx.data, runs)
     exp = report["export"]
     click.echo(f"{exp['path']}: {exp['exporter']} opset {exp['opset']}, {exp['file_bytes'] / 2**20:.2f} MB, parity "
@@ -61,9 +63,9 @@ def export_cmd(ctx: Context, source: Path, device: str, int8: bool, out: Path | 
 @cli.command("check")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--device", "-d", required=True, help="Device profile or alias (see 'edgemvp devices list').")
-@click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True), help="Override the profile's latency budget.")
+@click.option("--budget-ms", type=Number(0, 1e7, lo_open=True), help="Override the profile's latency budget.")
 @click.option("--measure", is_flag=True, help="Measure here with the profile's providers (you are on the device).")
-@click.option("--runs", type=click.IntRange(min=5), default=100, show_default=True, help="Timed runs when measuring.")
+@click.option("--runs", type=Number(5, 100_000, integer=True), default=100, show_default=True, help="Timed runs when measuring.")
 @profiles_option
 @pass_ctx
 def check_cmd(ctx: Context, model: Path, device: str, budget_ms: float | None, measure: bool, runs: int,
@@ -108,7 +110,7 @@ def devices_show(ctx: Context, device: str, profiles: tuple[Path, ...]) -> None:
 
 @devices.command("calibrate")
 @click.argument("device", default="host")
-@click.option("--runs", type=click.IntRange(min=5), default=50, show_default=True)
+@click.option("--runs", type=Number(5, 100_000, integer=True), default=50, show_default=True)
 @click.option("--force", is_flag=True, help="Measure even if this machine is not detected as the device.")
 @profiles_option
 @pass_ctx

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import click
 
+from edgemvp.cli_types import Number, Seed
 from edgemvp.cli import Context, _Bar, cli, pass_ctx
 from edgemvp.cli_deploy import profiles_option
+from edgemvp.cli_zoo import CA_OPTION
+from edgemvp.vote import DEFAULT_NEIGHBOURS, DEFAULT_RATIO, DEFAULT_TEMPERATURE
 
 
 @cli.command("prune")
@@ -25,31 +28,36 @@ from edgemvp.cli_deploy import profiles_option
 @click.option("--method", type=click.Choice(["mvp", "random", "ifp", "transfer"]), default="mvp", show_default=True,
               help="mvp; or a baseline through the same path: random masks, the single-task pruner (IFP/AHNP) for "
                    "--iters steps, or transfer (fine-tune the single nearest zoo model).")
-@click.option("--iters", "-j", type=click.IntRange(min=0), default=100, show_default=True, help="Fine-tune steps J.")
-@click.option("--neighbours", "-n", type=int, default=3, show_default=True, help="Nearest zoo tasks that vote.")
+@click.option("--iters", "-j", type=Number(0, 1_000_000, integer=True), default=100, show_default=True,
+              help="Fine-tune steps J.")
+@click.option("--neighbours", "-n", type=Number(1, 1000, integer=True), default=DEFAULT_NEIGHBOURS, show_default=True,
+              help="Nearest zoo tasks that vote.")
 @click.option("--similarity", type=click.Choice(["wordnet", "leep"]), default="wordnet", show_default=True,
               help="Task similarity (wordnet falls back to LEEP for classes without a taxonomy node).")
 @click.option("--hierarchy", type=click.Path(dir_okay=False, path_type=Path),
               help="Class hierarchy (YAML/JSON tree) for Wu-Palmer instead of WordNet.")
-@click.option("--temperature", "--tau", type=float, default=0.25, show_default=True, help="tau of softmax(v / tau).")
-@click.option("--ratio", "-r", type=float, default=0.9, show_default=True, help="Fraction of units removed per group.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the vote, batches and init.")
+@click.option("--temperature", "--tau", type=Number(0, 1e6, lo_open=True), default=DEFAULT_TEMPERATURE,
+              show_default=True, help="tau of softmax(v / tau).")
+@click.option("--ratio", "-r", type=Number(0, 1, lo_open=True, hi_open=True), default=DEFAULT_RATIO,
+              show_default=True, help="Fraction of units removed per group.")
+@click.option("--seed", type=Seed(), default=0, show_default=True, help="Seeds the vote, batches and init.")
 @click.option("--int8", is_flag=True, help="Also write model.int8.onnx; the budget gate then applies to it.")
-@click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True), help="Override the profile's budget.")
+@click.option("--budget-ms", type=Number(0, 1e7, lo_open=True), help="Override the profile's budget.")
 @click.option("--measure", is_flag=True, help="Measure latency here with the profile's providers (on the device).")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder [default: export/<task>-<device>].")
 @click.option("--add-to-zoo", is_flag=True, help="Store the result in the zoo, its neighbours as parents.")
 @click.option("--arch", help="Base architecture [default: the zoo's].")
 @click.option("--base-dataset", help="Dataset the base was pre-trained on [default: the zoo's].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+@click.option("--lr", type=Number(0, 10, lo_open=True),
               help="Peak fine-tune learning rate (and the pruner's for --method ifp) [default: the family's].")
-@click.option("--train-per-class", type=click.IntRange(min=1), help="Use at most this many training images per class.")
+@click.option("--train-per-class", type=Number(1, 10**9, integer=True), help="Use at most this many training images per class.")
 @click.option("--bn-reestimate", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Recompute BatchNorm statistics on the target before fine-tuning; auto: only when --iters is too "
                    "short to replace them (below 66 steps at BatchNorm's momentum 0.1).")
 @click.option("--no-bn-reestimate", is_flag=True, help="Same as --bn-reestimate off (the paper's way).")
-@click.option("--runs", type=click.IntRange(min=5), default=100, show_default=True, help="Timed runs when measuring.")
+@click.option("--runs", type=Number(5, 100_000, integer=True), default=100, show_default=True, help="Timed runs when measuring.")
+@CA_OPTION
 @profiles_option
 @pass_ctx
 def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str | None, device: str, zoo: str | None,
@@ -58,7 +66,7 @@ def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str 
               ratio: float, seed: int, int8: bool, budget_ms: float | None, measure: bool, out: Path | None,
               add_to_zoo: bool, arch: str | None, base_dataset: str | None, lr: float | None,
               train_per_class: int | None, bn_reestimate: str, no_bn_reestimate: bool, runs: int,
-              profiles: tuple[Path, ...]) -> None:
+              ca_file: Path | None, profiles: tuple[Path, ...]) -> None:
     """Prune the base model for a new task by voting from the nearest zoo tasks; export and check it."""
     from edgemvp.cli_zoo import _zoo_location
     from edgemvp.data.tasks import resolve_task
@@ -69,7 +77,10 @@ def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str 
         raise click.UsageError("--no-bn-reestimate contradicts --bn-reestimate on")
     bn = False if no_bn_reestimate else {"auto": None, "on": True, "off": False}[bn_reestimate]
     spec = resolve_task(task, dataset, classes, ctx.data)
-    req = PruneRequest(spec, device, _zoo_location(ctx, zoo, token_file) if zoo else None, arch, base_dataset, method, iters,
+    if ca_file is not None and zoo is None:
+        raise click.UsageError("--ca-file is for a zoo server (--zoo https://...)")
+    location = _zoo_location(ctx, zoo, token_file, ca_file) if zoo else None
+    req = PruneRequest(spec, device, location, arch, base_dataset, method, iters,
                        neighbours, similarity, hierarchy, temperature, ratio, seed, bn_reestimate=bn,
                        int8=int8, budget_ms=budget_ms, measure=measure, out=out, add_to_zoo=add_to_zoo, runs=runs,
                        lr=lr, train_per_class=train_per_class)

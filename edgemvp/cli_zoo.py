@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
+from edgemvp.cli_types import Number, Seed
 from edgemvp.cli import Context, _Bar, pass_ctx
 from edgemvp.errors import EdgeMVPError, UsageError
+from edgemvp.zoo.limits import MAX_TASK_CLASSES, QUEUE
 
 
 def _zoo_folder(ctx: Context, zoo: str | None) -> Path:
@@ -27,17 +29,22 @@ def _zoo_folder(ctx: Context, zoo: str | None) -> Path:
     return named if not path.exists() and named.exists() else path
 
 
-def _zoo_location(ctx: Context, zoo: str | None, token_file: Path | None):
-    """``--zoo`` of prune and build: a zoo server's address (with the client's token), or a folder."""
+def _zoo_location(ctx: Context, zoo: str | None, token_file: Path | None, ca_file: Path | None = None):
+    """``--zoo`` of prune and build: a zoo server's address (with the client's token and CA), or a folder."""
     from edgemvp.zoo.remote import ZooAddress, is_url, read_token
 
     if zoo is not None and is_url(zoo):
-        return ZooAddress(zoo, read_token(token_file))
+        return ZooAddress(zoo, read_token(token_file), ca_file=ca_file)
+    if ca_file is not None:
+        raise UsageError("--ca-file is for a zoo server (--zoo https://...), not a zoo folder")
     return _zoo_folder(ctx, zoo)
 
 
 TOKEN_OPTION = click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
                             help="File with the zoo server's bearer token [default: env EDGEMVP_ZOO_TOKEN].")
+CA_OPTION = click.option("--ca-file", type=click.Path(dir_okay=False, path_type=Path), envvar="EDGEMVP_ZOO_CA_FILE",
+                         help="CA certificates (PEM) of a zoo server with a private CA; the server's certificate "
+                              "is always verified [env EDGEMVP_ZOO_CA_FILE].")
 
 
 def _open(ctx: Context, zoo: str | None):
@@ -63,32 +70,33 @@ def zoo() -> None:
 @zoo.command("build")
 @click.option("--arch", default="resnet18", show_default=True, help="Architecture of the cached base model.")
 @click.option("--dataset", default="fashion-mnist", show_default=True, help="Dataset of the base and the tasks.")
-@click.option("--tasks", "n_tasks", type=int, default=12, show_default=True, help="Number of tasks.")
-@click.option("--classes-per-task", type=int, default=5, show_default=True)
+@click.option("--tasks", "n_tasks", type=Number(1, 1_000_000, integer=True), default=12, show_default=True, help="Number of tasks.")
+@click.option("--classes-per-task", type=Number(2, 100_000, integer=True), default=5, show_default=True)
 @click.option("--pruner", default="ifp-activation", show_default=True,
               help="ifp-activation | ifp-taylor (CNNs), ahnp (ViT/DeiT), random (any).")
-@click.option("--iters", type=int, default=1000, show_default=True, help="Optimiser steps J per task.")
-@click.option("--ratio", type=float, default=0.9, show_default=True, help="Fraction of units removed per group.")
-@click.option("--lr", type=float, default=None, help="Peak learning rate [default: measured per family].")
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--prune-every", type=int, default=None, help="h: steps between pruning events [default: spread].")
-@click.option("--prune-fraction", type=float, default=0.2, show_default=True, help="p: share pruned per event.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--iters", type=Number(1, 10_000_000, integer=True), default=1000, show_default=True, help="Optimiser steps J per task.")
+@click.option("--ratio", type=Number(0, 1, lo_open=True, hi_open=True), default=0.9, show_default=True, help="Fraction of units removed per group.")
+@click.option("--lr", type=Number(0, 10, lo_open=True), default=None, help="Peak learning rate [default: measured per family].")
+@click.option("--batch-size", type=Number(1, 65_536, integer=True), default=128, show_default=True)
+@click.option("--prune-every", type=Number(1, 10_000_000, integer=True), default=None, help="h: steps between pruning events [default: spread].")
+@click.option("--prune-fraction", type=Number(0, 1, lo_open=True, hi_open=True), default=0.2, show_default=True, help="p: share pruned per event.")
+@click.option("--seed", type=Seed(), default=0, show_default=True)
 @click.option("--within-parent", is_flag=True,
               help="Draw each task's classes from one parent of the dataset's hierarchy (e.g. an Omniglot alphabet).")
-@click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes.")
+@click.option("--workers", type=Number(1, 256, integer=True), default=1, show_default=True, help="Local worker processes.")
 @click.option("--ray", "ray_address", metavar="local|auto|ADDRESS", default=None,
               help="Run each task as a Ray task: 'local' starts Ray here, 'auto' joins the running cluster.")
-@click.option("--threads", type=int, default=None, help="torch threads per task (entries depend on it).")
+@click.option("--threads", type=Number(1, 1024, integer=True), default=None, help="torch threads per task (entries depend on it).")
 @click.option("--zoo", "zoo_dir", metavar="PATH|URL", default=None,
               help="Zoo folder, or a zoo server (http://HOST:PORT: entries are built here and uploaded) "
                    "[default: <cache>/zoos/<arch>--<dataset>].")
 @TOKEN_OPTION
+@CA_OPTION
 @pass_ctx
 def zoo_build(ctx: Context, arch: str, dataset: str, n_tasks: int, classes_per_task: int, pruner: str, iters: int,
               ratio: float, lr: float | None, batch_size: int, prune_every: int | None, prune_fraction: float,
               seed: int, within_parent: bool, workers: int, ray_address: str | None, threads: int | None,
-              zoo_dir: str | None, token_file: Path | None) -> None:
+              zoo_dir: str | None, token_file: Path | None, ca_file: Path | None) -> None:
     """Prune the base model for N random tasks and store the results (rerun to resume)."""
     from edgemvp.pruners import PruneConfig
     from edgemvp.zoo.build import BuildSpec
@@ -100,7 +108,7 @@ def zoo_build(ctx: Context, arch: str, dataset: str, n_tasks: int, classes_per_t
     cfg = PruneConfig(ratio=ratio, iters=iters, lr=lr, batch_size=batch_size, prune_every=prune_every,
                       prune_fraction=prune_fraction)
     spec = BuildSpec(arch, dataset, n_tasks, classes_per_task, pruner, cfg, seed, within_parent)
-    folder = _zoo_location(ctx, zoo_dir, token_file) if zoo_dir else zoo_path(arch, dataset, ctx.cache)
+    folder = _zoo_location(ctx, zoo_dir, token_file, ca_file) if zoo_dir else zoo_path(arch, dataset, ctx.cache)
     if isinstance(folder, Path) and folder.exists() and any(folder.iterdir()):
         check_marker(folder)  # refuse a newer or foreign folder before any work
     report = _run_build(ctx, spec, folder, workers, ray_address, threads)
@@ -169,9 +177,23 @@ def zoo_show(ctx: Context, entry_id: str, zoo: str | None) -> None:
 
 @zoo.command("verify")
 @ZOO_OPTION
+@click.option("--repair", is_flag=True, help="Rebuild the index from the entries' manifests (corrupt entries go to "
+              "quarantine/, a damaged index is moved aside).")
 @pass_ctx
-def zoo_verify(ctx: Context, zoo: str | None) -> None:
-    """Check every entry's files against their sha256s (exit 1 when any is corrupt or missing)."""
+def zoo_verify(ctx: Context, zoo: str | None, repair: bool) -> None:
+    """Check every entry's files against their sha256s and its index row against its manifest (exit 1 when any
+    is corrupt or missing); --repair rebuilds the index."""
+    from edgemvp.zoo.store import repair_index
+
+    if repair:
+        report = repair_index(_zoo_folder(ctx, zoo))
+        if report.damaged_index:
+            click.echo(f"moved the damaged index to {report.damaged_index}", err=True)
+        for _, reason in report.corrupt:
+            click.echo(f"corrupt: {reason}", err=True)
+        click.echo(f"index rebuilt: {report.checked} entries, {report.repaired} rows rewritten or dropped, "
+                   f"{len(report.corrupt)} corrupt entries quarantined")
+        return
     with _open(ctx, zoo) as store:
         report = store.verify()
     for entry_id, reason in report.corrupt:
@@ -179,7 +201,8 @@ def zoo_verify(ctx: Context, zoo: str | None) -> None:
     for entry_id in report.missing:
         click.echo(f"missing: zoo entry {entry_id[:12]} has no files", err=True)
     click.echo(f"{report.checked} entries checked, {len(report.corrupt)} corrupt, {len(report.missing)} missing, "
-               f"{len(report.recovered)} recovered, {report.removed_temp} unfinished writes removed")
+               f"{len(report.recovered)} recovered, {report.removed_temp} unfinished writes removed"
+               + ("; run 'edgemvp zoo verify --repair' to rebuild the index" if not report.clean else ""))
     if not report.clean:
         sys.exit(1)
 
@@ -188,11 +211,15 @@ def zoo_verify(ctx: Context, zoo: str | None) -> None:
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("ids", nargs=-1)
 @ZOO_OPTION
+@click.option("--force", is_flag=True, help="Replace BUNDLE if it exists.")
 @pass_ctx
-def zoo_export(ctx: Context, bundle: Path, ids: tuple[str, ...], zoo: str | None) -> None:
-    """Write entries (all, or the given ids) into one bundle file."""
+def zoo_export(ctx: Context, bundle: Path, ids: tuple[str, ...], zoo: str | None, force: bool) -> None:
+    """Write entries (all, or the given ids) into one bundle file (never inside a zoo)."""
+    from edgemvp.zoo.store import check_bundle_destination
+
+    check_bundle_destination(bundle, force)  # before opening anything
     with _open(ctx, zoo) as store:
-        n = store.export_bundle(bundle, [store.resolve(i) for i in ids] if ids else None)
+        n = store.export_bundle(bundle, [store.resolve(i) for i in ids] if ids else None, force)
     click.echo(f"wrote {n} entries to {bundle}")
 
 
@@ -204,9 +231,14 @@ def zoo_import(ctx: Context, bundle: Path, zoo: str | None) -> None:
     """Add a bundle's entries to a zoo (every entry is verified before anything is written)."""
     from edgemvp.zoo.store import ZooStore, read_bundle
 
+    from edgemvp.models.base import cached_bases
+    from edgemvp.zoo.store import check_bundle_entries
+
     items = read_bundle(bundle)  # refuse a bad bundle before creating anything
+    bases = {b.weights_sha256: b for b in cached_bases(ctx.cache)}
+    check_bundle_entries(items, bases)
     with ZooStore.open(_zoo_folder(ctx, zoo), create=True) as store:
-        added, present = store.import_entries(items)
+        added, present = store.import_entries(items, bases, checked=True)
     click.echo(f"imported {added} entries ({present} already present)")
 
 
@@ -219,32 +251,51 @@ def zoo_import(ctx: Context, bundle: Path, zoo: str | None) -> None:
               help="File with the bearer token uploads need (chmod 600); without it the server is read-only.")
 @click.option("--read-token-file", type=click.Path(dir_okay=False, path_type=Path),
               help="File with a token every read needs too (the write token also reads).")
-@click.option("--public", is_flag=True, help="Allow a --host other machines reach (needs --token-file).")
+@click.option("--public", is_flag=True, help="Allow a --host other machines reach (needs --token-file, and TLS or "
+              "--insecure-http).")
+@click.option("--ssl-certfile", type=click.Path(dir_okay=False, path_type=Path),
+              help="TLS certificate chain (PEM): serve https (with --ssl-keyfile).")
+@click.option("--ssl-keyfile", type=click.Path(dir_okay=False, path_type=Path),
+              help="TLS private key (PEM, readable by its owner only).")
+@click.option("--insecure-http", is_flag=True, help="Allow --public without TLS (tokens then cross the network in "
+              "clear text).")
 @click.option("--max-upload-mb", type=click.IntRange(1, 4096), default=256, show_default=True)
 @click.option("--vote-workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Votes averaged at once (each holds full-size float64 copies of the model).")
 @click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True, help="torch threads.")
+@click.option("--max-task-classes", type=click.IntRange(2, 10_000), default=MAX_TASK_CLASSES, show_default=True,
+              help="Classes a /neighbours or /vote task may have (422 past it).")
+@click.option("--queue", type=click.IntRange(0, 10_000), default=QUEUE, show_default=True,
+              help="Rankings and votes waiting for a slot; past it the server answers 503.")
 @pass_ctx
 def zoo_serve(ctx: Context, zoo: str | None, host: str, port: int, token_file: Path | None,
-              read_token_file: Path | None, public: bool, max_upload_mb: int, vote_workers: int, threads: int) -> None:
-    """Serve a zoo and the voter over HTTP (FastAPI + uvicorn) for prunes from other machines."""
+              read_token_file: Path | None, public: bool, ssl_certfile: Path | None, ssl_keyfile: Path | None,
+              insecure_http: bool, max_upload_mb: int, vote_workers: int, threads: int, max_task_classes: int,
+              queue: int) -> None:
+    """Serve a zoo and the voter over HTTP(S) (FastAPI + uvicorn) for prunes from other machines."""
     import torch
     import uvicorn
 
-    from edgemvp.zoo.server import check_listen, create_app, is_loopback, load_token
+    from edgemvp.zoo.server import check_listen, check_tls, create_app, is_loopback, load_token
 
     if not is_loopback(host) and not public:
         raise UsageError(f"--host {host} is reachable from other machines; pass --public (with --token-file) "
                          "to serve there")
     if public and token_file is None:
         raise UsageError("--public needs --token-file (uploads must be authenticated off this machine)")
+    tls = check_tls(ssl_certfile, ssl_keyfile)
+    if public and not tls and not insecure_http:
+        raise UsageError("--public without TLS sends tokens in clear text: give --ssl-certfile and --ssl-keyfile, "
+                         "or pass --insecure-http")
     token = load_token(token_file) if token_file else None
     read_token = load_token(read_token_file, "--read-token-file") if read_token_file else None
     folder = _zoo_folder(ctx, zoo)
     check_listen(host, port)
-    app = create_app(folder, token, read_token, max_upload_mb << 20, ctx.cache, vote_workers=vote_workers)
+    app = create_app(folder, token, read_token, max_upload_mb << 20, ctx.cache, vote_workers=vote_workers,
+                     max_task_classes=max_task_classes, queue=queue)
     torch.set_num_threads(threads)
     reads = "need a token" if read_token else "open" + (" to the network" if not is_loopback(host) else "")
-    click.echo(f"serving zoo {folder} at http://{host}:{port} (writes: "
+    click.echo(f"serving zoo {folder} at {'https' if tls else 'http'}://{host}:{port} (writes: "
                f"{'token' if token else 'off'}, reads: {reads}); Ctrl-C stops", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="info" if ctx.verbose else "warning")
+    uvicorn.run(app, host=host, port=port, log_level="info" if ctx.verbose else "warning",
+                ssl_certfile=str(ssl_certfile) if tls else None, ssl_keyfile=str(ssl_keyfile) if tls else None)

@@ -22,6 +22,7 @@ from edgemvp.errors import UsageError
 from edgemvp.export import ExportConfig, check_onnx, export_model, quantize_model, run_onnx
 from edgemvp.models.factory import get_arch
 from edgemvp.paths import atomic_write_bytes
+from edgemvp.safeload import load_json, read_text
 from edgemvp.spec import InputSpec
 
 logger = logging.getLogger(__name__)
@@ -68,13 +69,14 @@ def load_source(path: str | os.PathLike[str]) -> ExportSource:
         with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as fh:
             spec = InputSpec.from_dict(json.loads(fh.metadata()["input_spec"]))
         report = folder / "report.json"
-        task = json.loads(report.read_text()).get("task") if report.is_file() else None
+        data = load_json(report, f"run report {report}") if report.exists() else {}
+        task = data.get("task") if isinstance(data, dict) else None
         return ExportSource(model, masks.arch, spec, folder, None, task if isinstance(task, str) else None)
     if (folder / MANIFEST).is_file() and (folder / WEIGHTS).is_file():
         from edgemvp.models.factory import create_model, load_into
         from edgemvp.models.weights import load_weights
 
-        manifest = BaseManifest.from_json((folder / MANIFEST).read_text(), str(folder / MANIFEST))
+        manifest = BaseManifest.from_json(read_text(folder / MANIFEST), str(folder / MANIFEST))
         model = create_model(manifest.arch, len(manifest.classes), manifest.input_spec)
         load_into(model, load_weights(folder / WEIGHTS, manifest.weights_sha256), str(folder / WEIGHTS))
         return ExportSource(model.eval(), manifest.arch, manifest.input_spec, folder, manifest.classes)

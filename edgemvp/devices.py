@@ -13,14 +13,17 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
 
+from edgemvp import checks
 from edgemvp.errors import UsageError, unknown
-from edgemvp.paths import cache_dir
+from edgemvp.paths import cache_dir, read_regular
+from edgemvp.safeload import load_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +32,7 @@ ENV_PROFILES = "EDGEMVP_PROFILES"
 STATISTICS = ("p50", "p90", "p99", "mean")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 PRECISIONS = ("fp32", "fp16", "int8")
+PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # also a file name: no path, like dataset names
 QUANT_MODES = ("static-qdq", "dynamic", "none")
 
 
@@ -58,9 +62,11 @@ class _Fields:
             value = float(value)
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            raise self.fail(key, f"must be {names}, got {value!r}")
+            raise self.fail(key, f"must be {names}, got {str(value)[:40]!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not checks.in_range(value):
+            raise self.fail(key, f"must be a finite number, got {value!r}")
         if check is not None and not check(value):
-            raise self.fail(key, f"has an invalid value {value!r}")
+            raise self.fail(key, f"has an invalid value {str(value)[:40]!r}")
         return value
 
     def positive(self, key: str, default: Any = ...) -> Any:
@@ -106,9 +112,9 @@ class Detect:
         if self.machine is not None and platform.machine() != self.machine:
             return False
         if self.file is not None:
-            try:
-                text = Path(self.file).read_bytes().decode(errors="replace")
-            except OSError:
+            try:  # bounded, regular files only: a profile naming /dev/zero must not hang the CLI
+                text = read_regular(self.file, 1 << 16).decode(errors="replace")
+            except (OSError, UsageError):
                 return False
             return self.contains is None or self.contains in text
         return True
@@ -221,12 +227,32 @@ class Calibration:
         sources: Where each reference's figure comes from, by key.
         suite: Models ``devices calibrate`` measures on the device itself.
         constants: Fitted cost-model constants (written by ``devices calibrate``), else fitted lazily.
+        spread: Each latency statistic as a multiple of the median on this device (``p50`` is 1), so that an
+            estimate at the references' statistic can be compared with a budget at another one.
+        spread_source: Where the spread comes from (a key of ``sources``).
     """
 
     references: tuple[Reference, ...] = ()
     sources: Mapping[str, Source] = field(default_factory=dict)
     suite: tuple[ReferenceModel, ...] = ()
     constants: Mapping[str, float] | None = None
+    spread: Mapping[str, float] = field(default_factory=dict)
+    spread_source: str | None = None
+
+    def convert(self, value_ms: float, src: str, dst: str, device: str) -> float:
+        """A latency at statistic ``src`` expressed at ``dst`` with the stated spread.
+
+        Raises:
+            UsageError: The profile states no spread for one of the two statistics (unlike statistics are
+                never compared as if they were alike).
+        """
+        if src == dst:
+            return value_ms
+        missing = [k for k in (src, dst) if k not in self.spread]
+        if missing:
+            raise UsageError(f"device '{device}': its references are {src} latencies and the budget is {dst}; "
+                             f"its profile states no calibration.spread.{missing[0]} to convert between them")
+        return value_ms * self.spread[dst] / self.spread[src]
 
 
 @dataclass(frozen=True)
@@ -294,16 +320,18 @@ def _runtime(f: _Fields) -> Runtime:
         providers.append(Provider(p.get("name", str), dict(p.get("options", dict, {}))))
     if not providers:
         raise f.fail("providers", "must list at least one execution provider")
-    threads = f.get("threads", int, 0, lambda v: v >= 0)
+    threads = f.get("threads", int, 0, lambda v: 0 <= v <= 1024)
     return Runtime(tuple(providers), threads, f.choice("graph_optimization", OPT_LEVELS, "all"))
 
 
 def _model(f: _Fields) -> ReferenceModel:
     from edgemvp.models.factory import ARCHS
 
-    return ReferenceModel(f.choice("arch", tuple(ARCHS)), f.get("size", int, 224, lambda v: v >= 8),
-                          f.get("channels", int, 3, lambda v: v in (1, 3)), f.get("classes", int, 1000, lambda v: v > 1),
-                          f.get("ratio", float, 0.0, lambda v: 0 <= v < 1), f.get("seed", int, 0))
+    return ReferenceModel(f.choice("arch", tuple(ARCHS)), f.get("size", int, 224, lambda v: 8 <= v <= 4096),
+                          f.get("channels", int, 3, lambda v: v in (1, 3)),
+                          f.get("classes", int, 1000, lambda v: 1 < v <= 100_000),
+                          f.get("ratio", float, 0.0, lambda v: 0 <= v < 1),
+                          f.get("seed", int, 0, lambda v: 0 <= v <= checks.SEED_MAX))
 
 
 def _calibration(f: _Fields) -> Calibration:
@@ -318,10 +346,31 @@ def _calibration(f: _Fields) -> Calibration:
             raise r.fail("source", f"names '{source}', which is not under calibration.sources")
         refs.append(Reference(_model(r.section("model")), r.positive("latency_ms"),
                               r.choice("statistic", STATISTICS, "p50"), source, r.choice("precision", PRECISIONS, "fp32")))
+    spread, spread_source = _spread(f.section("spread", required=False), sources)
     constants = f.get("constants", dict, None)
     if constants is not None:
+        bad = [k for k, v in constants.items() if not checks.in_range(v)]
+        if bad:
+            raise f.fail(f"constants.{str(bad[0])[:40]}", f"must be a finite number, got {str(constants[bad[0]])[:40]!r}")
         constants = {str(k): float(v) for k, v in constants.items()}
-    return Calibration(tuple(refs), sources, tuple(_model(m) for m in f.items("suite")), constants)
+    return Calibration(tuple(refs), sources, tuple(_model(m) for m in f.items("suite")), constants, spread,
+                       spread_source)
+
+
+def _spread(f: _Fields, sources: Mapping[str, Source]) -> tuple[dict[str, float], str | None]:
+    """``calibration.spread``: statistics as multiples of the median, and the source they come from."""
+    if not f.data:
+        return {}, None
+    source = f.get("source", str)
+    if source not in sources:
+        raise f.fail("source", f"names '{source}', which is not under calibration.sources")
+    spread = {k: f.positive(k) for k in STATISTICS if k in f.data}
+    unknown_keys = sorted(set(f.data) - set(STATISTICS) - {"source"})
+    if unknown_keys:
+        raise f.fail(str(unknown_keys[0])[:40], f"is not a statistic ({', '.join(STATISTICS)})")
+    if spread.get("p50", 1.0) != 1.0:
+        raise f.fail("p50", "must be 1 (the spread is relative to the median)")
+    return {"p50": 1.0, **spread}, source
 
 
 def parse_profile(data: Any, source: str, path: Path | None = None) -> DeviceProfile:
@@ -335,15 +384,16 @@ def parse_profile(data: Any, source: str, path: Path | None = None) -> DevicePro
     if "budget" not in f.data:
         raise f.fail("budget", "is missing")
     aliases = f.get("aliases", list, [])
-    if not all(isinstance(a, str) for a in aliases):
-        raise f.fail("aliases", "must be a list of names")
+    if not all(isinstance(a, str) and PROFILE_NAME.fullmatch(a) for a in aliases):
+        raise f.fail("aliases", "must be a list of plain names (lower-case letters, digits, '.', '_', '-')")
     return DeviceProfile(
-        name=f.get("name", str, check=lambda v: bool(v.strip())), description=f.get("description", str, ""),
+        name=f.get("name", str, check=PROFILE_NAME.fullmatch), description=f.get("description", str, ""),
         aliases=tuple(aliases),
         detect=Detect(d.get("always", bool, False), d.get("machine", str, None), d.get("file", str, None),
                       d.get("contains", str, None)),
         hardware=_hardware(f.section("hardware")), runtime=_runtime(f.section("runtime")),
-        export=ExportSettings(e.get("opset", int, 18, lambda v: 7 <= v <= 23), e.get("input_size", int, None),
+        export=ExportSettings(e.get("opset", int, 18, lambda v: 7 <= v <= 23),
+                              e.get("input_size", int, None, lambda v: 8 <= v <= 4096),
                               e.choice("precision", PRECISIONS, "fp32")),
         quantization=QuantPreset(q.choice("cnn", QUANT_MODES, "static-qdq"), q.choice("vit", QUANT_MODES, "dynamic"),
                                  q.get("per_channel", bool, True),
@@ -360,15 +410,7 @@ def load_profile(path: str | os.PathLike[str]) -> DeviceProfile:
         UsageError: Unreadable file, malformed YAML, or an invalid profile.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise UsageError(f"cannot read device profile {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UsageError(f"{path}: malformed YAML{where} ({getattr(exc, 'problem', None) or exc})") from exc
-    return parse_profile(data, str(path), path)
+    return parse_profile(load_yaml(path, f"device profile {path}"), str(path), path)
 
 
 def user_profile_dir(cache: str | os.PathLike[str] | None = None) -> Path:
@@ -424,8 +466,9 @@ class ProfileRegistry:
 
 
 def write_calibrated(profile: DeviceProfile, references: list[Reference], constants: dict[str, float],
-                     source: Source, folder: Path) -> Path:
-    """Write a copy of ``profile`` with measured references and fitted constants to ``folder``.
+                     source: Source, folder: Path, spread: Mapping[str, float] | None = None) -> Path:
+    """Write a copy of ``profile`` with measured references, fitted constants (and the measured spread of the
+    latency statistics) to ``folder``.
 
     The copy keeps every other field of the original file, so it overrides the packaged profile by name.
 
@@ -436,7 +479,7 @@ def write_calibrated(profile: DeviceProfile, references: list[Reference], consta
 
     if profile.path is None:
         raise UsageError(f"profile '{profile.name}' has no file to copy")
-    data = yaml.safe_load(profile.path.read_text())
+    data = load_yaml(profile.path, f"device profile {profile.path}")
     cal = data.setdefault("calibration", {}) or {}
     cal["sources"] = {**(cal.get("sources") or {}),
                       source.key: {k: v for k, v in (("title", source.title), ("note", source.note)) if v}}
@@ -445,9 +488,27 @@ def write_calibrated(profile: DeviceProfile, references: list[Reference], consta
                           "latency_ms": round(r.latency_ms, 5), "statistic": r.statistic, "source": r.source,
                           "precision": r.precision} for r in references]
     cal["constants"] = {k: float(v) for k, v in constants.items()}
+    if spread:
+        cal["spread"] = {**{k: float(v) for k, v in spread.items()}, "source": source.key}
     data["calibration"] = cal
-    out = folder / f"{profile.name}.yaml"
+    out = profile_file(folder, profile.name)
     atomic_write_bytes(out, yaml.safe_dump(data, sort_keys=False).encode())
+    return out
+
+
+def profile_file(folder: Path, name: str) -> Path:
+    """``<folder>/<name>.yaml`` for a plain profile name, checked to stay inside ``folder``.
+
+    Raises:
+        UsageError: A name with a path in it (``../x``), or one that resolves outside the folder.
+    """
+    if not PROFILE_NAME.fullmatch(name):
+        raise UsageError(f"device profile name {name[:80]!r} is not a plain name (lower-case letters, digits, "
+                         "'.', '_', '-')")
+    folder = folder.resolve()
+    out = (folder / f"{name}.yaml").resolve()
+    if out.parent != folder:
+        raise UsageError(f"device profile name {name!r} would be written outside {folder}")
     return out
 
 

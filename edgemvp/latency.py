@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -21,7 +22,7 @@ import numpy as np
 from edgemvp.costmodel import (COST_MODEL_VERSION, CostConstants, FitResult, OpTable, estimate_ms, fit_constants,
                                op_table, prior_constants)
 from edgemvp.devices import DeviceProfile, ReferenceModel, Runtime
-from edgemvp.errors import BudgetExceeded, UsageError
+from edgemvp.errors import BudgetExceeded, EdgeMVPError, UsageError
 from edgemvp.paths import atomic_write_bytes, cache_dir
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ class LatencyReport:
         threads: Intra-op threads (0: onnxruntime's default).
         stats: Every statistic available (measured: p50/p90/p99/mean in ms).
         runs: Timed runs (0 for estimates).
+        precision: The precision the figure is for (an estimate: the device's deployed precision, e.g.
+            TensorRT FP16 on a Jetson; a measurement here: what onnxruntime ran).
+        note: How an estimate was converted to ``statistic`` from its references' statistic, if it was.
     """
 
     model: str
@@ -55,11 +59,13 @@ class LatencyReport:
     threads: int
     stats: dict[str, float] = field(default_factory=dict)
     runs: int = 0
+    precision: str = "fp32"
+    note: str | None = None
 
     def label(self) -> str:
         """``12.3 ms p90 (estimated, jetson-nano cost model)`` or ``(measured, CPUExecutionProvider, 1 thread)``."""
         if self.source == "estimated":
-            how = f"estimated, {self.device} cost model"
+            how = f"estimated at {self.precision}, {self.device} cost model"
         else:
             how = f"measured, {self.provider}, {self.threads or 'default'} thread{'s' if self.threads != 1 else ''}"
         return f"{self.value_ms:.3f} ms {self.statistic} ({how})"
@@ -140,8 +146,10 @@ def measure(path: str | os.PathLike[str], profile: DeviceProfile, runs: int = 10
         times[i] = (time.perf_counter() - start) * 1e3
     stats = percentiles(times)
     stat = statistic or profile.budget.statistic
-    return LatencyReport(str(path), profile.name, stats[stat], stat, "measured", session.get_providers()[0],
-                         profile.runtime.threads, stats, runs)
+    provider = session.get_providers()[0]
+    precision = profile.export.precision if provider == profile.runtime.providers[0].name else "fp32"
+    return LatencyReport(str(path), profile.name, stats[stat], stat, "measured", provider,
+                         profile.runtime.threads, stats, runs, precision)
 
 
 def _cost_dir(cache: str | os.PathLike[str] | None) -> Path:
@@ -185,12 +193,17 @@ def _fit_key(profile: DeviceProfile) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _fit_references(profile: DeviceProfile) -> list:
+    """The references the cost model is fitted to: those at the precision the device deploys."""
+    return [r for r in profile.calibration.references if r.precision == profile.export.precision]
+
+
 def fit_profile(profile: DeviceProfile, cache: str | os.PathLike[str] | None = None) -> FitResult:
-    """Fit a device's constants to its profile's reference latencies (fp32 references only)."""
-    refs = [r for r in profile.calibration.references if r.precision == "fp32"]
+    """Fit a device's constants to its profile's reference latencies at its deployed precision."""
+    refs = _fit_references(profile)
     if not refs:
-        raise UsageError(f"device '{profile.name}' has no fp32 calibration references to fit its cost model; run "
-                         f"'edgemvp devices calibrate {profile.name}' on the device")
+        raise UsageError(f"device '{profile.name}' has no {profile.export.precision} calibration references to fit "
+                         f"its cost model; run 'edgemvp devices calibrate {profile.name}' on the device")
     tables = [reference_table(r.model, cache) for r in refs]
     hw = profile.hardware
     return fit_constants(tables, [r.latency_ms for r in refs], prior_constants(hw), hw.channel_block)
@@ -202,7 +215,7 @@ def device_constants(profile: DeviceProfile, cache: str | os.PathLike[str] | Non
         try:
             return CostConstants.from_dict(dict(profile.calibration.constants), versioned=True)
         except UsageError as err:  # constants of another cost model: refit from the references if there are any
-            if not any(r.precision == "fp32" for r in profile.calibration.references):
+            if not _fit_references(profile):
                 raise UsageError(f"device '{profile.name}': {err}") from None
             logger.warning("device '%s': %s; refitting them from its %d references", profile.name, err,
                            len(profile.calibration.references))
@@ -215,18 +228,29 @@ def device_constants(profile: DeviceProfile, cache: str | os.PathLike[str] | Non
 
 
 def estimate(path: str | os.PathLike[str], profile: DeviceProfile, cache: str | os.PathLike[str] | None = None,
-             table: OpTable | None = None) -> LatencyReport:
-    """Estimate batch-1 latency on a device from its cost model.
+             table: OpTable | None = None, statistic: str | None = None) -> LatencyReport:
+    """Estimate batch-1 latency on a device from its cost model, at its deployed precision.
 
-    The figure is at the statistic most of the device's references report (public figures are mostly medians).
+    The cost model gives the figure at the statistic most of the device's references report (public figures
+    are mostly medians or means); it is converted to ``statistic`` (default: the budget's) with the spread the
+    profile states (:meth:`edgemvp.devices.Calibration.convert`), and the report says so.
+
+    Raises:
+        UsageError: The profile states no spread for the two statistics.
     """
     table = table if table is not None else op_table(path)
     constants = device_constants(profile, cache)
     value = estimate_ms(table, constants, profile.hardware.channel_block)
-    stats = [r.statistic for r in profile.calibration.references] or ["p50"]
-    statistic = max(set(stats), key=stats.count)
-    return LatencyReport(str(path), profile.name, value, statistic, "estimated", profile.runtime.providers[0].name,
-                         profile.runtime.threads, {statistic: value})
+    stats = [r.statistic for r in _fit_references(profile)] or [r.statistic for r in profile.calibration.references]
+    native = max(set(stats or ["p50"]), key=(stats or ["p50"]).count)
+    want = statistic or profile.budget.statistic
+    cal = profile.calibration
+    converted = cal.convert(value, native, want, profile.name)
+    note = None if want == native else (f"{value:.4g} ms {native} x {cal.spread[want] / cal.spread[native]:.3g} "
+                                        f"({want}/{native} spread, source {cal.spread_source})")
+    return LatencyReport(str(path), profile.name, converted, want, "estimated", profile.runtime.providers[0].name,
+                         profile.runtime.threads, {native: value, want: converted}, 0, profile.export.precision,
+                         note)
 
 
 def latency(path: str | os.PathLike[str], profile: DeviceProfile, force_measure: bool = False,
@@ -249,6 +273,13 @@ def over_budget(report: LatencyReport, profile: DeviceProfile, budget_ms: float 
     """
     size = size_over_budget(profile, size_mb) if size_mb is not None else None
     budget = budget_ms if budget_ms is not None else profile.budget.latency_ms
+    if not (math.isfinite(budget) and budget > 0):
+        raise UsageError(f"latency budget must be a positive finite number of ms, got {budget}")
+    if not math.isfinite(report.value_ms):
+        raise EdgeMVPError(f"latency of {report.model} is not a finite number ({report.value_ms}); cannot gate it")
+    if report.statistic != profile.budget.statistic:
+        raise UsageError(f"latency is a {report.statistic} figure and the budget of '{profile.name}' is "
+                         f"{profile.budget.statistic}: unlike statistics are not compared")
     return size or (f"over budget: {report.label()} > {budget:g} ms" if report.value_ms > budget else None)
 
 
@@ -300,20 +331,22 @@ def calibrate(profile: DeviceProfile, cache: str | os.PathLike[str] | None = Non
                          "itself (use --force to measure here anyway)")
     if not profile.calibration.suite:
         raise UsageError(f"{profile.path}: field 'calibration.suite' lists no models to measure")
-    refs, tables = [], []
+    refs, tables, ratios = [], [], []
     for model in profile.calibration.suite:
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = build_reference_onnx(model, Path(tmp) / "ref.onnx")
             report = measure(onnx_path, profile, runs=runs, statistic="p50")
             tables.append(op_table(onnx_path))
-        refs.append(Reference(model, report.value_ms, "p50", MEASURED_SOURCE))
+        refs.append(Reference(model, report.value_ms, "p50", MEASURED_SOURCE, report.precision))
+        ratios.append({k: v / report.value_ms for k, v in report.stats.items()})
         logger.info("%s: %.3f ms p50", model.key(), report.value_ms)
+    spread = {k: round(float(np.median([r[k] for r in ratios])), 4) for k in ratios[0]}
     hw = profile.hardware
     fit = fit_constants(tables, [r.latency_ms for r in refs], prior_constants(hw), hw.channel_block)
     source = Source(MEASURED_SOURCE, f"measured by 'edgemvp devices calibrate {profile.name}' on {platform.node()} "
                     f"({platform.machine()}, {hw.cores} cores) on {time.strftime('%Y-%m-%d')}",
                     note=f"median of {runs} runs per model, batch 1, {profile.runtime.threads or 'default'} threads")
-    path = write_calibrated(profile, refs, fit.constants.to_record(), source, user_profile_dir(cache))
+    path = write_calibrated(profile, refs, fit.constants.to_record(), source, user_profile_dir(cache), spread)
     return path, fit
 
 

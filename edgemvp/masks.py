@@ -18,6 +18,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from edgemvp import checks
 from edgemvp.errors import UsageError
 from edgemvp.paths import atomic_write_bytes
 from edgemvp.units import unit_space
@@ -61,12 +62,11 @@ class Masks:
         """
         try:
             data = json.loads(text)
-        except ValueError as exc:
-            raise UsageError(f"{source}: not valid JSON ({exc})") from exc
-        if not isinstance(data, dict) or not isinstance(data.get("kept"), dict) or "arch" not in data:
+        except (ValueError, RecursionError) as exc:
+            raise UsageError(f"{source}: not valid JSON ({exc.__class__.__name__})") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("kept"), dict) or not isinstance(data.get("arch"), str):
             raise UsageError(f"{source}: not a masks file (needs 'arch' and 'kept')")
-        if int(data.get("schema_version", 0)) > SCHEMA_VERSION:
-            raise UsageError(f"{source}: written by a newer edgemvp (schema {data['schema_version']})")
+        checks.schema_version(data, SCHEMA_VERSION, source)
         if arch is not None and data["arch"] != arch:
             raise UsageError(f"{source}: masks are for arch '{data['arch']}', not '{arch}'")
         try:
@@ -84,7 +84,9 @@ class Masks:
         """Read and validate a masks file."""
         if not Path(path).is_file():
             raise UsageError(f"masks file not found: {path}")
-        return cls.from_json(Path(path).read_text(), str(path), arch)
+        from edgemvp.safeload import read_text  # safeload imports yaml; masks stay importable without it
+
+        return cls.from_json(read_text(path), str(path), arch)
 
 
 def _ints(values: object, unit: str) -> list[int]:

@@ -6,8 +6,12 @@ variable, then ``$XDG_CACHE_HOME/edgemvp`` (``~/.cache/edgemvp``). Nothing here 
 """
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
+
+from edgemvp.errors import UsageError
 
 ENV_CACHE = "EDGEMVP_CACHE"
 
@@ -28,8 +32,15 @@ def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     else:
         xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         root = Path(xdg) / "edgemvp"
-    root = root.expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root = root.expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: '~user' of an unknown user
+        why = getattr(exc, "strerror", None) or exc
+        raise UsageError(f"cache folder {root}: cannot create it ({why}); set --cache-dir or {ENV_CACHE} to a "
+                         "folder you can write") from exc
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise UsageError(f"cache folder {root} is not writable; set --cache-dir or {ENV_CACHE} to one that is")
     return root
 
 
@@ -49,3 +60,62 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+class UnsafeFile(UsageError):
+    """A file edgemvp will not read: a symbolic link, a device, a FIFO, or larger than its bound."""
+
+
+def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, read without following a symbolic link.
+
+    A device (``/dev/zero``), a FIFO or a link in place of a file is refused before anything is read, and the
+    read never takes more than ``limit + 1`` bytes, so a hostile file cannot make edgemvp eat memory or hang.
+
+    Raises:
+        UnsafeFile: Not a regular file, or larger than ``limit``.
+        OSError: Missing or unreadable.
+    """
+    path = Path(path)
+    try:  # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFile(f"{path} is a symbolic link; refusing to follow it") from exc
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFile(f"{path} is not a regular file")
+        if st.st_size > limit:
+            raise UnsafeFile(f"{path} is {st.st_size} bytes, more than the {limit} allowed")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise UnsafeFile(f"{path} is larger than the {limit} bytes allowed")
+    return data
+
+
+def read_secret(path: str | os.PathLike[str], option: str) -> str:
+    """A token from a file only its owner can read (mode 600 or stricter): stripped, non-empty, UTF-8.
+
+    Raises:
+        UsageError: Unreadable, not a regular file, readable or writable by the group or others, empty.
+    """
+    path = Path(path)
+    try:
+        raw = read_regular(path, 1 << 16)
+        mode = path.stat().st_mode
+    except UnsafeFile as exc:
+        raise UsageError(f"{option} {path}: {exc}") from exc
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: unreadable ({exc.strerror or exc.__class__.__name__})") from exc
+    if mode & 0o077:
+        raise UsageError(f"{option} {path} can be read or changed by other users (mode {stat.S_IMODE(mode):o}); "
+                         f"run 'chmod 600 {path}'")
+    try:
+        token = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{option} {path}: not UTF-8 text") from exc
+    if not token:
+        raise UsageError(f"{option} {path} is empty")
+    return token

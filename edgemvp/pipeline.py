@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from edgemvp import checks
 from edgemvp.data.datasets import Dataset, get_dataset
 from edgemvp.data.loader import LabeledView, eval_batches, train_batches
 from edgemvp.data.tasks import TaskSpec, task_view
@@ -39,18 +40,18 @@ from edgemvp.models.base import BaseManifest, find_base
 from edgemvp.models.factory import create_model, get_arch
 from edgemvp.mvp import batchnorm_statistics_matter, reestimate_batchnorm, target_model
 from edgemvp.paths import atomic_write_bytes
-from edgemvp.similarity import Hierarchy, leep_similarity
+from edgemvp.runs import CARD, REPORT, RUN_FORMAT, check_out, replace_dir
+from edgemvp.safeload import load_json, load_yaml
+from edgemvp.similarity import Hierarchy, Taxonomy, leep_similarity
 from edgemvp.train import OptimConfig, Progress, accuracy, default_device, train_steps
 from edgemvp.vote import DEFAULT_NEIGHBOURS, DEFAULT_TEMPERATURE, nearest
 from edgemvp.voter import Initial, LocalZoo, Neighbour, Ranking, VoteSpec, check_vote_settings
-from edgemvp.zoo.remote import RemoteError, RemoteZoo, ZooAddress
+from edgemvp.zoo.remote import NoTaxonomyNode, RemoteZoo, ZooAddress
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("mvp", "random", "ifp", "transfer")
 SIMILARITIES = ("wordnet", "leep")
-REPORT = "report.json"
-CARD = "README.md"
 REPORT_SCHEMA = 1
 
 # The paper's fine-tuning recipe: SGD lr 0.01 cosine for CNNs, AdamW 2e-4 cosine for ViTs (batch 128).
@@ -128,13 +129,16 @@ class PruneRequest:
             raise UsageError(f"unknown method '{self.method}'; valid methods: {', '.join(METHODS)}")
         if self.similarity not in SIMILARITIES:
             raise UsageError(f"unknown similarity '{self.similarity}'; valid: {', '.join(SIMILARITIES)}")
-        if self.iters < 0:
-            raise UsageError(f"--iters must be at least 0, got {self.iters}")
+        checks.number("--iters", self.iters, 0, 1_000_000, integer=True)
         check_vote_settings(self.ratio, self.temperature, self.neighbours)
-        if self.lr is not None and not self.lr > 0:
-            raise UsageError(f"--lr must be positive, got {self.lr}")
-        if self.train_per_class is not None and self.train_per_class < 1:
-            raise UsageError(f"--train-per-class must be at least 1, got {self.train_per_class}")
+        checks.seed("--seed", self.seed)
+        checks.number("batch size", self.batch_size, 1, 65_536, integer=True)
+        checks.number("BatchNorm batches", self.bn_batches, 1, 100_000, integer=True)
+        checks.number("LEEP samples", self.leep_samples, 1, 1_000_000, integer=True)
+        checks.number("--runs", self.runs, 1, 100_000, integer=True)
+        checks.optional("--lr", self.lr, lo=0, hi=10, lo_open=True)
+        checks.optional("--budget-ms", self.budget_ms, lo=0, hi=1e7, lo_open=True)
+        checks.optional("--train-per-class", self.train_per_class, lo=1, hi=10**9, integer=True)
         if self.method == "ifp" and self.iters < 1:
             raise UsageError("--method ifp needs --iters of at least 1 (it prunes while training)")
 
@@ -245,22 +249,49 @@ def _sample(view: LabeledView, spec, samples: int, seed: int) -> tuple[torch.Ten
     return torch.cat(xs), torch.cat(ys).numpy()
 
 
+def load_hierarchy(path: Path | None) -> Hierarchy | None:
+    """The class hierarchy a user gave (``--hierarchy``): a YAML or JSON tree, read with bounds.
+
+    Raises:
+        UsageError: Missing, empty, unparsable, not a tree (a name twice, a recursive alias), too deep or too
+            large: a hierarchy the user gave that cannot be used is never silently replaced by LEEP.
+    """
+    if path is None:
+        return None
+    source = f"class hierarchy {path}"
+    tree = load_json(path, source) if Path(path).suffix == ".json" else load_yaml(path, source)
+    return Hierarchy.from_tree(tree, source)
+
+
+def _wordnet_gap(task: TaskSpec) -> str | None:
+    """The first target class WordNet cannot place (no shipped or given synset), if any."""
+    taxonomy = Taxonomy(None, synsets={(task.dataset, c): s for c, s in zip(task.classes, task.synsets) if s})
+    return next((c for c in task.classes if taxonomy.node((task.dataset, c)) is None), None)
+
+
 def rank(zoo: Zoo, ids: list[str], tasks: list[tuple[str, tuple[str, ...]]], task: TaskSpec, dataset: Dataset,
-         req: PruneRequest) -> Ranking:
+         req: PruneRequest, hierarchy: Hierarchy | None = None) -> Ranking:
     """Score zoo entries (``ids`` with their ``(dataset, classes)``) against the target (Wu-Palmer, else LEEP).
 
-    Wu-Palmer runs where the zoo is (in process, or on the zoo server); LEEP always runs here, on the target's
-    images, over the candidates' models (downloaded and sha256-checked from a remote zoo).
+    Wu-Palmer runs where the zoo is (in process, or on the zoo server) over WordNet or the user's
+    ``hierarchy``; a target class WordNet has no synset for falls back to LEEP (and the report says so), a
+    class the user's hierarchy lacks is an error. LEEP always runs here, on the target's images, over the
+    candidates' models (downloaded and sha256-checked from a remote zoo).
     """
     note = None
     if req.similarity == "wordnet":
+        hierarchy = hierarchy if hierarchy is not None else load_hierarchy(req.hierarchy)
+        gap = _wordnet_gap(task) if hierarchy is None else None
         try:
-            return zoo.rank_by_taxonomy(ids, tasks, task, Hierarchy.load(req.hierarchy) if req.hierarchy else None,
-                                        limit=req.neighbours if req.method == "mvp" else 1)
-        except UsageError as exc:
-            if isinstance(exc, RemoteError):
+            if gap is None:
+                return zoo.rank_by_taxonomy(ids, tasks, task, hierarchy,
+                                            limit=req.neighbours if req.method == "mvp" else 1)
+        except NoTaxonomyNode as exc:  # the zoo server's taxonomy lacks a class
+            if hierarchy is not None:
                 raise
             note = f"{exc}; falling back to LEEP"
+        if gap is not None:
+            note = f"class '{gap}' of dataset '{task.dataset}' has no node in wordnet; falling back to LEEP"
     x, y = _sample(req.train_view(dataset), zoo.base.input_spec, req.leep_samples, req.seed)
     return Ranking(ids, leep_similarity(zoo.entry_models(ids), x, y, len(task.classes)), "leep", note)
 
@@ -364,8 +395,9 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
 
     start = clock
     profile = ProfileRegistry(profiles, cache).get(req.device)  # unknown device: one line, before any work
+    out = check_out(req.output_dir(profile))  # a folder edgemvp may not replace: one line, nothing touched
+    hierarchy = load_hierarchy(req.hierarchy) if req.similarity == "wordnet" else None  # a bad tree: before work
     dataset = get_dataset(req.task.dataset, data_root)  # missing data: one line saying how to get it
-    out = req.output_dir(profile)
     lap("setup")
     with _open_zoo(req, cache, data_root, stages) as zoo:
         lap("base_and_zoo")
@@ -375,7 +407,8 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
         ids, tasks = zoo.task_table()
         if req.method == "mvp":
             nearest(np.zeros(len(ids)), req.neighbours)  # N larger than the zoo: the clear error, before work
-        ranking = rank(zoo, ids, tasks, req.task, dataset, req) if req.method in ("mvp", "transfer") else None
+        ranking = (rank(zoo, ids, tasks, req.task, dataset, req, hierarchy) if req.method in ("mvp", "transfer")
+                   else None)
         if ranking is not None and ranking.note:
             stages.say(f"similarity: {ranking.note}")
         lap("similarity")
@@ -386,7 +419,7 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
         base_params, base_macs = params_and_macs(create_model(base.arch, len(base.classes), spec), spec)
         neighbours = [n.summary() for n in fitted.neighbours]
         report = {
-            "schema_version": REPORT_SCHEMA, "task": req.task.name, "dataset": req.task.dataset,
+            "format": RUN_FORMAT, "schema_version": REPORT_SCHEMA, "task": req.task.name, "dataset": req.task.dataset,
             "classes": list(req.task.classes), "device": profile.name, "method": req.method,
             "base": {"arch": base.arch, "dataset": base.dataset, "weights_sha256": base.weights_sha256,
                      "test_acc": base.test_acc, "params": base_params, "macs": base_macs,
@@ -416,7 +449,7 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
             report["timings"] = timings
             atomic_write_bytes(tmp / REPORT, json.dumps(report, indent=1).encode())
             atomic_write_bytes(tmp / CARD, model_card(report).encode())
-            _replace_dir(tmp, out)
+            replace_dir(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return PruneResult(report, out)
@@ -453,18 +486,6 @@ def _export(req: PruneRequest, profile: DeviceProfile, model, masks: Masks, spec
                          "verdict": verdict, "all": exported["latency"]}
     report["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
     report["versions"] = tool_versions()
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move ``tmp`` to ``out``; a previous ``out`` is kept aside until the move has happened."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder")
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    if out.exists():
-        os.rename(out, old)
-    os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _add_to_zoo(zoo: Zoo, req: PruneRequest, base: BaseManifest, masks: Masks, report: dict,

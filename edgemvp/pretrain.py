@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from edgemvp import checks
 from edgemvp.data.datasets import Dataset, get_dataset
 from edgemvp.data.loader import LabeledView, eval_batches, train_batches
 from edgemvp.models.base import BaseManifest, base_folder, save_base
@@ -35,6 +36,12 @@ class PretrainConfig:
     init: str = "none"  # "none", "hub" or a local weights file
     amp: bool = True
     optim: OptimConfig | None = None  # None: the family's default (PRETRAIN_OPTIM)
+
+    def __post_init__(self) -> None:
+        checks.number("epochs", self.epochs, 0, 10_000, lo_open=True)
+        checks.number("batch size", self.batch_size, 1, 65_536, integer=True)
+        checks.number("size", self.size, 8, 4096, integer=True)
+        checks.seed("seed", self.seed)
 
 
 # CNNs: measured on resnet18/Fashion-MNIST (docs/results.md). ViTs train badly with that SGD recipe from

@@ -6,6 +6,7 @@ optional object with tqdm's ``update``/``set_postfix`` methods; only the CLI cre
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from typing import Iterable, Iterator, Literal, Protocol, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from edgemvp import checks
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +65,11 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        checks.number("lr", self.lr, 0, 10, lo_open=True)
+        checks.number("weight decay", self.weight_decay, 0, 10)
+        checks.number("momentum", self.momentum, 0, 1, hi_open=True)
+        checks.number("warm-up steps", self.warmup_steps, 0, 10**9, integer=True)
+        checks.number("label smoothing", self.label_smoothing, 0, 1, hi_open=True)
 
 
 def default_device() -> torch.device:
@@ -120,6 +126,56 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+# Shapes of pruned ResNets' 1x1 stride-2 shortcut convolutions (few channels, small maps) whose channels-last
+# weight gradient oneDNN computed differently from run to run with 2 threads on an AMD EPYC (AVX2, no AVX-512):
+# (in, out, kernel, stride, batch, side).
+_PROBE_SHAPES = ((4, 8, 1, 2, 32, 8), (2, 3, 1, 2, 32, 8), (6, 13, 1, 2, 32, 8))
+
+
+@functools.lru_cache(maxsize=8)
+def onednn_conv_is_reproducible(threads: int) -> bool:
+    """Whether oneDNN's convolution weight gradients are bit-identical from run to run on this CPU (a probe of a
+    few milliseconds, once per process and thread count).
+
+    Where they are not, deterministic CPU training runs its convolutions without oneDNN, in the contiguous
+    layout (measured: reproducible there), so that the same seeds give the same weights on every machine;
+    machines where they are keep oneDNN and channels-last (and the results they always had).
+    """
+    del threads  # the cache key: the probe runs at the current thread count
+    gen = torch.Generator().manual_seed(0)
+    for layout in (torch.channels_last, torch.contiguous_format):
+        if not _reproducible_gradients(layout, gen):
+            logger.info("oneDNN convolution gradients vary between runs here; deterministic CPU training runs "
+                        "without oneDNN")
+            return False
+    return True
+
+
+def _reproducible_gradients(layout: torch.memory_format, gen: torch.Generator) -> bool:
+    for cin, cout, k, stride, n, side in _PROBE_SHAPES:
+        conv = nn.Conv2d(cin, cout, k, stride=stride, bias=False).to(memory_format=layout)
+        x = torch.randn(n, cin, side, side, generator=gen).contiguous(memory_format=layout)
+        w = torch.randn(conv(x).shape, generator=gen)
+        seen = set()
+        for _ in range(4):
+            conv.weight.grad = None
+            (conv(x) * w).sum().backward()
+            seen.add(conv.weight.grad.numpy().tobytes())
+        if len(seen) > 1:
+            return False
+    return True
+
+
+def _layout(model: nn.Module, device: torch.device, deterministic: bool) -> tuple[torch.memory_format, bool]:
+    """The memory format of training and whether oneDNN stays on: channels-last for CNNs (faster), unless that
+    would make deterministic CPU training irreproducible here (:func:`onednn_conv_is_reproducible`)."""
+    if not any(p.ndim == 4 for p in model.parameters()):
+        return torch.contiguous_format, True
+    if deterministic and device.type == "cpu" and not onednn_conv_is_reproducible(torch.get_num_threads()):
+        return torch.contiguous_format, False
+    return torch.channels_last, True
+
+
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
     if amp and device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -153,32 +209,32 @@ def train_steps(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Te
     progress = _NoProgress() if progress is None else progress  # tqdm has no truth value
     hook = hook or StepHook()
     model.to(device).train()
-    channels_last = any(p.ndim == 4 for p in model.parameters())  # CNNs run faster in NHWC
-    memory = torch.channels_last if channels_last else torch.contiguous_format
+    memory, onednn = _layout(model, device, deterministic)
     model.to(memory_format=memory)
+    amp = amp and not (deterministic and device.type == "cpu")
     opt = build_optimizer(model, cfg, hook.param_groups())
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
     losses: list[float] = []
     progress.reset(total=steps)
-    for step, (x, y) in zip(range(steps), batches):
-        for group in opt.param_groups:
-            group["lr"] = group["peak_lr"] * lr_factor(cfg, step, steps)
-        x, y = x.to(device, non_blocking=True).contiguous(memory_format=memory), y.to(device, non_blocking=True)
-        with _autocast(device, amp and not (deterministic and device.type == "cpu")):
-            loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
-        penalty = hook.penalty()
-        total = loss if penalty is None else loss + penalty
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        scaler.step(opt)
-        scaler.update()
-        losses.append(float(loss.detach()))
-        if hook.after_step(step):
-            model.to(device=device, memory_format=memory)
-            opt = build_optimizer(model, cfg, hook.param_groups())
-        progress.update(1)
-        if len(losses) % 10 == 0:
-            progress.set_postfix(loss=f"{sum(losses[-10:]) / 10:.3f}")
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        for step, (x, y) in zip(range(steps), batches):
+            for group in opt.param_groups:
+                group["lr"] = group["peak_lr"] * lr_factor(cfg, step, steps)
+            x, y = x.to(device, non_blocking=True).contiguous(memory_format=memory), y.to(device, non_blocking=True)
+            with _autocast(device, amp):
+                loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+            penalty = hook.penalty()
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss if penalty is None else loss + penalty).backward()
+            scaler.step(opt)
+            scaler.update()
+            losses.append(float(loss.detach()))
+            if hook.after_step(step):
+                model.to(device=device, memory_format=memory)
+                opt = build_optimizer(model, cfg, hook.param_groups())
+            progress.update(1)
+            if len(losses) % 10 == 0:
+                progress.set_postfix(loss=f"{sum(losses[-10:]) / 10:.3f}")
     model.to(memory_format=torch.contiguous_format)
     return losses
 

@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch.nn as nn
 
+from edgemvp import checks
 from edgemvp.data.tasks import TaskSpec
 from edgemvp.errors import UsageError
 from edgemvp.masks import Masks, random_masks
@@ -63,12 +64,9 @@ def check_vote_settings(ratio: float, temperature: float, neighbours: int) -> No
     Raises:
         UsageError: The first bad setting.
     """
-    if not 0.0 < ratio < 1.0:
-        raise UsageError(f"--ratio must be in (0, 1), got {ratio}")
-    if not temperature > 0:
-        raise UsageError(f"--temperature must be positive, got {temperature}")
-    if neighbours < 1:
-        raise UsageError(f"--neighbours must be at least 1, got {neighbours}")
+    checks.number("--ratio", ratio, 0, 1, lo_open=True, hi_open=True)
+    checks.number("--temperature", temperature, 0, 1e6, lo_open=True)
+    checks.number("--neighbours", neighbours, 1, 1000, integer=True)
 
 
 @dataclass(frozen=True)
@@ -155,6 +153,8 @@ def initialise(store: ZooStore, base_model: nn.Module, base: BaseManifest, spec:
         raise UsageError(f"--method {spec.method} needs ranked zoo entries")
     order = nearest(ranking.scores, spec.count)
     entries = [store.get(ranking.ids[i]) for i in order]
+    for entry in entries:  # ranked and voted from index rows: refuse rows that do not say what the entry is
+        store.check_row(entry)
     picked = [Neighbour(e.id, e.manifest, float(ranking.scores[i])) for e, i in zip(entries, order)]
     info: dict = {}
     if spec.method == "mvp":

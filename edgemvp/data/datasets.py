@@ -191,6 +191,26 @@ def list_datasets() -> list[DatasetSource]:
 
 
 _LOADED: dict[tuple[str, str], Dataset] = {}
+IMAGEFOLDER = "imagefolder:"
+
+
+def canonical_name(name: str) -> str:
+    """The one spelling of a dataset name: ``imagefolder:<path>`` with the path absolute and normalised
+    (``~`` expanded, no trailing slash, symlinks resolved), so that every spelling of a folder finds the same
+    cached base, zoo and task; other names unchanged.
+
+    Raises:
+        UsageError: ``imagefolder:`` without a path.
+    """
+    if not name.startswith(IMAGEFOLDER):
+        return name
+    raw = name[len(IMAGEFOLDER):].strip()
+    if not raw:
+        raise UsageError("imagefolder: needs a path (imagefolder:/data/my-images)")
+    try:
+        return IMAGEFOLDER + str(Path(raw).expanduser().resolve())
+    except (OSError, RuntimeError) as exc:
+        raise UsageError(f"imagefolder: {raw}: not a usable path ({exc})") from exc
 
 
 def get_dataset(name: str, root: str | os.PathLike[str] | None = None, download: bool | None = None) -> Dataset:
@@ -208,11 +228,12 @@ def get_dataset(name: str, root: str | os.PathLike[str] | None = None, download:
         UsageError: Unknown name, missing or corrupt files (with how to get them).
     """
     folder = data_dir(root)
+    name = canonical_name(name)
     key = (name, str(folder))
     if key not in _LOADED:
         allow = online_allowed() if download is None else download
-        if name.startswith("imagefolder:"):
-            _LOADED[key] = load_imagefolder(Path(name.split(":", 1)[1]))
+        if name.startswith(IMAGEFOLDER):
+            _LOADED[key] = load_imagefolder(Path(name[len(IMAGEFOLDER):]))
         elif name in _SOURCES:
             _LOADED[key] = _SOURCES[name].loader(folder, allow)
         else:
@@ -480,7 +501,7 @@ def load_imagefolder(folder: Path, seed: int = 0) -> Dataset:
     Raises:
         UsageError: When the folder is missing, has no class folders, or its splits disagree on classes.
     """
-    folder = folder.expanduser()
+    folder = Path(canonical_name(IMAGEFOLDER + str(folder))[len(IMAGEFOLDER):])
     if not folder.is_dir():
         raise UsageError(f"imagefolder: {folder} is not a folder")
     test_dir = next((folder / n for n in ("test", "val") if (folder / n).is_dir()), None)

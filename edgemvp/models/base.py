@@ -18,10 +18,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from edgemvp.errors import UsageError
+from edgemvp import checks
+from edgemvp.data.datasets import canonical_name
+from edgemvp.errors import EdgeMVPError, UsageError
 from edgemvp.models.factory import create_model, get_arch, load_into
 from edgemvp.models.weights import load_weights, save_weights
 from edgemvp.paths import atomic_write_bytes, cache_dir
+from edgemvp.safeload import read_text
 from edgemvp.spec import InputSpec
 
 MANIFEST = "manifest.json"
@@ -55,23 +58,32 @@ class BaseManifest:
         """Parse, refusing unknown schema versions and missing fields."""
         try:
             data = json.loads(text)
-            if int(data.get("schema_version", 0)) > SCHEMA_VERSION:
-                raise UsageError(f"{source}: written by a newer edgemvp (schema {data['schema_version']})")
+            checks.schema_version(data, SCHEMA_VERSION, source)
             data["input_spec"] = InputSpec.from_dict(data["input_spec"])
             data["classes"] = tuple(data["classes"])
             return cls(**data)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"{source}: invalid base-model manifest ({exc})") from exc
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise UsageError(f"{source}: invalid base-model manifest ({exc.__class__.__name__}: "
+                             f"{str(exc)[:200]})") from exc
 
 
 def base_folder(arch: str, dataset: str, cache: str | os.PathLike[str] | None = None) -> Path:
-    """The cache folder of the base model for (arch, dataset)."""
-    slug = re.sub(r"[^0-9A-Za-z._-]+", "_", dataset)
+    """The cache folder of the base model for (arch, dataset) (any spelling of an image folder's path)."""
+    slug = re.sub(r"[^0-9A-Za-z._-]+", "_", canonical_name(dataset))
     return cache_dir(cache) / "bases" / f"{arch}--{slug}"
 
 
 def save_base(model: nn.Module, manifest: BaseManifest, folder: Path) -> BaseManifest:
-    """Write weights, then the manifest with their sha256 (the manifest marks a finished base)."""
+    """Write weights, then the manifest with their sha256 (the manifest marks a finished base).
+
+    Raises:
+        EdgeMVPError: Weights holding NaN or infinity (a diverged training run is never cached as a base).
+    """
+    bad = next((k for k, v in model.state_dict().items()
+                if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise EdgeMVPError(f"refusing to cache the {manifest.arch} base of '{manifest.dataset}': tensor '{bad}' holds "
+                           "NaN or infinity (training diverged; lower --lr)")
     folder.mkdir(parents=True, exist_ok=True)
     sha = save_weights(model.state_dict(), folder / WEIGHTS)
     final = BaseManifest(**{**asdict(manifest), "input_spec": manifest.input_spec,
@@ -86,13 +98,13 @@ def find_base(arch: str, dataset: str, cache: str | os.PathLike[str] | None = No
     path = base_folder(arch, dataset, cache) / MANIFEST
     if not path.is_file():
         return None
-    return BaseManifest.from_json(path.read_text(), str(path))
+    return BaseManifest.from_json(read_text(path), str(path))
 
 
 def cached_bases(cache: str | os.PathLike[str] | None = None) -> list[BaseManifest]:
     """Every finished base model in the cache (folder order)."""
     paths = sorted((cache_dir(cache) / "bases").glob(f"*/{MANIFEST}"))
-    return [BaseManifest.from_json(p.read_text(), str(p)) for p in paths]
+    return [BaseManifest.from_json(read_text(p), str(p)) for p in paths]
 
 
 def load_base(arch: str, dataset: str, cache: str | os.PathLike[str] | None = None

@@ -18,7 +18,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from edgemvp.errors import UsageError
-from edgemvp.paths import atomic_write_bytes
+from edgemvp.paths import atomic_write_bytes, read_regular
 
 StateDict = dict[str, torch.Tensor]
 
@@ -26,6 +26,7 @@ StateDict = dict[str, torch.Tensor]
 SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                       "BOOL": 1}
 MAX_HEADER_BYTES = 16 << 20
+MAX_WEIGHTS_BYTES = 8 << 30  # a weights file edgemvp reads whole (ViT-L in float32 is 1.2 GB)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -83,7 +84,10 @@ def load_weights(path: Path, expected_sha256: str | None = None) -> StateDict:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"weights file not found: {path}")
-    raw = path.read_bytes()
+    try:
+        raw = read_regular(path, MAX_WEIGHTS_BYTES)
+    except OSError as exc:
+        raise UsageError(f"{path}: unreadable ({exc.strerror or exc})") from exc
     if expected_sha256 is not None and sha256_bytes(raw) != expected_sha256:
         raise UsageError(f"{path}: sha256 mismatch (file changed or corrupt)")
     if path.suffix == ".safetensors":

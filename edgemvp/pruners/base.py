@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterator, Literal, Protocol
 import torch
 import torch.nn as nn
 
+from edgemvp import checks
 from edgemvp.errors import UsageError, unknown
 from edgemvp.masks import Masks, keep_count
 from edgemvp.train import OptimConfig, Progress
@@ -61,18 +62,18 @@ class PruneConfig:
     amp: bool = True
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.ratio < 1.0:
-            raise UsageError(f"ratio must be in (0, 1), got {self.ratio}")
-        if self.iters < 1 or self.batch_size < 1:
-            raise UsageError("iters and batch size must be at least 1")
-        if not 0.0 < self.prune_fraction < 1.0:
-            raise UsageError(f"prune fraction must be in (0, 1), got {self.prune_fraction}")
-        if not 0.0 < self.prune_until <= 1.0:
-            raise UsageError(f"prune-until must be in (0, 1], got {self.prune_until}")
-        if self.prune_every is not None and self.prune_every < 1:
-            raise UsageError("prune-every must be at least 1")
-        if self.finetune_iters is not None and not 0 <= self.finetune_iters < self.iters:
-            raise UsageError("finetune iters must be in [0, iters)")
+        checks.number("ratio", self.ratio, 0, 1, lo_open=True, hi_open=True)
+        checks.number("iters", self.iters, 1, 10**9, integer=True)
+        checks.number("batch size", self.batch_size, 1, 65_536, integer=True)
+        checks.optional("lr", self.lr, lo=0, hi=10, lo_open=True)
+        checks.optional("weight decay", self.weight_decay, lo=0, hi=10)
+        checks.number("prune fraction", self.prune_fraction, 0, 1, lo_open=True, hi_open=True)
+        checks.number("prune-until", self.prune_until, 0, 1, lo_open=True)
+        checks.optional("prune-every", self.prune_every, lo=1, hi=10**9, integer=True)
+        checks.optional("finetune iters", self.finetune_iters, lo=0, hi=self.iters, hi_open=True, integer=True)
+        checks.number("score lr", self.score_lr, 0, 100, lo_open=True)
+        checks.number("l1", self.l1, 0, 100)
+        checks.seed("seed", self.seed)
 
     def optim(self, family: Family) -> OptimConfig:
         """The optimiser for inherited weights: family default with this config's overrides."""

@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from edgemvp import checks
 from edgemvp.data.datasets import get_dataset
 from edgemvp.data.loader import eval_batches, train_batches
 from edgemvp.data.tasks import NAMED_TASKS, TaskSpec, random_tasks, task_view
@@ -67,10 +68,9 @@ class BuildSpec:
 
     def __post_init__(self) -> None:
         get_pruner(self.pruner, get_arch(self.arch).family)
-        if self.tasks < 1:
-            raise UsageError("--tasks must be at least 1")
-        if self.classes_per_task < 2:
-            raise UsageError("--classes-per-task must be at least 2")
+        checks.number("--tasks", self.tasks, 1, 1_000_000, integer=True)
+        checks.number("--classes-per-task", self.classes_per_task, 2, 100_000, integer=True)
+        checks.seed("--seed", self.seed)
 
 
 @dataclass(frozen=True)

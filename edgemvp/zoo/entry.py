@@ -6,17 +6,22 @@ on the machine or the clock: the same build with the same seeds gives the same i
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
+from edgemvp import checks
 from edgemvp.data.tasks import TaskSpec
 from edgemvp.errors import UsageError
 from edgemvp.masks import Masks
+from edgemvp.models.weights import parse_safetensors, sha256_bytes
+from edgemvp.paths import UnsafeFile, read_regular
 from edgemvp.spec import InputSpec
 
 SCHEMA_VERSION = 1
@@ -100,8 +105,7 @@ class EntryManifest:
         """
         try:
             data = json.loads(raw)
-            if int(data.get("schema_version", 0)) > SCHEMA_VERSION:
-                raise UsageError(f"{source}: written by a newer edgemvp (schema {data['schema_version']})")
+            version = checks.schema_version(data, SCHEMA_VERSION, source, default=None)
             base = BaseRef.from_dict(data["base"])
             task = data["task"]
             spec = TaskSpec(str(task["name"]), str(task["dataset"]), tuple(task["classes"]),
@@ -109,10 +113,10 @@ class EntryManifest:
             masks = Masks(base.arch, {k: tuple(v) for k, v in data["masks"].items()}, base.weights_sha256)
             return cls(spec, base, masks, str(data["pruner"]), dict(data["config"]), dict(data["metrics"]),
                        str(data["weights_sha256"]), str(data["job_key"]), tuple(data.get("parents", ())),
-                       dict(data.get("versions", {})), int(data["schema_version"]))
+                       dict(data.get("versions", {})), version)
         except UsageError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise UsageError(f"{source}: not a valid zoo manifest ({exc.__class__.__name__}: {exc})") from exc
 
 
@@ -124,18 +128,55 @@ class ZooEntry:
     manifest: EntryManifest
     folder: Path
 
+    def read_weights(self) -> bytes:
+        """The weights' bytes, read with the bound the manifest sets and checked against its sha256.
+
+        Raises:
+            CorruptEntry: Missing, not a regular file, larger than the bound, or not matching the sha256.
+        """
+        from edgemvp.zoo.store import CorruptEntry, WEIGHTS
+
+        path = self.folder / WEIGHTS
+        try:
+            raw = read_regular(path, weights_limit(self.manifest))
+        except UnsafeFile as exc:
+            raise CorruptEntry(f"zoo entry {self.id[:12]}: {WEIGHTS} refused ({exc})") from exc
+        except OSError as exc:
+            raise CorruptEntry(f"zoo entry {self.id[:12]}: {WEIGHTS} is missing ({exc.strerror})") from exc
+        if sha256_bytes(raw) != self.manifest.weights_sha256:
+            raise CorruptEntry(f"zoo entry {self.id[:12]}: {WEIGHTS} refused (corrupt: sha256 does not match the "
+                               "manifest)")
+        return raw
+
     def load_model(self) -> nn.Module:
         """Rebuild the pruned model: create(arch) → shrink(masks) → load_state_dict(strict), sha256 verified."""
         from edgemvp.models.factory import load_into
-        from edgemvp.models.weights import load_weights
         from edgemvp.shrink import build_pruned
         from edgemvp.zoo.store import CorruptEntry, WEIGHTS
 
         m = self.manifest
         try:
-            state = load_weights(self.folder / WEIGHTS, m.weights_sha256)
+            state, _ = parse_safetensors(self.read_weights(), f"zoo entry {self.id[:12]}: {WEIGHTS}")
+        except CorruptEntry:
+            raise
         except UsageError as exc:
-            raise CorruptEntry(f"zoo entry {self.id[:12]}: {WEIGHTS} refused ({exc})") from exc
+            raise CorruptEntry(str(exc)) from exc
         model = build_pruned(m.arch, len(m.task.classes), m.base.input_spec, m.masks, initialise=False)
         load_into(model, state, f"zoo entry {self.id[:12]}")
         return model.eval()
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_elements(arch: str, num_classes: int, spec: InputSpec) -> int:
+    """Elements of every tensor of the unpruned model's state dict (built on the meta device: no memory)."""
+    from edgemvp.models.factory import create_model
+
+    with torch.device("meta"):
+        model = create_model(arch, num_classes, spec)
+    return sum(t.numel() for t in model.state_dict().values())
+
+
+def weights_limit(manifest: EntryManifest) -> int:
+    """The most bytes an entry's weights file may take: the dense model's tensors at 8 bytes per element (a
+    pruned model is smaller, and weights are float32) plus 1 MiB for the safetensors header."""
+    return 8 * _dense_elements(manifest.arch, len(manifest.task.classes), manifest.base.input_spec) + (1 << 20)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import httpx
@@ -27,6 +29,7 @@ from edgemvp.errors import EdgeMVPError, UsageError
 from edgemvp.models.base import BaseManifest, find_base, load_base
 from edgemvp.models.factory import create_model, load_into
 from edgemvp.models.weights import parse_safetensors, sha256_bytes
+from edgemvp.paths import read_secret
 from edgemvp.shrink import build_pruned
 from edgemvp.similarity import Hierarchy
 from edgemvp.vote import nearest
@@ -64,37 +67,65 @@ class ZooAddress:
         url: ``http(s)://host:port`` (a trailing slash is dropped).
         token: Bearer token; ``None`` sends none (reads of an open server).
         timeout: Seconds for one request (a vote averages full-size weights on the server).
+        ca_file: CA certificates (PEM) that an ``https`` server's certificate must chain to, for a private CA;
+            ``None`` verifies against the system's trusted CAs. The certificate is always verified.
     """
 
     url: str
     token: str | None = field(default=None, repr=False)
     timeout: float = 600.0
+    ca_file: Path | None = None
 
     def __post_init__(self) -> None:
-        if not is_url(self.url):
-            raise UsageError(f"zoo server address must start with http:// or https://, got '{self.url}'")
-        object.__setattr__(self, "url", self.url.rstrip("/"))
+        object.__setattr__(self, "url", check_url(self.url))
+        if self.ca_file is not None and not Path(self.ca_file).is_file():
+            raise UsageError(f"--ca-file {self.ca_file}: not found")
 
     def client(self) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=self.timeout, follow_redirects=False)
+        verify: ssl.SSLContext | bool = True
+        if self.ca_file is not None:
+            try:
+                verify = ssl.create_default_context(cafile=str(self.ca_file))
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise UsageError(f"--ca-file {self.ca_file}: not PEM certificates ({exc.__class__.__name__})") from exc
+        return httpx.Client(base_url=self.url, headers=headers, timeout=self.timeout, follow_redirects=False,
+                            verify=verify)
+
+
+def check_url(url: str) -> str:
+    """A zoo server's address, checked: ``http(s)://host[:port]`` with nothing after the host but a slash.
+
+    Raises:
+        UsageError: Another scheme, no host, a bad port, credentials, a path, a query or a malformed URL.
+    """
+    shown = url if len(url) <= 100 else url[:97] + "..."
+    if not is_url(url):
+        raise UsageError(f"zoo server address must start with http:// or https://, got '{shown}'")
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise UsageError(f"zoo server address '{shown}' is malformed ({str(exc)[:100]})") from exc
+    if not parsed.host:
+        raise UsageError(f"zoo server address '{shown}' names no host")
+    if port is not None and not 1 <= port <= 65535:
+        raise UsageError(f"zoo server address '{shown}': port {port} is not in 1-65535")
+    if parsed.userinfo or parsed.query or parsed.fragment or parsed.path not in ("", "/"):
+        raise UsageError(f"zoo server address '{shown}' must be http(s)://HOST[:PORT] only (no user, path or "
+                         "query)")
+    return url.rstrip("/")
 
 
 def read_token(path: str | os.PathLike[str] | None = None) -> str | None:
     """The client's token: from a file when given, else ``EDGEMVP_ZOO_TOKEN``, else None.
 
     Raises:
-        UsageError: An unreadable or empty token file.
+        UsageError: An unreadable or empty token file, or one other users can read.
     """
     if path is None:
         return os.environ.get(ENV_TOKEN, "").strip() or None
-    try:
-        token = open(path, encoding="utf-8").read().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"token file {path}: unreadable ({exc.__class__.__name__})") from exc
-    if not token:
-        raise UsageError(f"token file {path} is empty")
-    return token
+    return read_secret(path, "--token-file")
 
 
 class RemoteZoo:

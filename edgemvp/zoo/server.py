@@ -46,6 +46,7 @@ import numpy as np
 import torch.nn as nn
 from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -55,11 +56,13 @@ from edgemvp.errors import EdgeMVPError, UsageError
 from edgemvp.models.base import WEIGHTS as BASE_WEIGHTS
 from edgemvp.models.base import BaseManifest, base_folder, cached_bases, load_base
 from edgemvp.models.weights import sha256_bytes
+from edgemvp.paths import read_secret
 from edgemvp.similarity import Hierarchy
 from edgemvp.vote import nearest
 from edgemvp.voter import LocalZoo, Ranking, VoteSpec, zoo_base
 from edgemvp.zoo import wire
 from edgemvp.zoo.store import MANIFEST, WEIGHTS, ZooStore, read_bundle_from
+from edgemvp.zoo.limits import MAX_TASK_CLASSES, QUEUE, RANK_SLOTS, RETRY_AFTER_S
 from edgemvp.zoo.validate import check_entry
 
 logger = logging.getLogger(__name__)
@@ -87,8 +90,8 @@ class TaskBody(_Body):
     """A target task: a dataset's classes (label order), optionally their WordNet synsets."""
 
     dataset: Text
-    classes: Annotated[list[Text], Field(min_length=2, max_length=1000)]
-    synsets: Annotated[list[Synset | None], Field(max_length=1000)] | None = None
+    classes: Annotated[list[Text], Field(min_length=2, max_length=10_000)]
+    synsets: Annotated[list[Synset | None], Field(max_length=10_000)] | None = None
     name: Text | None = None
 
     def spec(self) -> TaskSpec:
@@ -136,6 +139,37 @@ class ServerConfig:
     max_json: int = MAX_JSON_BYTES
     vote_workers: int = 1
     connections: int = 8
+    max_task_classes: int = MAX_TASK_CLASSES
+    queue: int = QUEUE
+
+
+class Gate:
+    """At most ``slots`` requests do the work at once and at most ``queue`` more wait; any more get 503 at once.
+
+    The waiting happens in the request's worker thread before it borrows anything (an index connection, a
+    model), so a flood of heavy requests can neither hold the pool nor queue without bound.
+    """
+
+    def __init__(self, name: str, slots: int, queue: int) -> None:
+        self.name, self.slots, self.queue = name, slots, queue
+        self._free = threading.BoundedSemaphore(slots)
+        self._lock = threading.Lock()
+        self._pending = 0  # working + waiting
+
+    @contextlib.contextmanager
+    def enter(self) -> Iterator[None]:
+        """Wait for a slot (503 when the queue is full)."""
+        with self._lock:
+            if self._pending >= self.slots + self.queue:
+                raise HTTPException(503, f"the zoo server is busy ({self.name}: {self.slots} running, {self.queue} "
+                                         "waiting); retry shortly", headers={"Retry-After": str(RETRY_AFTER_S)})
+            self._pending += 1
+        try:
+            with self._free:
+                yield
+        finally:
+            with self._lock:
+                self._pending -= 1
 
 
 class StorePool:
@@ -169,7 +203,15 @@ class ZooService:
         self.pool = StorePool(config.zoo, config.connections)
         self._models: dict[str, nn.Module] = {}
         self._models_lock = threading.Lock()
-        self._vote_slots = threading.BoundedSemaphore(config.vote_workers)
+        self.ranking = Gate("rankings", RANK_SLOTS, config.queue)
+        self.voting = Gate("votes", config.vote_workers, config.queue)
+
+    def task(self, body: TaskBody) -> TaskSpec:
+        """The request's task, within this server's class bound (422 past it)."""
+        if len(body.classes) > self.config.max_task_classes:
+            raise UsageError(f"the task has {len(body.classes)} classes; this zoo server ranks tasks of at most "
+                             f"{self.config.max_task_classes} (zoo serve --max-task-classes)")
+        return body.spec()
 
     def bases(self) -> dict[str, BaseManifest]:
         """The cached bases, by weights sha256."""
@@ -207,8 +249,8 @@ class ZooService:
         if body.similarity == "leep":
             raise UsageError("LEEP needs the target's images, which stay on the client: rank the candidates "
                              "there (GET /entries/{id}/weights) and POST /vote with neighbour_ids")
-        task = body.task.spec()
-        with self.zoo(body.base_sha256) as zoo:
+        task = self.task(body.task)
+        with self.ranking.enter(), self.zoo(body.base_sha256) as zoo:  # a slot first, then a connection
             ids, tasks = zoo.task_table()
             ranking = _taxonomy_ranking(zoo, ids, tasks, task, body.hierarchy, body.limit)
             table = dict(zip(ids, tasks))
@@ -220,9 +262,9 @@ class ZooService:
     def vote(self, body: VoteBody) -> tuple[bytes, int]:
         """The voter's answer as safetensors bytes, and the seed used."""
         seed = body.seed if body.seed is not None else secrets.randbelow(2**32)
-        task = body.task.spec()
+        task = self.task(body.task)
         spec = VoteSpec(task, body.method, body.neighbours, body.ratio, body.temperature, seed)
-        with self.zoo(body.base_sha256) as zoo:
+        with self.voting.enter(), self.zoo(body.base_sha256) as zoo:  # a slot first, then a connection
             ids, tasks = zoo.task_table()
             ranking = None
             if spec.method != "random":
@@ -230,14 +272,13 @@ class ZooService:
                     nearest(np.zeros(len(ids)), spec.neighbours)  # N larger than the zoo: the local prune's error
                 ranking = (_given_ranking(ids, body, spec.count) if body.neighbour_ids is not None
                            else _taxonomy_ranking(zoo, ids, tasks, task, body.hierarchy, spec.count))
-            with self._vote_slots:  # averaging is the heavy part: bounded, so memory stays bounded
-                init = zoo.initialise(spec, ranking)
+            init = zoo.initialise(spec, ranking)  # in a vote slot: bounded, so memory stays bounded
             kind = ranking.kind if ranking is not None else "none"
             return wire.initial_bytes(init, zoo.base.input_spec, len(task.classes), seed, kind), seed
 
     def upload(self, data: bytes, build_seconds: float | None) -> dict[str, Any]:
         """Validate every entry of a bundle, then store them all (nothing is written when one is refused)."""
-        items = read_bundle_from(io.BytesIO(data), "upload", max_entries=MAX_UPLOAD_ENTRIES)
+        items = read_bundle_from(io.BytesIO(data), "upload", max_entries=MAX_UPLOAD_ENTRIES, max_bytes=len(data))
         if not items:
             raise UsageError("upload: the bundle holds no entries")
         bases = self.bases()
@@ -289,22 +330,38 @@ def _given_ranking(ids: list[str], body: VoteBody, count: int) -> Ranking:
 
 
 def load_token(path: str | os.PathLike[str], option: str = "--token-file") -> str:
-    """A server token from a file: stripped, at least 16 characters, not readable by other users.
+    """A server token from a file: stripped, at least 16 characters, readable by its owner only.
 
     Raises:
-        UsageError: Unreadable, empty, short or world-readable file.
+        UsageError: Unreadable, empty or short, or readable by the group or others (see
+            :func:`edgemvp.paths.read_secret`).
     """
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{option} {path}: unreadable ({exc.__class__.__name__})") from exc
-    if mode & 0o004:
-        raise UsageError(f"{option} {path} is readable by every user; run 'chmod 600 {path}'")
+    token = read_secret(path, option)
     if len(token) < MIN_TOKEN:
-        raise UsageError(f"{option} {path}: the token is {'empty' if not token else 'shorter than 16 characters'}")
+        raise UsageError(f"{option} {path}: the token is shorter than {MIN_TOKEN} characters")
     return token
+
+
+def check_tls(certfile: Path | None, keyfile: Path | None) -> bool:
+    """Whether TLS is on; its files must be given together, readable, PEM, and the key private to its owner.
+
+    Raises:
+        UsageError: One of the two files alone, unreadable files, a key others can read, or files that do not
+            make a certificate and its key.
+    """
+    import ssl
+
+    if certfile is None and keyfile is None:
+        return False
+    if certfile is None or keyfile is None:
+        raise UsageError("TLS needs both --ssl-certfile and --ssl-keyfile")
+    read_secret(keyfile, "--ssl-keyfile")  # a private key readable by others is refused, like a token
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(certfile), str(keyfile))
+    except (ssl.SSLError, OSError) as exc:
+        raise UsageError(f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile}: not a PEM certificate and its key "
+                         f"({getattr(exc, 'reason', None) or exc.__class__.__name__})") from exc
+    return True
 
 
 def is_loopback(host: str) -> bool:
@@ -333,14 +390,19 @@ def check_listen(host: str, port: int) -> None:
 
 
 @contextlib.contextmanager
-def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0, ssl_certfile: Path | None = None,
+            ssl_keyfile: Path | None = None) -> Iterator[str]:
     """Serve an app with uvicorn in a background thread (tests, benchmarks, notebooks); yields its URL.
 
-    ``port=0`` takes a free port. The server stops when the block ends.
+    ``port=0`` takes a free port; with a certificate and key it serves https. The server stops when the block
+    ends.
     """
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    tls = check_tls(ssl_certfile, ssl_keyfile)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           ssl_certfile=str(ssl_certfile) if tls else None,
+                                           ssl_keyfile=str(ssl_keyfile) if tls else None))
     thread = threading.Thread(target=server.run, name="edgemvp-zoo-server", daemon=True)
     thread.start()
     while not server.started:
@@ -349,7 +411,7 @@ def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[st
         threading.Event().wait(0.02)
     bound = server.servers[0].sockets[0].getsockname()
     try:
-        yield f"http://{host}:{bound[1]}"
+        yield f"{'https' if tls else 'http'}://{host}:{bound[1]}"
     finally:
         server.should_exit = True
         thread.join()
@@ -434,7 +496,8 @@ def _finite(row: dict[str, Any]) -> dict[str, Any]:
 
 def create_app(zoo_path: str | os.PathLike[str], token: str | None = None, read_token: str | None = None,
                max_body: int = MAX_UPLOAD_BYTES, cache: str | os.PathLike[str] | None = None,
-               max_json: int = MAX_JSON_BYTES, vote_workers: int = 1, connections: int = 8) -> FastAPI:
+               max_json: int = MAX_JSON_BYTES, vote_workers: int = 1, connections: int = 8,
+               max_task_classes: int = MAX_TASK_CLASSES, queue: int = QUEUE) -> FastAPI:
     """The zoo server's ASGI app (run it with uvicorn; ``edgemvp zoo serve`` does).
 
     Args:
@@ -446,17 +509,19 @@ def create_app(zoo_path: str | os.PathLike[str], token: str | None = None, read_
         max_json: Size limit of every other request body.
         vote_workers: Votes averaged at once (each holds full-size float64 copies of the model).
         connections: Index connections shared by the request threads.
+        max_task_classes: Classes a ``/neighbours`` or ``/vote`` task may have.
+        queue: Rankings (and votes) that may wait for a slot; past that, 503.
 
     Raises:
         UsageError: A folder that is not a zoo, or empty tokens.
     """
     if token is not None and not token.strip() or read_token is not None and not read_token.strip():
         raise UsageError("a token must not be empty")
-    if vote_workers < 1 or connections < 1:
-        raise UsageError("vote_workers and connections must be at least 1")
+    if vote_workers < 1 or connections < 1 or max_task_classes < 2 or queue < 0:
+        raise UsageError("vote_workers and connections must be at least 1, max_task_classes 2, queue 0")
     ZooStore.open(zoo_path, create=True).close()
     config = ServerConfig(Path(zoo_path).expanduser().resolve(), None if cache is None else Path(cache), token,
-                          read_token, max_body, max_json, vote_workers, connections)
+                          read_token, max_body, max_json, vote_workers, connections, max_task_classes, queue)
     service = ZooService(config)
 
     @asynccontextmanager
@@ -480,6 +545,14 @@ def _version() -> str:
 
 
 def _handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # one line, and never the offending input: a NaN in it would make the error itself unserialisable
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        return JSONResponse({"detail": f"invalid request: {where}: {str(first.get('msg', 'invalid'))[:200]}"},
+                            status_code=422)
+
     @app.exception_handler(UsageError)
     async def usage(_: Request, exc: UsageError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
@@ -518,7 +591,7 @@ def _base_routes(app: FastAPI, service: ZooService, read: list, bearer: HTTPBear
     config, version = service.config, app.version
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:  # async: answers even when every worker thread is busy
         """Liveness, and what needs a token."""
         return {"status": "ok", "version": version, "writes": config.token is not None,
                 "reads_need_token": config.read_token is not None}

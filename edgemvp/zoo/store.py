@@ -27,15 +27,19 @@ import tarfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Mapping
 
 import numpy as np
+import torch
 
+from edgemvp import checks
 from edgemvp.errors import EdgeMVPError, UsageError
-from edgemvp.models.weights import sha256_bytes
-from edgemvp.paths import atomic_write_bytes
+from edgemvp.models.base import BaseManifest
+from edgemvp.models.weights import parse_safetensors, sha256_bytes
+from edgemvp.paths import UnsafeFile, atomic_write_bytes, read_regular
+from edgemvp.runs import zoo_around
 from edgemvp.units import unit_space
-from edgemvp.zoo.entry import EntryManifest, ZooEntry
+from edgemvp.zoo.entry import EntryManifest, ZooEntry, weights_limit
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +50,11 @@ INDEX = "index.sqlite"
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 BUNDLE = "bundle.json"
+CHUNK = 1 << 20
 ENTRY_ID = re.compile(r"[0-9a-f]{64}")  # an entry id: the sha256 of its canonical manifest
+MAX_JSON_FILE = 64 << 20  # a zoo marker, a bundle header or a manifest (a resnet50's masks take ~100 KB)
+MAX_BUNDLE_ENTRIES = 100_000
+MAX_ENTRY_ID = 64
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -62,8 +70,22 @@ CREATE INDEX IF NOT EXISTS classes_class ON entry_classes (class);
 """
 
 
+_COLUMNS = ["id", "job_key", "arch", "base_sha256", "dataset", "task", "classes", "pruner", "test_acc", "params",
+            "macs", "keep_ratio", "mask_bits", "n_units", "build_seconds"]
+
+
 class CorruptEntry(EdgeMVPError):
     """A stored entry whose files do not match their sha256 (bit flips, truncation, tampering)."""
+
+
+class DamagedIndex(UsageError):
+    """An ``index.sqlite`` that SQLite cannot read (garbage, truncated); ``zoo verify --repair`` rebuilds it."""
+
+
+def _non_finite(weights: bytes, source: str) -> str | None:
+    """The name of the first floating-point tensor holding NaN or infinity, if any."""
+    state, _ = parse_safetensors(weights, source)
+    return next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
 
 
 @dataclass(frozen=True)
@@ -94,6 +116,8 @@ class VerifyReport:
     missing: list[str] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
     removed_temp: int = 0
+    repaired: int = 0  # rows rewritten or dropped by a repair
+    damaged_index: str | None = None  # where a repair moved an index SQLite could not read
 
     @property
     def clean(self) -> bool:
@@ -137,16 +161,38 @@ def check_marker(root: Path) -> None:
     if not marker.is_file():
         raise UsageError(f"{root}: not a zoo folder (no {MARKER})")
     try:
-        data = json.loads(marker.read_text())
-        version = int(data["schema_version"])
-        fmt = data["format"]
-    except (ValueError, KeyError, TypeError) as exc:
+        data = json.loads(read_regular(marker, MAX_JSON_FILE))
+    except (OSError, ValueError, RecursionError) as exc:
         raise UsageError(f"{marker}: unreadable zoo marker ({exc.__class__.__name__})") from exc
-    if fmt != FORMAT:
-        raise UsageError(f"{marker}: not an edgemvp zoo (format {fmt!r})")
-    if version > SCHEMA_VERSION:
-        raise UsageError(f"{root}: zoo written by a newer edgemvp (schema {version}, this one reads "
-                         f"{SCHEMA_VERSION}); upgrade edgemvp")
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        fmt = data.get("format") if isinstance(data, dict) else None
+        raise UsageError(f"{marker}: not an edgemvp zoo (format {str(fmt)[:40]!r})")
+    checks.schema_version(data, SCHEMA_VERSION, f"{root}: zoo", default=None)
+
+
+def _prepare(db: sqlite3.Connection, index: Path) -> None:
+    """WAL mode, the schema, and a check that the index is one this edgemvp reads.
+
+    Raises:
+        DamagedIndex: SQLite cannot read it (garbage, truncated), or its tables are not edgemvp's.
+        UsageError: Written by a newer edgemvp.
+    """
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        value = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+        columns = [r[1] for r in db.execute("PRAGMA table_info(entries)")]
+        db.execute("SELECT COUNT(*) FROM entries").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise DamagedIndex(f"{index}: damaged zoo index ({exc}); run 'edgemvp zoo verify --repair --zoo "
+                           f"{index.parent}' to rebuild it from the entries") from exc
+    if columns != _COLUMNS:
+        raise DamagedIndex(f"{index}: not an edgemvp zoo index (its entries table differs); run 'edgemvp zoo "
+                           f"verify --repair --zoo {index.parent}'")
+    checks.schema_version({"schema_version": int(value) if str(value).isdigit() and len(str(value)) < 19 else value}, SCHEMA_VERSION,
+                          str(index), default=None)
 
 
 class ZooStore:
@@ -172,15 +218,15 @@ class ZooStore:
             root.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(root / MARKER, json.dumps({"format": FORMAT, "schema_version": SCHEMA_VERSION}).encode())
         check_marker(root)
-        db = sqlite3.connect(root / INDEX, timeout=60.0, isolation_level=None, check_same_thread=not shared)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
-        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        version = int(db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
-        if version > SCHEMA_VERSION:
+        index = root / INDEX
+        if index.is_symlink() or index.exists() and not index.is_file():
+            raise DamagedIndex(f"{index} is not a regular file; run 'edgemvp zoo verify --repair --zoo {root}'")
+        db = sqlite3.connect(index, timeout=60.0, isolation_level=None, check_same_thread=not shared)
+        try:
+            _prepare(db, index)
+        except BaseException:
             db.close()
-            raise UsageError(f"{root / INDEX}: index written by a newer edgemvp (schema {version})")
+            raise
         return cls(root, db)
 
     def close(self) -> None:
@@ -194,7 +240,9 @@ class ZooStore:
 
     # --- writing -------------------------------------------------------------------------------------------
     def folder(self, entry_id: str) -> Path:
-        """Where an entry's files live."""
+        """Where an entry's files live (an id that is not 64 hex digits never becomes a path)."""
+        if not isinstance(entry_id, str) or not ENTRY_ID.fullmatch(entry_id):
+            raise CorruptEntry(f"zoo index names an entry id that is not 64 hex digits: {str(entry_id)[:20]!r}")
         return self.root / "objects" / entry_id[:2] / entry_id
 
     def put(self, manifest: EntryManifest, weights: bytes, build_seconds: float | None = None) -> str:
@@ -208,6 +256,10 @@ class ZooStore:
         """
         if sha256_bytes(weights) != manifest.weights_sha256:
             raise UsageError("weights do not match the manifest's weights_sha256")
+        bad = _non_finite(weights, f"zoo entry of task {manifest.task.name}: weights")
+        if bad is not None:  # a diverged training run must never become a neighbour
+            raise EdgeMVPError(f"refusing to store the entry of task {manifest.task.name}: tensor '{bad}' holds NaN "
+                               "or infinity (training diverged; lower the learning rate)")
         raw = manifest.to_bytes()
         entry_id = sha256_bytes(raw)
         done = self.job_entry(manifest.job_key)
@@ -242,17 +294,15 @@ class ZooStore:
         logger.warning("moved corrupt entry %s to %s", folder.name[:12], dest)
 
     def _index(self, entry_id: str, m: EntryManifest, build_seconds: float | None) -> None:
-        bits, n = mask_bits(m)
         with self._transaction():
             if self.db.execute("SELECT 1 FROM entries WHERE id=?", (entry_id,)).fetchone():
                 return
-            self.db.execute(
-                "INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (entry_id, m.job_key, m.arch, m.base.weights_sha256, m.task.dataset, m.task.name,
-                 json.dumps(list(m.task.classes)), m.pruner, m.metrics.get("test_acc"), m.metrics.get("params"),
-                 m.metrics.get("macs"), m.metrics.get("keep_ratio"), bits, n, build_seconds))
-            self.db.executemany("INSERT OR IGNORE INTO entry_classes VALUES (?,?)",
-                                [(entry_id, c) for c in m.task.classes])
+            self._insert(entry_id, m, build_seconds)
+
+    def _insert(self, entry_id: str, m: EntryManifest, build_seconds: float | None) -> None:
+        self.db.execute(f"INSERT INTO entries VALUES ({','.join('?' * len(_COLUMNS))})",
+                        (*row_values(entry_id, m), build_seconds))
+        self.db.executemany("INSERT OR IGNORE INTO entry_classes VALUES (?,?)", [(entry_id, c) for c in m.task.classes])
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -306,8 +356,8 @@ class ZooStore:
         Raises:
             UsageError: No entry or several entries start with ``prefix``.
         """
-        if not prefix or any(ch not in "0123456789abcdef" for ch in prefix.lower()):
-            raise UsageError(f"'{prefix}' is not an entry id (hex)")
+        if not prefix or len(prefix) > MAX_ENTRY_ID or any(ch not in "0123456789abcdef" for ch in prefix.lower()):
+            raise UsageError(f"'{prefix[:70]}' is not an entry id (at most 64 hex digits)")
         found = [r[0] for r in self.db.execute("SELECT id FROM entries WHERE id LIKE ?", (prefix.lower() + "%",))]
         if not found:
             raise UsageError(f"no zoo entry with id {prefix}")
@@ -323,7 +373,9 @@ class ZooStore:
         """
         folder = self.folder(entry_id)
         try:
-            raw = (folder / MANIFEST).read_bytes()
+            raw = read_regular(folder / MANIFEST, MAX_JSON_FILE)
+        except UnsafeFile as exc:
+            raise CorruptEntry(f"zoo entry {entry_id[:12]}: {MANIFEST} refused ({exc})") from exc
         except OSError as exc:
             raise CorruptEntry(f"zoo entry {entry_id[:12]}: {MANIFEST} is missing ({exc.strerror})") from exc
         if sha256_bytes(raw) != entry_id:
@@ -384,14 +436,9 @@ class ZooStore:
     def _check_files(self, entry_id: str) -> str | None:
         """None when both files match their sha256s, else the reason."""
         try:
-            entry = self.get(entry_id)
-            weights = (entry.folder / WEIGHTS).read_bytes()
+            self.get(entry_id).read_weights()
         except (CorruptEntry, UsageError) as exc:
             return str(exc)
-        except OSError as exc:
-            return f"zoo entry {entry_id[:12]}: {WEIGHTS} is missing ({exc.strerror})"
-        if sha256_bytes(weights) != entry.manifest.weights_sha256:
-            return f"zoo entry {entry_id[:12]}: {WEIGHTS} is corrupt (sha256 does not match the manifest)"
         return None
 
     def objects(self) -> Iterator[Path]:
@@ -421,51 +468,208 @@ class ZooStore:
                 shutil.rmtree(folder)
         return report
 
+    def _rewrite(self, entries: list[ZooEntry], seconds: dict[str, float | None]) -> int:
+        """Replace every row by the rows of ``entries`` (in order; one per build job); returns rows changed."""
+        changed = 0
+        with self._transaction():
+            before = {r[0] for r in self.db.execute("SELECT id FROM entries")}
+            keep = {e.id for e in entries}
+            changed += len(before - keep)
+            changed += sum(1 for e in entries if e.id not in before or self.row_problems(e.id, e.manifest))
+            self.db.execute("DELETE FROM entries")
+            self.db.execute("DELETE FROM entry_classes")
+            jobs: set[str] = set()
+            for e in entries:
+                if e.manifest.job_key not in jobs:
+                    jobs.add(e.manifest.job_key)
+                    self._insert(e.id, e.manifest, seconds.get(e.id))
+        return changed
+
+    def row_problems(self, entry_id: str, manifest: EntryManifest) -> list[str]:
+        """The fields of an entry's index row (and class rows) that differ from its manifest (empty: it matches)."""
+        found = self.db.execute(f"SELECT {', '.join(_COLUMNS[:-1])} FROM entries WHERE id=?", (entry_id,)).fetchone()
+        if found is None:
+            return ["row"]
+        want = row_values(entry_id, manifest)
+        bad = [name for name, got, expected in zip(_COLUMNS, found, want) if got != expected]
+        classes = {r[0] for r in self.db.execute("SELECT class FROM entry_classes WHERE id=?", (entry_id,))}
+        return bad + (["entry_classes"] if classes != set(manifest.task.classes) else [])
+
+    def check_row(self, entry: ZooEntry) -> None:
+        """Refuse an entry whose index row does not say what its manifest says (a damaged or tampered index).
+
+        Raises:
+            CorruptEntry: Naming the fields that differ and the repair command.
+        """
+        bad = self.row_problems(entry.id, entry.manifest)
+        if bad:
+            raise CorruptEntry(f"zoo entry {entry.id[:12]}: its index row differs from its manifest "
+                               f"({', '.join(bad)}); run 'edgemvp zoo verify --repair --zoo {self.root}'")
+
     def verify(self) -> VerifyReport:
-        """Recover, then check every indexed entry's files against their sha256s."""
+        """Recover, then check every indexed entry's files against their sha256s and its row against its manifest."""
         report = self.recover()
         for (entry_id,) in self.db.execute("SELECT id FROM entries ORDER BY rowid").fetchall():
             report.checked += 1
-            if not self.folder(entry_id).is_dir():
+            try:
+                folder = self.folder(entry_id)
+            except CorruptEntry as exc:
+                report.corrupt.append((str(entry_id), str(exc)))
+                continue
+            if not folder.is_dir():
                 report.missing.append(entry_id)
                 continue
             reason = self._check_files(entry_id)
+            if reason is None:
+                bad = self.row_problems(entry_id, self.get(entry_id).manifest)
+                reason = (f"zoo entry {entry_id[:12]}: index row differs from its manifest ({', '.join(bad)})"
+                          if bad else None)
             if reason is not None:
                 report.corrupt.append((entry_id, reason))
         return report
 
     # --- bundles -------------------------------------------------------------------------------------------
-    def export_bundle(self, path: Path, ids: list[str] | None = None) -> int:
+    def export_bundle(self, path: Path, ids: list[str] | None = None, force: bool = False) -> int:
         """Write entries (all by default) into one tar bundle, atomically; every entry is verified first.
+
+        Args:
+            path: The bundle file; never inside a zoo, and an existing file only with ``force``.
+            ids: Entries to write (default: all).
+            force: Replace an existing file.
 
         Returns:
             The number of entries written.
+
+        Raises:
+            UsageError: A destination inside a zoo, a folder, or an existing file without ``force``.
+            CorruptEntry: An entry whose files do not match their sha256s (nothing is written).
         """
+        path = check_bundle_destination(Path(path), force)
         ids = ids if ids is not None else [r.id for r in self.rows()]
-        items = []
-        for entry_id in ids:
-            reason = self._check_files(entry_id)
-            if reason is not None:
-                raise CorruptEntry(reason)
-            items.append(tuple((self.folder(entry_id) / name).read_bytes() for name in (MANIFEST, WEIGHTS)))
-        atomic_write_bytes(Path(path), bundle_bytes(items))
+        entries = [self.get(i) for i in ids]
+        items = [(e.manifest.to_bytes(), e.read_weights()) for e in entries]  # both checked against sha256s
+        atomic_write_bytes(path, bundle_bytes(items))
         return len(ids)
 
-    def import_entries(self, items: list[tuple[EntryManifest, bytes]]) -> tuple[int, int]:
-        """Add verified entries (from :func:`read_bundle`).
+    def import_entries(self, items: list[tuple[EntryManifest, bytes]],
+                       bases: Mapping[str, BaseManifest] | None = None, checked: bool = False) -> tuple[int, int]:
+        """Add entries from a bundle (:func:`read_bundle`), each validated in full before anything is written.
+
+        The validation is the zoo server's for an upload (:func:`edgemvp.zoo.validate.check_entry`): finite
+        weights that load strictly into create(arch) -> shrink(masks), metadata that agrees with the manifest,
+        and, for a base in ``bases``, a base reference equal to it.
+
+        Args:
+            items: ``(manifest, weights)`` pairs.
+            bases: Cached bases by sha256.
+            checked: The caller already ran :func:`check_bundle_entries` on ``items``.
 
         Returns:
             (entries added, entries already present).
+
+        Raises:
+            UsageError: The first entry that fails validation (nothing is stored).
         """
+        if not checked:
+            check_bundle_entries(items, bases)
         before = len(self)
         for manifest, weights in items:
             self.put(manifest, weights)
         added = len(self) - before
         return added, len(items) - added
 
-    def import_bundle(self, path: Path) -> tuple[int, int]:
-        """Add a bundle's entries; every entry is verified (:func:`read_bundle`) before anything is written."""
-        return self.import_entries(read_bundle(Path(path)))
+    def import_bundle(self, path: Path, bases: Mapping[str, BaseManifest] | None = None) -> tuple[int, int]:
+        """Add a bundle's entries; every entry is verified before anything is written (see :meth:`import_entries`)."""
+        return self.import_entries(read_bundle(Path(path)), bases)
+
+
+def check_bundle_entries(items: list[tuple[EntryManifest, bytes]],
+                         bases: Mapping[str, BaseManifest] | None = None) -> None:
+    """Validate a bundle's entries as the zoo server validates an upload (see :meth:`ZooStore.import_entries`).
+
+    Raises:
+        UsageError: The first entry that fails.
+    """
+    from edgemvp.zoo.validate import check_entry  # validate rebuilds models: heavier than the store needs
+
+    for manifest, weights in items:
+        check_entry(manifest, weights, bases or {}, f"bundle entry {manifest.entry_id()[:12]}", require_base=False)
+
+
+def check_bundle_destination(path: Path, force: bool = False) -> Path:
+    """Refuse a bundle destination that would overwrite a zoo's files or a file without ``force``.
+
+    Raises:
+        UsageError: Inside a zoo (its marker, an entry, the index...), a folder, a link, or an existing file
+            without ``force``.
+    """
+    path = Path(os.path.abspath(path.expanduser()))
+    zoo = zoo_around(path.parent)
+    if zoo is not None or (path / MARKER).is_file():
+        raise UsageError(f"{path} is inside the zoo {zoo or path}; write the bundle outside any zoo")
+    if path.is_symlink() or path.exists() and not path.is_file():
+        raise UsageError(f"{path} exists and is not a regular file")
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists; pass --force to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot create its folder ({exc.strerror or exc})") from exc
+    return path
+
+
+def repair_index(root: str | os.PathLike[str]) -> VerifyReport:
+    """Rebuild a zoo's index from its entries' manifests (``edgemvp zoo verify --repair``).
+
+    Entries whose files do not match their sha256s are moved to ``quarantine/``; every other entry gets the row
+    its manifest defines, in the old index's order where it could be read (neighbour ties are broken by that
+    order), and keeps its recorded build time. An index SQLite cannot read is moved aside first.
+
+    Raises:
+        UsageError: Not a zoo folder.
+    """
+    root = Path(root).expanduser().resolve()
+    check_marker(root)
+    report = VerifyReport()
+    try:
+        store = ZooStore.open(root)
+    except DamagedIndex:
+        report.damaged_index = _move_aside(root / INDEX)
+        store = ZooStore.open(root)
+    with store:
+        old = {r[0]: (i, r[1]) for i, r in enumerate(store.db.execute(
+            "SELECT id, build_seconds FROM entries ORDER BY rowid"))}
+        good = []
+        for folder in store.objects():
+            reason = store._check_files(folder.name)
+            if reason is not None:
+                store._quarantine(folder)
+                report.corrupt.append((folder.name, reason + " (moved to quarantine/)"))
+            else:
+                good.append(store.get(folder.name))
+        good.sort(key=lambda e: (old.get(e.id, (len(old), None))[0], e.id))
+        report.repaired = store._rewrite(good, {i: v[1] for i, v in old.items()})
+        report.checked = len(good)
+        report.missing = [i for i in old if i not in {e.id for e in good}]
+    return report
+
+
+def _move_aside(index: Path) -> str:
+    """Move a damaged index (and its WAL files) to ``index.sqlite.damaged-<id>``; returns the new name."""
+    dest = index.with_name(f"{index.name}.damaged-{uuid.uuid4().hex[:8]}")
+    for suffix in ("", "-wal", "-shm"):
+        part = index.with_name(index.name + suffix)
+        if part.exists() or part.is_symlink():
+            os.rename(part, dest.with_name(dest.name + suffix))
+    return str(dest)
+
+
+def row_values(entry_id: str, m: EntryManifest) -> tuple:
+    """An entry's index row as its manifest defines it (every column but ``build_seconds``)."""
+    bits, n = mask_bits(m)
+    return (entry_id, m.job_key, m.arch, m.base.weights_sha256, m.task.dataset, m.task.name,
+            json.dumps(list(m.task.classes)), m.pruner, m.metrics.get("test_acc"), m.metrics.get("params"),
+            m.metrics.get("macs"), m.metrics.get("keep_ratio"), bits, n)
 
 
 def _unpack(blobs, sizes, mixed: str) -> np.ndarray:
@@ -507,56 +711,103 @@ def read_bundle(path: Path) -> list[tuple[EntryManifest, bytes]]:
     Raises:
         UsageError: Not a bundle, a newer schema, or an entry whose files do not match their sha256s.
     """
-    if not path.is_file():
-        raise UsageError(f"bundle not found: {path}")
+    if path.is_symlink() or not path.is_file():
+        raise UsageError(f"bundle not found (or not a regular file): {path}")
     with open(path, "rb") as fh:
-        return read_bundle_from(fh, str(path))
+        return read_bundle_from(fh, str(path), max_bytes=os.fstat(fh.fileno()).st_size)
 
 
-def read_bundle_from(fileobj: BinaryIO, source: str, max_entries: int | None = None
-                     ) -> list[tuple[EntryManifest, bytes]]:
+def read_bundle_from(fileobj: BinaryIO, source: str, max_entries: int | None = None,
+                     max_bytes: int | None = None) -> list[tuple[EntryManifest, bytes]]:
     """Read and verify every entry of a bundle from an open binary file (or ``io.BytesIO``), in memory.
+
+    The tar is read member by member: only regular members are accepted (links, devices, FIFOs and sparse
+    members are refused), ``bundle.json`` must come first, every member's declared size is bounded (and their
+    total by ``max_bytes``) before its data is read, and data are hashed while they are read in chunks.
 
     Args:
         fileobj: The bundle's bytes.
         source: Names the bundle in errors.
         max_entries: Refuse bundles listing more entries.
+        max_bytes: Refuse bundles whose members declare more bytes in all (e.g. the file's or the body's size).
 
     Raises:
-        UsageError: Not a bundle, a newer schema, too many entries, or an entry whose files do not match
-            their sha256s (or whose manifest is not in canonical form).
+        UsageError: Not a bundle, a newer schema, too many entries or bytes, a member that is not a regular file,
+            or an entry whose files do not match their sha256s (or whose manifest is not in canonical form).
     """
-    path = source
     try:
         with tarfile.open(fileobj=fileobj, mode="r:") as tar:
-            members = {m.name: m for m in tar.getmembers() if m.isfile()}
+            return _BundleReader(tar, source, max_entries, max_bytes).entries()
+    except UsageError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError,
+            RecursionError) as exc:
+        raise UsageError(f"{source}: unreadable bundle ({exc.__class__.__name__}: {str(exc)[:200]})") from exc
 
-            def read(name: str) -> bytes:
-                if name not in members:
-                    raise UsageError(f"{path}: bundle lacks {name}")
-                return tar.extractfile(members[name]).read()  # type: ignore[union-attr]
 
-            header = json.loads(read(BUNDLE))
-            if header.get("format") != FORMAT + "-bundle":
-                raise UsageError(f"{path}: not an edgemvp zoo bundle")
-            if int(header.get("schema_version", 0)) > SCHEMA_VERSION:
-                raise UsageError(f"{path}: bundle written by a newer edgemvp (schema {header['schema_version']})")
-            listed = header["entries"]
-            if not isinstance(listed, list) or not all(isinstance(i, str) and ENTRY_ID.fullmatch(i) for i in listed):
-                raise UsageError(f"{path}: bundle header must list entry ids (64 hex digits)")
-            if max_entries is not None and len(listed) > max_entries:
-                raise UsageError(f"{path}: {len(listed)} entries; at most {max_entries} per bundle")
-            out = []
-            for entry_id in listed:
-                raw, weights = read(f"{entry_id}/{MANIFEST}"), read(f"{entry_id}/{WEIGHTS}")
-                if sha256_bytes(raw) != entry_id:
-                    raise UsageError(f"{path}: entry {str(entry_id)[:12]}: manifest does not match its id")
-                manifest = EntryManifest.from_bytes(raw, f"{path}: entry {entry_id[:12]}")
-                if manifest.to_bytes() != raw:  # else it would be stored under another id
-                    raise UsageError(f"{path}: entry {entry_id[:12]}: manifest is not in canonical form")
-                if sha256_bytes(weights) != manifest.weights_sha256:
-                    raise UsageError(f"{path}: entry {entry_id[:12]}: weights do not match the manifest")
-                out.append((manifest, weights))
-            return out
-    except (tarfile.TarError, EOFError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-        raise UsageError(f"{path}: unreadable bundle ({exc.__class__.__name__}: {exc})") from exc
+class _BundleReader:
+    """One pass over a bundle's tar members, bounded before any member's data is read."""
+
+    def __init__(self, tar: tarfile.TarFile, source: str, max_entries: int | None, max_bytes: int | None) -> None:
+        self.tar, self.source = tar, source
+        self.max_entries = min(max_entries or MAX_BUNDLE_ENTRIES, MAX_BUNDLE_ENTRIES)
+        self.left = max_bytes  # bytes the remaining members may still declare
+
+    def fail(self, reason: str) -> UsageError:
+        return UsageError(f"{self.source}: {reason}")
+
+    def member(self, limit: int) -> tuple[str, bytes]:
+        """The next member's name and data (refused when it is not a regular file or declares over ``limit``)."""
+        info = self.tar.next()
+        if info is None:
+            raise self.fail("bundle ends before all its entries")
+        name = info.name[:200]
+        if not info.isreg() or info.issparse():
+            raise self.fail(f"member '{name}' is not a regular file (links, devices and sparse members are refused)")
+        if info.size > limit or (self.left is not None and info.size > self.left):
+            raise self.fail(f"member '{name}' declares {info.size} bytes, more than this bundle may hold")
+        if self.left is not None:
+            self.left -= info.size
+        fh = self.tar.extractfile(info)
+        data = bytearray()
+        while len(data) < info.size:
+            chunk = fh.read(min(CHUNK, info.size - len(data)))  # type: ignore[union-attr]
+            if not chunk:
+                raise self.fail(f"member '{name}' is truncated")
+            data += chunk
+        return info.name, bytes(data)
+
+    def header(self) -> list[str]:
+        name, raw = self.member(MAX_JSON_FILE)
+        if name != BUNDLE:
+            raise self.fail(f"not an edgemvp zoo bundle (its first member is '{name[:80]}', not {BUNDLE})")
+        header = json.loads(raw)
+        if not isinstance(header, dict) or header.get("format") != FORMAT + "-bundle":
+            raise self.fail("not an edgemvp zoo bundle")
+        checks.schema_version(header, SCHEMA_VERSION, f"{self.source}: bundle")
+        listed = header.get("entries")
+        if not isinstance(listed, list) or not all(isinstance(i, str) and ENTRY_ID.fullmatch(i) for i in listed):
+            raise self.fail("bundle header must list entry ids (64 hex digits)")
+        if len(listed) > self.max_entries:
+            raise self.fail(f"{len(listed)} entries; at most {self.max_entries} per bundle")
+        if len(set(listed)) != len(listed):
+            raise self.fail("bundle header lists an entry twice")
+        return listed
+
+    def entries(self) -> list[tuple[EntryManifest, bytes]]:
+        out = []
+        for entry_id in self.header():
+            where = f"{self.source}: entry {entry_id[:12]}"
+            name, raw = self.member(MAX_JSON_FILE)
+            if name != f"{entry_id}/{MANIFEST}" or sha256_bytes(raw) != entry_id:
+                raise self.fail(f"entry {entry_id[:12]}: manifest missing or not matching its id")
+            manifest = EntryManifest.from_bytes(raw, where)
+            if manifest.to_bytes() != raw:  # else it would be stored under another id
+                raise UsageError(f"{where}: manifest is not in canonical form")
+            name, weights = self.member(weights_limit(manifest))
+            if name != f"{entry_id}/{WEIGHTS}" or sha256_bytes(weights) != manifest.weights_sha256:
+                raise UsageError(f"{where}: weights missing or not matching the manifest")
+            out.append((manifest, weights))
+        if self.tar.next() is not None:
+            raise self.fail("bundle holds members its header does not list")
+        return out
