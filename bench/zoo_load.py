@@ -10,6 +10,13 @@ of requests: health, entry lists, manifests, weights downloads (sha256 checked),
 ``/vote`` (mvp, 3 neighbours; payload sha256 checked and decoded). An error is any non-2xx answer, transport
 failure or checksum mismatch. Printed: per kind count, p50, p99 and max latency (ms, client side), errors,
 wall time and throughput; ``--json`` writes them.
+
+``--hostile K`` runs the load twice on the same server: first the normal clients alone, then the same normal
+clients beside K hostile clients that send, back to back, 1,000-class ``/neighbours`` requests and oversized
+votes (1,000-class tasks, 100 neighbour ids, bodies over the 1 MiB JSON limit). Reported for both phases: the
+normal clients' errors and latencies, the hostile answers by status, and the server's peak RSS (VmHWM) and RSS.
+
+    python bench/zoo_load.py --clients 20 --requests 200 --hostile 2
 """
 from __future__ import annotations
 
@@ -119,6 +126,36 @@ def client(url: str, k: int, requests: int, ids: list[str], classes: list[str], 
             out.append((kind, time.perf_counter() - start, ok))
 
 
+def hostile(url: str, k: int, classes: list[str], ids: list[str], stop: threading.Event,
+            statuses: list[int]) -> None:
+    """One hostile client: oversized rankings and votes back to back until ``stop`` (statuses recorded)."""
+    import httpx
+
+    rng = random.Random(10_000 + k)
+    many = {"dataset": "fashion-mnist", "classes": [f"{rng.choice(classes)} {i}" for i in range(1000)]}
+    bodies = [("/neighbours", {"task": many, "limit": 1000}),
+              ("/vote", {"task": many, "neighbours": 100}),
+              ("/vote", {"task": {"dataset": "fashion-mnist", "classes": classes[:5]}, "method": "mvp",
+                         "neighbour_ids": (ids * 100)[:100], "neighbours": 100}),
+              ("/vote", {"task": {"dataset": "fashion-mnist", "classes": ["x" * 300] * 5000}})]
+    with httpx.Client(base_url=url, timeout=600) as http:
+        while not stop.is_set():
+            path, body = rng.choice(bodies)
+            try:
+                statuses.append(http.post(path, json=body).status_code)
+            except httpx.HTTPError:
+                statuses.append(0)  # a dropped connection
+
+
+def rss_sampler(pid: int, stop: threading.Event, peak: list[int]) -> None:
+    """The server's resident memory (kB) every 50 ms, and its high-water mark at the end."""
+    status = Path(f"/proc/{pid}/status")
+    while not stop.wait(0.05):
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                peak.append(int(line.split()[1]))
+
+
 def summarise(results: list[tuple[str, float, bool]], wall: float) -> dict:
     out: dict = {"requests": len(results), "errors": sum(not ok for _, _, ok in results),
                  "wall_s": round(wall, 1), "throughput_rps": round(len(results) / wall, 1), "kinds": {}}
@@ -132,6 +169,35 @@ def summarise(results: list[tuple[str, float, bool]], wall: float) -> dict:
     return out
 
 
+def phase(url: str, pid: int, args: argparse.Namespace, ids: list[str], classes: list[str], n_hostile: int) -> dict:
+    """The normal clients' load, beside ``n_hostile`` hostile clients; with the server's memory."""
+    results: list[tuple[str, float, bool]] = []
+    statuses: list[int] = []
+    stop, rss = threading.Event(), []
+    side = [threading.Thread(target=hostile, args=(url, k, classes, ids, stop, statuses)) for k in range(n_hostile)]
+    side.append(threading.Thread(target=rss_sampler, args=(pid, stop, rss)))
+    threads = [threading.Thread(target=client, args=(url, k, args.requests, ids, classes, args.seed, results))
+               for k in range(args.clients)]
+    for t in side:
+        t.start()
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    summary = summarise(results, time.perf_counter() - start)
+    stop.set()
+    for t in side:
+        t.join()
+    hwm = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith("VmHWM:"))
+    summary["server_rss_mb"] = {"max_sampled": round(max(rss, default=0) / 1024, 1), "high_water": round(hwm / 1024, 1)}
+    if n_hostile:
+        summary["hostile"] = {"clients": n_hostile, "requests": len(statuses),
+                              "statuses": {str(c): statuses.count(c) for c in sorted(set(statuses))}}
+    return summary
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, default=20)
@@ -143,6 +209,7 @@ def main() -> None:
     p.add_argument("--vote-workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="server torch threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hostile", type=int, default=0, help="hostile clients in a second phase")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
@@ -157,17 +224,11 @@ def main() -> None:
         port = free_port()
         proc = serve(zoo, args.cache, port, args.vote_workers, args.threads)
         try:
-            results: list[tuple[str, float, bool]] = []
             classes = list(get_dataset(args.dataset).classes)
-            threads = [threading.Thread(target=client, args=(f"http://127.0.0.1:{port}", k, args.requests, ids,
-                                                             classes, args.seed, results))
-                       for k in range(args.clients)]
-            start = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            summary = summarise(results, time.perf_counter() - start)
+            url = f"http://127.0.0.1:{port}"
+            summary = phase(url, proc.pid, args, ids, classes, 0)
+            if args.hostile:
+                summary = {"alone": summary, "with_hostile": phase(url, proc.pid, args, ids, classes, args.hostile)}
         finally:
             proc.terminate()
             proc.wait(timeout=60)

@@ -89,10 +89,15 @@ def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
             raise UnsafeFile(f"{path} is not a regular file")
         if st.st_size > limit:
             raise UnsafeFile(f"{path} is {st.st_size} bytes, more than the {limit} allowed")
-        data = fh.read(limit + 1)
+        data = bytearray()  # in chunks: read(n) would allocate all n bytes up front
+        while len(data) <= limit:
+            chunk = fh.read(min(1 << 24, limit + 1 - len(data)))
+            if not chunk:
+                break
+            data += chunk
     if len(data) > limit:
         raise UnsafeFile(f"{path} is larger than the {limit} bytes allowed")
-    return data
+    return bytes(data)
 
 
 def read_secret(path: str | os.PathLike[str], option: str) -> str:

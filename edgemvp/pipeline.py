@@ -41,7 +41,6 @@ from edgemvp.models.factory import create_model, get_arch
 from edgemvp.mvp import batchnorm_statistics_matter, reestimate_batchnorm, target_model
 from edgemvp.paths import atomic_write_bytes
 from edgemvp.runs import CARD, REPORT, RUN_FORMAT, check_out, replace_dir
-from edgemvp.safeload import load_json, load_yaml
 from edgemvp.similarity import Hierarchy, Taxonomy, leep_similarity
 from edgemvp.train import OptimConfig, Progress, accuracy, default_device, train_steps
 from edgemvp.vote import DEFAULT_NEIGHBOURS, DEFAULT_TEMPERATURE, nearest
@@ -258,9 +257,7 @@ def load_hierarchy(path: Path | None) -> Hierarchy | None:
     """
     if path is None:
         return None
-    source = f"class hierarchy {path}"
-    tree = load_json(path, source) if Path(path).suffix == ".json" else load_yaml(path, source)
-    return Hierarchy.from_tree(tree, source)
+    return Hierarchy.load(path)
 
 
 def _wordnet_gap(task: TaskSpec) -> str | None:

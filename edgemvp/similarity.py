@@ -34,6 +34,7 @@ from edgemvp.errors import UsageError
 
 ClassKey = tuple[str, str]  # (dataset, class name)
 MAX_TREE_DEPTH = 64
+CHUNK_ELEMENTS = 1 << 22  # task_similarity's temporary arrays: about this many elements at a time (4 M)
 
 
 class Hierarchy:
@@ -103,23 +104,16 @@ class Hierarchy:
 
     @staticmethod
     def read_tree(path: str | os.PathLike[str]) -> Any:
-        """The parsed content of a ``.yaml``/``.yml``/``.json`` hierarchy file (not yet checked to be a tree).
+        """The parsed content of a ``.yaml``/``.yml``/``.json`` hierarchy file (not yet checked to be a tree),
+        read with bounds (size, nesting, alias expansion: :mod:`edgemvp.safeload`).
 
         Raises:
-            UsageError: Missing or unparsable file.
+            UsageError: Missing, unreadable, not UTF-8, unparsable or too large a file.
         """
-        import yaml
+        from edgemvp.safeload import load_json, load_yaml
 
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise UsageError(f"class hierarchy {path}: {exc.strerror}") from exc
-        try:
-            return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (ValueError, RecursionError, yaml.YAMLError) as exc:
-            raise UsageError(f"class hierarchy {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}"
-                             f" ({str(exc).splitlines()[0]})") from exc
+        source = f"class hierarchy {path}"
+        return load_json(path, source) if Path(path).suffix == ".json" else load_yaml(path, source)
 
     def to_tree(self) -> dict[str, Any]:
         """The tree as nested mappings (a leaf maps to None): ``from_tree(h.to_tree())`` is the same hierarchy."""
@@ -194,7 +188,32 @@ class Taxonomy:
         return self.synsets.get(key) or synset_map(dataset).get(cls)
 
     def class_matrix(self, keys: Sequence[ClassKey]) -> np.ndarray:
-        """Wu-Palmer of every pair of classes (float64, symmetric); unknown classes score 0 except with themselves."""
+        """Wu-Palmer of every pair of classes (float64, symmetric); unknown classes score 0 except with themselves.
+
+        A pair of WordNet nodes ``a <= b`` (as strings) scores ``wup(a, b)``: the whole matrix is computed from
+        the synsets' closures in array operations (:func:`edgemvp.data.wordnet.wup_matrix`).
+
+        Raises:
+            UsageError: A node that is not a WordNet 3.0 synset.
+        """
+        if self.hierarchy is not None:
+            return self._pairwise(keys)
+        from edgemvp.data.wordnet import wup_matrix
+
+        nodes = [self.node(k) for k in keys]
+        known = sorted({node for node in nodes if node is not None})
+        pairs = wup_matrix(known, self.cache)  # pairs[p, q] = wup(known[p], known[q]); known[p] <= known[q] for p <= q
+        where = {node: i for i, node in enumerate(known)}
+        index = np.array([-1 if node is None else where[node] for node in nodes], dtype=np.int64)
+        lo, hi = np.minimum.outer(index, index), np.maximum.outer(index, index)
+        out = np.where(lo >= 0, pairs[np.maximum(lo, 0), hi] if len(known) else 0.0, 0.0)
+        same = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+        ids = np.array([same[k] for k in keys], dtype=np.int64)
+        out[ids[:, None] == ids[None, :]] = 1.0
+        return out
+
+    def _pairwise(self, keys: Sequence[ClassKey]) -> np.ndarray:
+        """``class_matrix`` pair by pair (the user-hierarchy path)."""
         nodes = [self.node(k) for k in keys]
         n = len(keys)
         out = np.eye(n)
@@ -251,7 +270,16 @@ class Candidates:
 
 
 def task_similarity(target: Sequence[ClassKey], candidates: Candidates, matrix: np.ndarray) -> np.ndarray:
-    """Symmetric average best-match similarity of the target task to every candidate task (vectorised).
+    """Symmetric average best-match similarity of the target to every candidate task (vectorised, in chunks).
+
+    The same float64 values as the one-shot formula (``max`` over the candidate's classes and ``mean`` over the
+    target's, in the same array layout; ``member @ best / classes``), with the candidate tasks taken in chunks
+    of about :data:`CHUNK_ELEMENTS` elements of temporary arrays, so memory stays bounded whatever the zoo size.
+    Each task's classes are gathered by index (a task has few) instead of masking the whole vocabulary. Chunks
+    start at multiples of 64 tasks (4 when the budget is tight): OpenBLAS sums ``member @ best`` four rows at a
+    time from the start of a call, so each row is summed as in one call over all tasks (except next to where
+    OpenBLAS splits one call between threads, which depends on the thread count and is no property of the
+    formula; there the last bit can differ).
 
     Args:
         target: The target's classes (each must be in ``candidates.keys``).
@@ -264,12 +292,36 @@ def task_similarity(target: Sequence[ClassKey], candidates: Candidates, matrix: 
     pos = {k: i for i, k in enumerate(candidates.keys)}
     rows = matrix[[pos[k] for k in target]]  # (A, C)
     member = candidates.member
-    # target -> candidate: each target class's best match among the candidate's classes
-    ab = np.where(member[:, None, :], rows[None, :, :], -np.inf).max(axis=2).mean(axis=1)
+    tasks, vocabulary = member.shape
+    n_target = rows.shape[0]
     # candidate -> target: each candidate class's best match among the target's classes
     best = rows.max(axis=0)  # (C,)
-    ba = (member @ best) / member.sum(axis=1)
-    return 0.5 * (ab + ba)
+    sizes = member.sum(axis=1)
+    out = np.empty(tasks, dtype=np.float64)
+    if tasks == 0:
+        return out
+    widest = max(1, int(sizes.max()))  # classes of the largest task
+    # the target's similarities by class, with a -inf class that pads the smaller tasks: (C + 1, A)
+    by_class = np.ascontiguousarray(np.concatenate([rows, np.full((n_target, 1), -np.inf)], axis=1).T)
+    span = max(1, CHUNK_ELEMENTS // widest)  # target classes at a time
+    step = max(1, CHUNK_ELEMENTS // max(widest * min(span, n_target), vocabulary, 1))
+    step = step // 64 * 64 if step >= 64 else max(4, step // 4 * 4)
+    for start in range(0, tasks, step):
+        part = member[start:start + step]
+        n = len(part)
+        # each task's classes, padded with the -inf class: (n, widest)
+        task_of, cls = np.nonzero(part)
+        first = np.concatenate([[0], np.cumsum(sizes[start:start + n])[:-1]])
+        index = np.full((n, widest), vocabulary, dtype=np.int64)
+        index[task_of, np.arange(len(cls)) - first[task_of]] = cls
+        # target -> candidate: each target class's best match among the candidate's classes
+        matched = np.empty((n, n_target), dtype=np.float64)
+        for a in range(0, n_target, span):
+            matched[:, a:a + span] = by_class[index, a:a + span].max(axis=1)
+        ab = matched.mean(axis=1)
+        ba = (part @ best) / sizes[start:start + n]
+        out[start:start + n] = 0.5 * (ab + ba)
+    return out
 
 
 def wordnet_similarity(target: Sequence[ClassKey], tasks: Sequence[tuple[str, Sequence[str]]],

@@ -6,9 +6,9 @@ optional object with tqdm's ``update``/``set_postfix`` methods; only the CLI cre
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Literal, Protocol, Sequence
 
@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgemvp import checks
+from edgemvp.probe import onednn_training
 
 logger = logging.getLogger(__name__)
 
@@ -126,54 +127,52 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-# Shapes of pruned ResNets' 1x1 stride-2 shortcut convolutions (few channels, small maps) whose channels-last
-# weight gradient oneDNN computed differently from run to run with 2 threads on an AMD EPYC (AVX2, no AVX-512):
-# (in, out, kernel, stride, batch, side).
-_PROBE_SHAPES = ((4, 8, 1, 2, 32, 8), (2, 3, 1, 2, 32, 8), (6, 13, 1, 2, 32, 8))
-
-
-@functools.lru_cache(maxsize=8)
-def onednn_conv_is_reproducible(threads: int) -> bool:
-    """Whether oneDNN's convolution weight gradients are bit-identical from run to run on this CPU (a probe of a
-    few milliseconds, once per process and thread count).
-
-    Where they are not, deterministic CPU training runs its convolutions without oneDNN, in the contiguous
-    layout (measured: reproducible there), so that the same seeds give the same weights on every machine;
-    machines where they are keep oneDNN and channels-last (and the results they always had).
-    """
-    del threads  # the cache key: the probe runs at the current thread count
-    gen = torch.Generator().manual_seed(0)
-    for layout in (torch.channels_last, torch.contiguous_format):
-        if not _reproducible_gradients(layout, gen):
-            logger.info("oneDNN convolution gradients vary between runs here; deterministic CPU training runs "
-                        "without oneDNN")
-            return False
-    return True
-
-
-def _reproducible_gradients(layout: torch.memory_format, gen: torch.Generator) -> bool:
-    for cin, cout, k, stride, n, side in _PROBE_SHAPES:
-        conv = nn.Conv2d(cin, cout, k, stride=stride, bias=False).to(memory_format=layout)
-        x = torch.randn(n, cin, side, side, generator=gen).contiguous(memory_format=layout)
-        w = torch.randn(conv(x).shape, generator=gen)
-        seen = set()
-        for _ in range(4):
-            conv.weight.grad = None
-            (conv(x) * w).sum().backward()
-            seen.add(conv.weight.grad.numpy().tobytes())
-        if len(seen) > 1:
-            return False
-    return True
-
-
-def _layout(model: nn.Module, device: torch.device, deterministic: bool) -> tuple[torch.memory_format, bool]:
-    """The memory format of training and whether oneDNN stays on: channels-last for CNNs (faster), unless that
-    would make deterministic CPU training irreproducible here (:func:`onednn_conv_is_reproducible`)."""
+def _layout(model: nn.Module, device: torch.device) -> tuple[torch.memory_format, str]:
+    """The memory format of training and how convolutions run (:func:`edgemvp.probe.onednn_training`):
+    channels-last for CNNs (faster) with oneDNN where its gradients are sound or only its strided 1x1
+    convolutions need the workaround; the contiguous layout without oneDNN where even that is not enough."""
     if not any(p.ndim == 4 for p in model.parameters()):
-        return torch.contiguous_format, True
-    if deterministic and device.type == "cpu" and not onednn_conv_is_reproducible(torch.get_num_threads()):
-        return torch.contiguous_format, False
-    return torch.channels_last, True
+        return torch.contiguous_format, "sound"
+    verdict = onednn_training(torch.get_num_threads()) if device.type == "cpu" else "sound"
+    return (torch.contiguous_format if verdict == "unsound" else torch.channels_last), verdict
+
+
+def _subsampled(module: nn.Conv2d, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    """A strided 1x1 convolution as subsample + stride-1 1x1 (the same function; see :mod:`edgemvp.probe`)."""
+    sh, sw = module.stride
+    return F.conv2d(args[0][:, :, ::sh, ::sw], module.weight, module.bias, 1, 0, 1, module.groups)
+
+
+@contextlib.contextmanager
+def _conv_workaround(model: nn.Module, verdict: str) -> Iterator[None]:
+    """Train with the probe's workaround for this CPU's oneDNN: none, subsampled strided 1x1 convolutions, or
+    oneDNN off."""
+    hooks = []
+    if verdict == "strided-1x1":
+        hooks = [m.register_forward_hook(_subsampled) for m in model.modules()
+                 if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+                 and m.padding == (0, 0) and m.dilation == (1, 1)]
+    try:
+        with _onednn(verdict != "unsound"):
+            yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@contextlib.contextmanager
+def _onednn(enabled: bool) -> Iterator[None]:
+    """oneDNN on or off for a block (torch warns about Intel-GPU TF32 whenever the flags are set: silenced)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
+        flags = torch.backends.mkldnn.flags(enabled=enabled)
+        flags.__enter__()
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
+            flags.__exit__(None, None, None)
 
 
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
@@ -209,14 +208,14 @@ def train_steps(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Te
     progress = _NoProgress() if progress is None else progress  # tqdm has no truth value
     hook = hook or StepHook()
     model.to(device).train()
-    memory, onednn = _layout(model, device, deterministic)
+    memory, verdict = _layout(model, device)
     model.to(memory_format=memory)
     amp = amp and not (deterministic and device.type == "cpu")
     opt = build_optimizer(model, cfg, hook.param_groups())
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
     losses: list[float] = []
     progress.reset(total=steps)
-    with torch.backends.mkldnn.flags(enabled=onednn):
+    with _conv_workaround(model, verdict):
         for step, (x, y) in zip(range(steps), batches):
             for group in opt.param_groups:
                 group["lr"] = group["peak_lr"] * lr_factor(cfg, step, steps)

@@ -22,6 +22,15 @@ def test_imagenet_wnid_resolves_to_synset() -> None:
         synset("dogg.n.01")
 
 
+@pytest.mark.parametrize("wnid", ["n00000000", "n99999999", "n00001741"])
+def test_unknown_wnid_is_a_usage_error(wnid: str) -> None:
+    """nltk returns None for an offset where no noun starts (0: the licence, 1741: inside entity.n.01's line)."""
+    with pytest.raises(UsageError, match=f"unknown WordNet synset '{wnid}'"):
+        synset(wnid)
+    with pytest.raises(UsageError, match=f"unknown WordNet synset '{wnid}'"):
+        wup(wnid, "n00000000" if wnid != "n00000000" else "n99999999")
+
+
 def test_lexnames_matches_wordnet_3() -> None:
     lines = lexnames_text().splitlines()
     assert len(lines) == 45
@@ -61,12 +70,23 @@ def test_fashion_map_covers_every_class_and_ranks_sensibly() -> None:
     assert wup(mapping["Sneaker"], mapping["Sandal"]) > wup(mapping["Sneaker"], mapping["Dress"])
 
 
-def test_concurrent_lookups_read_correct_lines() -> None:
-    """nltk's reader shares file handles; the zoo server ranks in many threads at once (found by its load test)."""
+@pytest.mark.parametrize("shipped", [True, False])
+def test_concurrent_lookups_read_correct_lines(shipped: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nltk's reader shares file handles; the zoo server ranks in many threads at once (found by its load test).
+
+    With the shipped closures no thread reads WordNet; without them every thread's first synsets are read from
+    nltk (under the reader lock) while others compute from what is stored.
+    """
     from concurrent.futures import ThreadPoolExecutor
+
+    from edgemvp.data import wordnet as module
 
     names = list(synset_map("cifar-100").values())
     pairs = [(a, b) for a in names[:30] for b in names[30:60]]
+    expected = [wup(a, b) for a, b in pairs]
+    monkeypatch.setattr(module, "_STORE", None)
+    if not shipped:
+        monkeypatch.setattr(module, "shipped_closures", lambda: None)
     with ThreadPoolExecutor(16) as pool:
         parallel = list(pool.map(lambda p: wup(*p), pairs))
-    assert parallel == [wup(a, b) for a, b in pairs]
+    assert parallel == expected

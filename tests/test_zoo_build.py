@@ -120,8 +120,8 @@ def test_ray_build_gives_the_same_entries(tiny_bases, tmp_path: Path) -> None:
 @pytest.mark.parametrize("args, message", [
     (["--pruner", "magic"], "unknown pruner 'magic'"),
     (["--arch", "resnet9"], "unknown arch"),
-    (["--ratio", "1.5"], "ratio must be in (0, 1)"),
-    (["--ratio", "0"], "ratio must be in (0, 1)"),
+    (["--ratio", "1.5"], "must be in (0, 1), got 1.5"),
+    (["--ratio", "0"], "must be in (0, 1), got 0"),
     (["--classes-per-task", "11"], "fewer than 11 per task"),
     (["--pruner", "ahnp"], "does not prune CNN models"),
 ])

@@ -185,7 +185,7 @@ def test_writes_need_the_token_and_bad_uploads_store_nothing(server, zoo_dir, ba
         (bundle_bytes([(wrong_hash.to_bytes(), good_weights)]), "do not match the manifest"),
         (bundle_bytes([(bad_masks, good_weights)]), "out of range"),
         (bundle_bytes([(replace(good_manifest, weights_sha256=sha256_bytes(short)).to_bytes(), short)]),
-         "do not fit"),
+         "made for another model"),
         (bundle_bytes([(replace(other_base, base=replace(other_base.base, weights_sha256="c" * 64)).to_bytes(),
                         _entry(base, 41, ("3", "4", "5"))[1])]), "not a base of this zoo server"),
         (bundle_bytes([(good_manifest.to_bytes() + b" ", good_weights)]), "canonical"),

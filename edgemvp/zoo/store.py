@@ -756,11 +756,11 @@ class _BundleReader:
     def fail(self, reason: str) -> UsageError:
         return UsageError(f"{self.source}: {reason}")
 
-    def member(self, limit: int) -> tuple[str, bytes]:
+    def member(self, limit: int, expected: str) -> tuple[str, bytes]:
         """The next member's name and data (refused when it is not a regular file or declares over ``limit``)."""
         info = self.tar.next()
         if info is None:
-            raise self.fail("bundle ends before all its entries")
+            raise self.fail(f"bundle lacks {expected}")
         name = info.name[:200]
         if not info.isreg() or info.issparse():
             raise self.fail(f"member '{name}' is not a regular file (links, devices and sparse members are refused)")
@@ -778,7 +778,7 @@ class _BundleReader:
         return info.name, bytes(data)
 
     def header(self) -> list[str]:
-        name, raw = self.member(MAX_JSON_FILE)
+        name, raw = self.member(MAX_JSON_FILE, BUNDLE)
         if name != BUNDLE:
             raise self.fail(f"not an edgemvp zoo bundle (its first member is '{name[:80]}', not {BUNDLE})")
         header = json.loads(raw)
@@ -798,15 +798,19 @@ class _BundleReader:
         out = []
         for entry_id in self.header():
             where = f"{self.source}: entry {entry_id[:12]}"
-            name, raw = self.member(MAX_JSON_FILE)
-            if name != f"{entry_id}/{MANIFEST}" or sha256_bytes(raw) != entry_id:
-                raise self.fail(f"entry {entry_id[:12]}: manifest missing or not matching its id")
+            name, raw = self.member(MAX_JSON_FILE, f"{entry_id}/{MANIFEST}")
+            if name != f"{entry_id}/{MANIFEST}":
+                raise self.fail(f"bundle lacks {entry_id}/{MANIFEST} (found '{name[:80]}')")
+            if sha256_bytes(raw) != entry_id:
+                raise self.fail(f"entry {entry_id[:12]}: manifest does not match its id")
             manifest = EntryManifest.from_bytes(raw, where)
             if manifest.to_bytes() != raw:  # else it would be stored under another id
                 raise UsageError(f"{where}: manifest is not in canonical form")
-            name, weights = self.member(weights_limit(manifest))
-            if name != f"{entry_id}/{WEIGHTS}" or sha256_bytes(weights) != manifest.weights_sha256:
-                raise UsageError(f"{where}: weights missing or not matching the manifest")
+            name, weights = self.member(weights_limit(manifest), f"{entry_id}/{WEIGHTS}")
+            if name != f"{entry_id}/{WEIGHTS}":
+                raise self.fail(f"bundle lacks {entry_id}/{WEIGHTS} (found '{name[:80]}')")
+            if sha256_bytes(weights) != manifest.weights_sha256:
+                raise UsageError(f"{where}: weights do not match the manifest")
             out.append((manifest, weights))
         if self.tar.next() is not None:
             raise self.fail("bundle holds members its header does not list")
