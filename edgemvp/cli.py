@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from edgemvp.cli_types import Number, Seed
+from edgemvp.cli_types import Folder, Number, Seed
 from edgemvp.errors import EdgeMVPError
 
 
@@ -32,9 +32,9 @@ pass_ctx = click.make_pass_decorator(Context)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="EDGEMVP_CACHE",
+@click.option("--cache-dir", type=Folder(), envvar="EDGEMVP_CACHE",
               help="Cache for bases, zoos and downloads [env EDGEMVP_CACHE; default ~/.cache/edgemvp].")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="EDGEMVP_DATA",
+@click.option("--data-dir", type=Folder(), envvar="EDGEMVP_DATA",
               help="Where datasets are found and downloaded [env EDGEMVP_DATA; default <cache>/data].")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.version_option(package_name="edgemvp")
@@ -43,7 +43,8 @@ def cli(ctx: click.Context, cache_dir: Path | None, data_dir: Path | None, verbo
     """edgemvp: Meta-Vote Pruning of pre-trained vision models for edge devices."""
     logging.basicConfig(level=logging.WARNING - 10 * min(verbose + 1, 2), format="%(levelname)s %(name)s: %(message)s")
     # exporter chatter, and one line per HTTP request of a remote zoo
-    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export", "httpx", "httpcore"):
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export", "httpx", "httpcore",
+                  "timm"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
     if cache_dir is not None:
         from edgemvp.paths import cache_dir as resolve
@@ -236,6 +237,12 @@ def bases(ctx: Context) -> None:
                    f"acc {m.test_acc:6.2f}%  {json.dumps(m.train.get('epochs'))} epochs")
 
 
+def _line(text: str) -> str:
+    """An error message as one printable line: control characters (a newline, an escape sequence, a NUL) from
+    a user's input or a file are escaped, so an error never spans lines or drives the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def main() -> None:
     """Console entry point: run the CLI, turning errors into one line and an exit code."""
     try:
@@ -247,13 +254,13 @@ def main() -> None:
         sys.exit(1)
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        click.echo(_line(f"error: {exc.format_message()}{hint}"), err=True)
         sys.exit(2)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
+        click.echo(_line(f"error: {exc.format_message()}"), err=True)
         sys.exit(exc.exit_code)
     except EdgeMVPError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(_line(f"error: {exc}"), err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
@@ -261,7 +268,8 @@ def main() -> None:
     except Exception as exc:  # a bug or an environment problem: one line unless asked for the traceback
         if any(arg in ("-v", "-vv", "--verbose") for arg in sys.argv[1:]):
             raise
-        click.echo(f"error: unexpected {exc.__class__.__name__}: {exc} (run with -v for the traceback)", err=True)
+        click.echo(_line(f"error: unexpected {exc.__class__.__name__}: {exc} (run with -v for the traceback)"),
+                   err=True)
         sys.exit(1)
 
 

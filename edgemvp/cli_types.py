@@ -1,6 +1,7 @@
 """Click option types for checked numbers (the CLI face of :mod:`edgemvp.checks`)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -43,3 +44,16 @@ class Number(click.ParamType):
 def Seed() -> Number:  # noqa: N802  (reads like the other option types)
     """The option type of ``--seed``."""
     return Number(0, SEED_MAX, integer=True)
+
+
+class Folder(click.Path):
+    """A folder option (``file_okay=False``, a :class:`~pathlib.Path`) that refuses an empty value: ``''`` would
+    otherwise mean the current folder, and edgemvp would fill it with caches or data."""
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:  # noqa: D102
+        if isinstance(value, str) and not value.strip():
+            self.fail("must name a folder, not be empty", param, ctx)
+        return super().convert(value, param, ctx)

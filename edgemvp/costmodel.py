@@ -50,6 +50,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgemvp.errors import UsageError
+
 if TYPE_CHECKING:
     import onnx
 
@@ -228,7 +230,11 @@ def _basic_optimized(model: "onnx.ModelProto") -> "onnx.ModelProto":
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.optimized_model_filepath = dst
-        ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+        try:
+            ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's Fail/InvalidGraph/NotImplemented: a model it cannot run
+            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+            raise UsageError(f"onnxruntime cannot load the model ({first})") from exc
         return onnx.load(dst)
 
 

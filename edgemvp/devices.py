@@ -297,21 +297,21 @@ def _auto_channel_block() -> int:
     return 16 if " avx512f" in flags else 8 if " avx2" in flags else 4
 
 
-def _number_or_auto(f: _Fields, key: str, kind: type, auto: Any) -> Any:
+def _number_or_auto(f: _Fields, key: str, kind: type, auto: Any, most: float) -> Any:
     if f.data.get(key) == "auto":
         return auto()
-    return f.get(key, kind, check=lambda v: v > 0)
+    return f.get(key, kind, check=lambda v: 0 < v <= most)
 
 
 def _hardware(f: _Fields) -> Hardware:
     arch = f.get("arch", str)
     return Hardware(
         cpu=f.get("cpu", str), arch=platform.machine() if arch == "auto" else arch,
-        cores=_number_or_auto(f, "cores", int, lambda: os.cpu_count() or 1),
+        cores=_number_or_auto(f, "cores", int, lambda: os.cpu_count() or 1, 4096),
         accelerator=f.get("accelerator", str, None), memory_gb=f.positive("memory_gb"),
-        cache_mb=_number_or_auto(f, "cache_mb", float, _auto_cache_mb), peak_gflops=f.positive("peak_gflops"),
+        cache_mb=_number_or_auto(f, "cache_mb", float, _auto_cache_mb, 1e6), peak_gflops=f.positive("peak_gflops"),
         mem_bandwidth_gbs=f.positive("mem_bandwidth_gbs"),
-        channel_block=_number_or_auto(f, "channel_block", int, _auto_channel_block))
+        channel_block=_number_or_auto(f, "channel_block", int, _auto_channel_block, 1024))
 
 
 def _runtime(f: _Fields) -> Runtime:
@@ -397,7 +397,7 @@ def parse_profile(data: Any, source: str, path: Path | None = None) -> DevicePro
                               e.choice("precision", PRECISIONS, "fp32")),
         quantization=QuantPreset(q.choice("cnn", QUANT_MODES, "static-qdq"), q.choice("vit", QUANT_MODES, "dynamic"),
                                  q.get("per_channel", bool, True),
-                                 q.get("calibration_samples", int, 256, lambda v: v > 0)),
+                                 q.get("calibration_samples", int, 256, lambda v: 0 < v <= 100_000)),
         budget=Budget(b.positive("latency_ms"), b.choice("statistic", STATISTICS, "p90"),
                       b.positive("model_size_mb", None), b.positive("peak_memory_mb", None)),
         calibration=_calibration(f.section("calibration", required=False)), path=path)

@@ -34,4 +34,6 @@ def unknown(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> UsageEr
     Returns:
         A :class:`UsageError` ready to raise.
     """
-    return UsageError(f"unknown {kind} '{name}'; valid {kind}s: {', '.join(sorted(valid))}")
+    shown = name if len(name) <= 80 else name[:77] + "..."
+    shown = repr(shown)[1:-1] if not shown.isprintable() else shown  # control characters never reach a terminal
+    return UsageError(f"unknown {kind} '{shown}'; valid {kind}s: {', '.join(sorted(valid))}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass
@@ -27,6 +28,12 @@ import torch.nn as nn
 from edgemvp.errors import EdgeMVPError, UsageError
 from edgemvp.models.weights import sha256_file
 from edgemvp.spec import InputSpec
+
+MAX_ONNX_BYTES = 2**31 - 1  # protobuf's limit on one message
+MAX_INPUT_SIDE = 4096
+# operator domains a model's nodes may use: ONNX's own (and its training domains, which onnxruntime's quantiser
+# imports), ONNX-ML, and onnxruntime's contrib ops (quantised graphs)
+ONNX_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training", "com.microsoft")
 
 logger = logging.getLogger(__name__)
 
@@ -160,14 +167,32 @@ def check_onnx(path: str | os.PathLike[str]):
     import onnx
 
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"ONNX file not found: {path}")
     try:
-        model = onnx.load(str(path))
+        st = path.stat()
+    except (OSError, ValueError):
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"ONNX file not found: {path}" if st is None else f"{path}: not a regular file")
+    if st.st_size > MAX_ONNX_BYTES:  # protobuf's own limit: a bigger file is not one ONNX message
+        raise UsageError(f"{path}: {st.st_size / 2**30:.1f} GiB is over the 2 GiB an ONNX file can hold")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
         raise UsageError(f"{path}: not an ONNX model, or truncated ({exc.__class__.__name__})") from exc
     if not model.graph.node or not model.graph.input or not model.graph.output:
         raise UsageError(f"{path}: not an ONNX model, or truncated (empty graph)")
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        # external data names other files: a model for a device is one file, and a path in it is never followed
+        raise UsageError(f"{path}: keeps weights in external files; save it as one file (onnx.save without "
+                         "save_as_external_data)")
+    newest = onnx.defs.onnx_opset_version()
+    foreign = sorted({n.domain for n in model.graph.node} - set(ONNX_DOMAINS))
+    if foreign:  # custom operators: no runtime edgemvp deploys to has them
+        raise UsageError(f"{path}: uses operators of the domain {foreign[0][:60]!r}; edgemvp runs models of the "
+                         f"domains {', '.join(repr(d) for d in ONNX_DOMAINS if d)} and the default one")
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and not 7 <= o.version <= newest:
+            raise UsageError(f"{path}: declares opset {o.version}; this onnx {onnx.__version__} knows 7 to {newest}")
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # ValidationError, InferenceError
@@ -193,7 +218,10 @@ def image_input_shape(model, source: str) -> tuple[int | str, ...]:
     dims = [d.dim_param or d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
     ok = len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[1:]) and dims[2] == dims[3]
     if not ok:
-        raise UsageError(f"{source}: wrong input shape {tuple(dims)}: expected (batch, channels, size, size)")
+        raise UsageError(f"{source}: wrong input shape {tuple(dims)[:8]}: expected (batch, channels, size, size)")
+    if dims[1] > 64 or dims[2] > MAX_INPUT_SIDE:  # the sizes edgemvp's input pipeline and the device profiles allow
+        raise UsageError(f"{source}: input shape {tuple(dims)}: edgemvp runs images of at most 64 channels and "
+                         f"{MAX_INPUT_SIDE} px a side")
     return tuple(dims)
 
 

@@ -66,19 +66,22 @@ class UnsafeFile(UsageError):
     """A file edgemvp will not read: a symbolic link, a device, a FIFO, or larger than its bound."""
 
 
-def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
+def read_regular(path: str | os.PathLike[str], limit: int, follow_symlinks: bool = False) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes, read without following a symbolic link.
 
     A device (``/dev/zero``), a FIFO or a link in place of a file is refused before anything is read, and the
     read never takes more than ``limit + 1`` bytes, so a hostile file cannot make edgemvp eat memory or hang.
+
+    ``follow_symlinks`` accepts a link to a regular file (an image tree of links); the target is checked.
 
     Raises:
         UnsafeFile: Not a regular file, or larger than ``limit``.
         OSError: Missing or unreadable.
     """
     path = Path(path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:  # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, flags)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UnsafeFile(f"{path} is a symbolic link; refusing to follow it") from exc

@@ -184,7 +184,15 @@ def zoo_base(store: ZooStore, arch: str | None, base_dataset: str | None,
         raise UsageError(f"zoo {store.root} holds {have} entries, not {arch}")
     refs = [store.get(b[3]).manifest.base for b in wanted]
     if base_dataset is not None:
-        refs = [r for r in refs if r.dataset == base_dataset] or refs
+        from edgemvp.data.datasets import canonical_name
+
+        named = canonical_name(base_dataset)
+        matching = [r for r in refs if r.dataset == named]
+        if not matching:  # never a silent vote with another base than the one asked for
+            have = ", ".join(sorted({f"{r.arch} of '{r.dataset}'" for r in refs}))
+            raise UsageError(f"zoo {store.root} holds no entries pruned from a base of '{named[:120]}'; "
+                             f"it holds entries of: {have}")
+        refs = matching
     for ref in refs:
         cached = find_base(ref.arch, ref.dataset, cache)
         if cached is not None and cached.weights_sha256 == ref.weights_sha256:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -84,3 +86,55 @@ def make_entry(arch: str = "resnet18", seed: int = 0, classes: tuple[str, ...] =
                              {"test_acc": 50.0 + seed, "params": 1, "macs": 1, "keep_ratio": 0.1},
                              sha256_bytes(weights), job_key=f"job-{arch}-{seed}-{'-'.join(classes)}")
     return manifest, weights
+
+
+def edgemvp(*args: str, env: dict[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
+            timeout: float | None = None) -> subprocess.CompletedProcess:
+    """``edgemvp ARGS`` run in this process, as :func:`subprocess.run` would report it.
+
+    Starting a Python that imports torch, timm and onnx costs 6-8 s per command on 2 cores; the CLI's error
+    and exit-code contract is the same in process (``edgemvp.cli.main``, ``SystemExit``), so tests of it run
+    here, with ``env`` as the whole environment (like ``subprocess.run(env=...)``) and the process-wide state a
+    command may change (torch threads, oneDNN and determinism flags, logging handlers, cwd) restored after.
+    ``tests/test_cli.py`` keeps real subprocesses for the entry point itself. ``timeout`` is accepted and
+    ignored (kept for the call sites written for ``subprocess.run``).
+    """
+    import contextlib
+    import io
+    import logging
+    import sys
+
+    import torch
+
+    from edgemvp.cli import main
+
+    saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
+    saved_threads, saved_mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    saved_det = torch.are_deterministic_algorithms_enabled()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        if cwd is not None:
+            os.chdir(cwd)
+        root.handlers = []  # the command's logging.basicConfig writes to this call's stderr
+        sys.argv = ["edgemvp", *map(str, args)]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        root.handlers, root.level = saved_handlers, saved_level
+        torch.set_num_threads(saved_threads)
+        torch.backends.mkldnn.enabled = saved_mkldnn
+        torch.use_deterministic_algorithms(saved_det)
+    return subprocess.CompletedProcess(["edgemvp", *map(str, args)], code, out.getvalue(), err.getvalue())

@@ -9,13 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import Payload, write_fashion
+from tests.helpers import Payload, edgemvp, write_fashion
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "edgemvp", *args], capture_output=True, text=True,
-                          timeout=300, env=full_env)
+    """``edgemvp ARGS`` in process (see :func:`tests.helpers.edgemvp`), the environment extended by ``env``."""
+    return edgemvp(*args, env={**os.environ, **(env or {})})
+
+
+def test_the_entry_point_in_a_real_process() -> None:
+    """The one subprocess of this file: ``python -m edgemvp`` keeps the contract the in-process calls test."""
+    bad = subprocess.run([sys.executable, "-m", "edgemvp", "tasks", "show", "pets6"], capture_output=True,
+                         text=True, timeout=300)
+    assert_usage_error(bad, "unknown task 'pets6'")
 
 
 def assert_usage_error(out: subprocess.CompletedProcess, *fragments: str) -> None:

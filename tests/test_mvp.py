@@ -129,6 +129,7 @@ def test_vote_selection_frequencies_follow_softmax_of_votes() -> None:
     assert counts[v == levels[-1]].mean() > 2 * counts[v == levels[0]].mean()
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: make test-all
 def test_vote_without_replacement_matches_successive_sampling() -> None:
     """Keeping 2 of a group, each unit's inclusion probability is that of sampling without replacement."""
     arch, tau = "vit_tiny", 1.0

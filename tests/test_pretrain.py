@@ -16,6 +16,7 @@ from edgemvp.pretrain import PretrainConfig, pretrain
 from edgemvp.train import OptimConfig, accuracy
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: make test-all
 def test_pretrain_digits_then_rebuild(tmp_path: Path) -> None:
     cfg = PretrainConfig(epochs=4, batch_size=64, size=16, optim=OptimConfig(lr=0.05, warmup_steps=5))
     manifest = pretrain("resnet18", "digits", cfg, cache=tmp_path)

@@ -641,3 +641,95 @@ def test_deterministic_training_is_reproducible_on_this_cpu() -> None:
         assert len(hashes) == 1
     finally:
         torch.set_num_threads(threads)
+
+
+# --- odd names, paths and numbers found by bench/hostile.py -----------------------------------------------------
+def test_error_lines_escape_control_characters(tmp_path: Path, monkeypatch, capsys) -> None:
+    from edgemvp.cli import _line
+
+    assert _line("error: a\nb\x1b[31m\x00") == "error: a\\nb\\x1b[31m\\x00"
+    code, err = run_cli(monkeypatch, capsys, "--cache-dir", str(tmp_path / "c"), "pretrain",
+                        "--dataset", "x\ny\x1b[2J")
+    line = one_line_error(code, err)
+    assert "\x1b" not in err and "unknown dataset" in line
+
+
+def test_empty_folder_options_are_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    for option in ("--cache-dir", "--data-dir"):
+        code, err = run_cli(monkeypatch, capsys, option, "", "bases")
+        assert "must name a folder" in one_line_error(code, err)
+    assert list(tmp_path.iterdir()) == []  # nothing was made in the current folder
+
+
+def test_long_and_odd_dataset_names_are_one_usage_error(tmp_path: Path) -> None:
+    from edgemvp.data.datasets import get_dataset
+
+    for name, what in (("a" * 5000, "unknown dataset"), ("imagefolder:" + "/x" * 3000, "cannot be read"),
+                       ("imagefolder:/tmp/\x00a", "not a usable path")):
+        with pytest.raises(UsageError, match=what) as caught:
+            get_dataset(name, root=tmp_path)
+        assert len(str(caught.value)) < 400
+
+
+def test_a_zoo_where_none_can_be_made_is_one_usage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    for root, what in ((blocker / "zoo", "cannot make a zoo"), (blocker, "not a zoo"),
+                       (Path("/proc/edgemvp-zoo"), "cannot make a zoo")):
+        with pytest.raises(UsageError, match=what):
+            ZooStore.open(root, create=True)
+    assert blocker.read_text() == "mine"
+
+
+def test_a_named_base_dataset_the_zoo_lacks_is_an_error_not_another_base(tmp_path: Path) -> None:
+    from edgemvp.voter import zoo_base
+
+    root, ids = zoo_with(tmp_path, 1)
+    with ZooStore.open(root) as store:
+        held = store.get(ids[0]).manifest.base.dataset
+        with pytest.raises(UsageError, match="holds no entries pruned from a base of 'cifar-100'"):
+            zoo_base(store, None, "cifar-100", tmp_path / "cache")
+        with pytest.raises(UsageError, match="not in the cache"):  # the zoo's own base dataset: found, not cached
+            zoo_base(store, None, held, tmp_path / "cache")
+
+
+def test_profile_counts_are_bounded() -> None:
+    from edgemvp.devices import parse_profile
+    from tests.deploy_helpers import profile_data
+
+    for section, key, value in (("hardware", "cores", 10**9), ("hardware", "channel_block", 10**6),
+                                ("quantization", "calibration_samples", 10**9)):
+        data = profile_data("host")
+        data.setdefault(section, {})[key] = value
+        with pytest.raises(UsageError, match=key):
+            parse_profile(data, "p.yaml")
+
+
+def test_onnx_files_edgemvp_cannot_run_are_refused_before_any_work(tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edgemvp.export import check_onnx, image_input_shape
+
+    def model(side: int, external: bool = False) -> Path:
+        x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, side, side])
+        y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1, side, side])
+        w = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")
+        graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g", [x], [y], [w])
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        path = tmp_path / f"m{side}{external}.onnx"
+        if external:
+            onnx.save(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="w.bin",
+                      size_threshold=0)
+        else:
+            onnx.save(m, str(path))
+        return path
+
+    image_input_shape(check_onnx(model(16)), "m")  # the plain model passes
+    with pytest.raises(UsageError, match="external files"):
+        check_onnx(model(16, external=True))
+    with pytest.raises(UsageError, match="4096 px"):
+        image_input_shape(check_onnx(model(8192)), "m")
+    with pytest.raises(UsageError, match="not a regular file"):
+        check_onnx(tmp_path)

@@ -214,6 +214,7 @@ def test_common_path_does_not_import_nltk() -> None:
     ("dog.n.01", "n99999999", "n99999999"),
     ("n00001741", "dog.n.01", "n00001741"),  # an offset inside entity.n.01's line, not at its start
     ("dogg.n.01", "dog.n.01", "dogg.n.01"),
+    ("dog.n.00", "dog.n.01", "dog.n.00"),  # nltk alone reads sense 0 as the last sense (-1)
 ])
 def test_unknown_synsets_are_one_usage_error(a: str, b: str, unknown: str, recwarn) -> None:
     message = f"unknown WordNet synset '{unknown}'"

@@ -20,6 +20,7 @@ from edgemvp.train import accuracy
 from edgemvp.zoo import ZooStore
 from edgemvp.zoo.build import BuildSpec, build
 from edgemvp.zoo.store import MARKER
+from tests.helpers import edgemvp
 
 ROOT = Path(__file__).parent.parent
 SPEC = BuildSpec("resnet18", "digits", tasks=4, classes_per_task=3, pruner="ifp-activation",
@@ -29,9 +30,8 @@ CLI_BUILD = ["zoo", "build", "--dataset", "digits", "--tasks", "4", "--classes-p
 
 
 def _cli(cache: Path, *args: str, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "EDGEMVP_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "edgemvp", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, **kw)
+    """``edgemvp ARGS`` in process with ``cache`` as the cache (see :func:`tests.helpers.edgemvp`)."""
+    return edgemvp(*args, env={**os.environ, "EDGEMVP_CACHE": str(cache)}, cwd=ROOT, **kw)
 
 
 def test_build_resume_and_rebuild_from_store(tiny_bases, tmp_path: Path) -> None:
@@ -61,6 +61,7 @@ def test_same_seeds_same_entries_in_another_process(tiny_bases, tmp_path: Path) 
         assert tuple(r.id for r in store.rows()) == here.ids
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: make test-all
 def test_sigkill_at_random_moments_then_resume(tiny_bases, tmp_path: Path) -> None:
     start = time.perf_counter()
     clean = _cli(tiny_bases, *CLI_BUILD, "--zoo", str(tmp_path / "clean"))  # the reference, and its duration
@@ -107,6 +108,7 @@ def test_sigkill_at_random_moments_then_resume(tiny_bases, tmp_path: Path) -> No
         assert {r.id for r in rows} == {r.id for r in reference.rows()}  # the interruptions changed nothing
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: make test-all
 def test_ray_build_gives_the_same_entries(tiny_bases, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     local = build(SPEC, tmp_path / "local", tiny_bases, threads=2)

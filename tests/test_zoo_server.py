@@ -26,7 +26,7 @@ from edgemvp.zoo import ZooStore
 from edgemvp.zoo.remote import RemoteError, RemoteZoo, ZooAddress
 from edgemvp.zoo.server import create_app, running
 from edgemvp.zoo.store import bundle_bytes
-from tests.helpers import make_entry
+from tests.helpers import edgemvp, make_entry
 
 ROOT = Path(__file__).parent.parent
 TOKEN, READ_TOKEN = "w" * 24 + "-write", "r" * 24 + "-read"
@@ -76,8 +76,10 @@ def _snapshot(zoo: Path) -> tuple[int, list[str]]:
 
 
 # --- equality with the local zoo -------------------------------------------------------------------------------
-@pytest.mark.parametrize("extra", [{}, {"hierarchy": True}, {"method": "transfer", "hierarchy": True},
-                                   {"method": "random"}], ids=["leep", "hierarchy", "transfer", "random"])
+@pytest.mark.parametrize("extra", [{}, {"hierarchy": True},
+                                   pytest.param({"method": "transfer", "hierarchy": True}, marks=pytest.mark.slow),
+                                   pytest.param({"method": "random"}, marks=pytest.mark.slow)],
+                         ids=["leep", "hierarchy", "transfer", "random"])  # the last two: make test-all
 def test_prune_via_server_equals_local_prune(tiny_bases, zoo_dir, server, tmp_path, extra) -> None:
     if extra.get("hierarchy"):
         (tmp_path / "tree.yaml").write_text(TREE)
@@ -239,8 +241,7 @@ def _cli(cache: Path, *args: str, token: str | None = None) -> subprocess.Comple
     env.pop("EDGEMVP_ZOO_TOKEN", None)
     if token:
         env["EDGEMVP_ZOO_TOKEN"] = token
-    return subprocess.run([sys.executable, "-m", "edgemvp", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)
+    return edgemvp(*args, env=env, cwd=ROOT)  # in process: see tests.helpers.edgemvp
 
 
 def _one_line(proc: subprocess.CompletedProcess, code: int, message: str) -> None:

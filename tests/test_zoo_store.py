@@ -154,6 +154,7 @@ def test_bundle_roundtrip_and_tampered_bundle(tmp_path: Path) -> None:
         third.import_bundle(tmp_path / "junk.bundle")
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: make test-all
 def test_weights_bytes_do_not_depend_on_the_process(tmp_path: Path) -> None:
     import subprocess
     import sys

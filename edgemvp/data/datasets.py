@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import socket
+import unicodedata
 import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -31,8 +32,8 @@ from PIL import Image
 
 from edgemvp.data.idx import read_idx
 from edgemvp.data.transforms import Fit, fit_images
-from edgemvp.errors import EdgeMVPError, UsageError, unknown
-from edgemvp.paths import cache_dir
+from edgemvp.errors import UsageError, unknown
+from edgemvp.paths import cache_dir, read_regular
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,9 @@ class Dataset:
         Raises:
             UsageError: When the dataset has no such class.
         """
+        odd = next((ch for ch in name if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn")), None)
+        if odd is not None:  # an invisible or direction-changing character would make a name read as another
+            raise UsageError(f"class {name[:60]!r} holds the control or format character U+{ord(odd):04X}")
         key = class_key(name)
         if key in self._keys:
             return self._keys[key]
@@ -209,8 +213,9 @@ def canonical_name(name: str) -> str:
         raise UsageError("imagefolder: needs a path (imagefolder:/data/my-images)")
     try:
         return IMAGEFOLDER + str(Path(raw).expanduser().resolve())
-    except (OSError, RuntimeError) as exc:
-        raise UsageError(f"imagefolder: {raw}: not a usable path ({exc})") from exc
+    except (OSError, RuntimeError, ValueError) as exc:  # ValueError: an embedded NUL
+        shown = repr(raw[:120])
+        raise UsageError(f"imagefolder: {shown}: not a usable path ({exc})") from exc
 
 
 def get_dataset(name: str, root: str | os.PathLike[str] | None = None, download: bool | None = None) -> Dataset:
@@ -484,13 +489,24 @@ def _scan_tree(folder: Path) -> dict[str, list[Path]]:
     return tree
 
 
+MAX_IMAGE_BYTES = 256 << 20
+
+
 def _open_image(path: Path) -> Image.Image:
+    """Decode one image file of a folder dataset (a regular file, or a link to one; bounded in bytes and pixels).
+
+    Raises:
+        UsageError: Not a regular file (a FIFO, a device), too large, or not an image PIL can decode.
+    """
     try:
-        with Image.open(path) as img:
+        raw = read_regular(path, MAX_IMAGE_BYTES, follow_symlinks=True)
+        with Image.open(io.BytesIO(raw)) as img:
             img.load()
             return img
-    except OSError as exc:
-        raise EdgeMVPError(f"{path}: cannot decode image ({exc})") from exc
+    except UsageError as exc:
+        raise UsageError(f"image {exc}") from exc
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise UsageError(f"{path}: cannot decode image ({str(exc)[:160]})") from exc
 
 
 def load_imagefolder(folder: Path, seed: int = 0) -> Dataset:
@@ -502,6 +518,14 @@ def load_imagefolder(folder: Path, seed: int = 0) -> Dataset:
         UsageError: When the folder is missing, has no class folders, or its splits disagree on classes.
     """
     folder = Path(canonical_name(IMAGEFOLDER + str(folder))[len(IMAGEFOLDER):])
+    try:
+        return _load_imagefolder(folder, seed)
+    except OSError as exc:  # a name too long, a folder not readable: one line, not a traceback
+        shown = str(folder) if len(str(folder)) <= 120 else str(folder)[:117] + "..."
+        raise UsageError(f"imagefolder: {shown}: cannot be read ({exc.strerror or exc})") from exc
+
+
+def _load_imagefolder(folder: Path, seed: int) -> Dataset:
     if not folder.is_dir():
         raise UsageError(f"imagefolder: {folder} is not a folder")
     test_dir = next((folder / n for n in ("test", "val") if (folder / n).is_dir()), None)
@@ -517,8 +541,9 @@ def load_imagefolder(folder: Path, seed: int = 0) -> Dataset:
             n_test = max(1, round(0.2 * len(files))) if len(files) > 1 else 0
             test_tree[cls] = [files[i] for i in order[:n_test]]
             train_tree[cls] = [files[i] for i in order[n_test:]]
-    if not train_tree:
-        raise UsageError(f"imagefolder: {folder} has no class folders with images")
+    if len(train_tree) < 2:
+        raise UsageError(f"imagefolder: {folder} has {len(train_tree) or 'no'} class folder(s) with images; a "
+                         "dataset needs at least 2 classes")
     classes = tuple(sorted(train_tree))
 
     def split(tree: dict[str, list[Path]]) -> FileSplit:

@@ -159,6 +159,9 @@ def _lookup(wn: Any, name: str) -> Any:
             if found is None or found.offset() != offset:
                 raise LookupError(name)
             return found
+        sense = name.rpartition(".")[2]
+        if not sense.isdigit() or int(sense) < 1:  # nltk reads dog.n.00 as sense -1: the last one
+            raise LookupError(name)
         return wn.synset(name)
     except Exception as exc:  # nltk raises WordNetError/ValueError for unknown names
         raise UsageError(f"unknown WordNet synset {name[:80]!r}") from exc

@@ -7,6 +7,7 @@ without one is an unfinished pre-training and is ignored.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -61,15 +62,44 @@ class BaseManifest:
             checks.schema_version(data, SCHEMA_VERSION, source)
             data["input_spec"] = InputSpec.from_dict(data["input_spec"])
             data["classes"] = tuple(data["classes"])
-            return cls(**data)
+            manifest = cls(**data)
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise UsageError(f"{source}: invalid base-model manifest ({exc.__class__.__name__}: "
                              f"{str(exc)[:200]})") from exc
+        manifest.check(source)
+        return manifest
+
+    def check(self, source: str) -> None:
+        """Refuse fields of the wrong type (a manifest is read back from the cache and sent over the network).
+
+        Raises:
+            UsageError: Naming the first bad field.
+        """
+        texts = {"arch": self.arch, "dataset": self.dataset, "weights_sha256": self.weights_sha256}
+        bad = [k for k, v in texts.items() if not isinstance(v, str)]
+        if not all(isinstance(c, str) for c in self.classes) or len(self.classes) < 2:
+            bad.append("classes")
+        if not checks.in_range(self.test_acc, 0, 100):
+            bad.append("test_acc")
+        if not isinstance(self.train, dict) or not isinstance(self.versions, dict):
+            bad.append("train" if not isinstance(self.train, dict) else "versions")
+        if bad:
+            raise UsageError(f"{source}: invalid base-model manifest (field '{bad[0]}')")
+        try:
+            get_arch(self.arch)
+        except UsageError as exc:
+            raise UsageError(f"{source}: {exc}") from exc
 
 
 def base_folder(arch: str, dataset: str, cache: str | os.PathLike[str] | None = None) -> Path:
-    """The cache folder of the base model for (arch, dataset) (any spelling of an image folder's path)."""
-    slug = re.sub(r"[^0-9A-Za-z._-]+", "_", canonical_name(dataset))
+    """The cache folder of the base model for (arch, dataset) (any spelling of an image folder's path).
+
+    A name too long for a folder name (a deep image-folder path) is cut and completed by its hash.
+    """
+    name = canonical_name(dataset)
+    slug = re.sub(r"[^0-9A-Za-z._-]+", "_", name)
+    if len(arch) + len(slug) > 200:
+        slug = f"{slug[:120]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
     return cache_dir(cache) / "bases" / f"{arch}--{slug}"
 
 

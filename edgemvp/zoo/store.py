@@ -211,12 +211,17 @@ class ZooStore:
         Raises:
             UsageError: No zoo there (and ``create`` is false), or a newer schema.
         """
-        root = Path(root).expanduser().resolve()
-        if create and not (root / MARKER).exists():
-            if root.exists() and any(p.name != ".DS_Store" for p in root.iterdir()):
-                raise UsageError(f"{root}: folder exists and is not a zoo; refusing to write into it")
-            root.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(root / MARKER, json.dumps({"format": FORMAT, "schema_version": SCHEMA_VERSION}).encode())
+        try:
+            root = Path(root).expanduser().resolve()
+            if create and not (root / MARKER).exists():
+                if root.exists() and (not root.is_dir() or any(p.name != ".DS_Store" for p in root.iterdir())):
+                    raise UsageError(f"{root}: exists and is not a zoo; refusing to write into it")
+                root.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(root / MARKER,
+                                   json.dumps({"format": FORMAT, "schema_version": SCHEMA_VERSION}).encode())
+        except (OSError, ValueError) as exc:  # under a file, in /proc, not writable, an embedded NUL
+            raise UsageError(f"{str(root)[:200]}: cannot make a zoo there "
+                             f"({getattr(exc, 'strerror', None) or exc})") from exc
         check_marker(root)
         index = root / INDEX
         if index.is_symlink() or index.exists() and not index.is_file():
