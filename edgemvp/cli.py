@@ -80,6 +80,8 @@ class _Bar:
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
+            if exc and exc[0] is not None:  # a failed command: the bar goes, its one error line stays
+                self.bar.leave = False
             self.bar.close()
 
 

@@ -44,8 +44,7 @@ def export_cmd(ctx: Context, source: Path, device: str, int8: bool, out: Path | 
 
     profile = _registry(ctx, profiles).get(device)
     src = load_source(source)
-    name = task or src.task
-    spec = resolve_task(name, dataset, classes, ctx.data) if (name or dataset or classes) else None
+    spec = resolve_task(task, dataset, classes, ctx.data) if (task or dataset or classes) else src.task
     out_dir = check_export_out(out or src.folder, src.folder)  # never over a user's own model.onnx
     report = deploy(src, profile, out_dir, int8, spec, ExportConfig(exporter=exporter), ctx.cache, ctx.data, runs)
     exp = report["export"]

@@ -4,6 +4,7 @@ Registered on the main group by the last lines of :mod:`edgemvp.cli`.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -98,7 +99,7 @@ def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str 
         result = run(req, ctx.cache, ctx.data, Stages(bar, lambda line: click.echo(line, err=True)), profiles)
     finally:
         for b in bars:
-            b.__exit__()
+            b.__exit__(*sys.exc_info())  # on an error the open bars go, and its one line stays
     for line in summary(result.report, result.out):
         click.echo(line)
     if not result.within_budget:

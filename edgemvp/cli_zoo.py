@@ -122,6 +122,10 @@ def _run_build(ctx: Context, spec, folder, workers: int = 1, ray_address: str | 
     from edgemvp.zoo.build import build
 
     local = workers == 1 and ray_address is None
+    if ray_address is not None:  # a cluster that cannot be reached: its one line before any progress bar
+        from edgemvp.zoo.distributed import connect
+
+        connect(ray_address)
     with _Bar("zoo build", unit="task", position=0) as overall:
         def task_bar(job):
             return _Bar(f"  {job.task.name}", position=1, leave=False)
@@ -170,6 +174,7 @@ def zoo_show(ctx: Context, entry_id: str, zoo: str | None) -> None:
     """Print an entry's manifest (a unique id prefix is enough)."""
     with _open(ctx, zoo) as store:
         entry = store.get(store.resolve(entry_id))
+        store.check_row(entry)  # never show an entry the index describes otherwise (exit 1, with the repair)
         data = json.loads(entry.manifest.to_bytes())
         data["masks"] = {u: f"{len(k)} kept" for u, k in data["masks"].items()}
         click.echo(json.dumps({"id": entry.id, **data}, indent=1))

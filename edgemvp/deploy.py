@@ -40,7 +40,7 @@ class ExportSource:
         spec: Its input spec.
         folder: Where it was read from (default output folder).
         classes: Class names of its outputs, when known (base models; run reports).
-        task: Task name from the folder's report, when there is one.
+        task: The task of the folder's report, when there is one.
     """
 
     model: nn.Module
@@ -48,7 +48,7 @@ class ExportSource:
     spec: InputSpec
     folder: Path
     classes: tuple[str, ...] | None = None
-    task: str | None = None
+    task: TaskSpec | None = None
 
 
 def load_source(path: str | os.PathLike[str]) -> ExportSource:
@@ -70,8 +70,9 @@ def load_source(path: str | os.PathLike[str]) -> ExportSource:
             spec = InputSpec.from_dict(json.loads(fh.metadata()["input_spec"]))
         report = folder / "report.json"
         data = load_json(report, f"run report {report}") if report.exists() else {}
-        task = data.get("task") if isinstance(data, dict) else None
-        return ExportSource(model, masks.arch, spec, folder, None, task if isinstance(task, str) else None)
+        if not isinstance(data, dict):
+            raise UsageError(f"run report {report}: not a JSON object (not an edgemvp report)")
+        return ExportSource(model, masks.arch, spec, folder, None, _report_task(data))
     if (folder / MANIFEST).is_file() and (folder / WEIGHTS).is_file():
         from edgemvp.models.factory import create_model, load_into
         from edgemvp.models.weights import load_weights
@@ -84,6 +85,17 @@ def load_source(path: str | os.PathLike[str]) -> ExportSource:
         raise UsageError(f"not found: {path}")
     raise UsageError(f"{path}: not a run folder (masks.json + weights.safetensors) or a base-model folder "
                      "(manifest.json + model.safetensors)")
+
+
+def _report_task(data: dict) -> TaskSpec | None:
+    """The task a run report names: its dataset and classes (any task, named or ad hoc), else a named task."""
+    from edgemvp.data.tasks import NAMED_TASKS, task_name
+
+    name, dataset, classes = data.get("task"), data.get("dataset"), data.get("classes")
+    if (isinstance(dataset, str) and isinstance(classes, list) and classes
+            and all(isinstance(c, str) for c in classes)):
+        return TaskSpec(name if isinstance(name, str) else task_name(dataset, tuple(classes)), dataset, tuple(classes))
+    return NAMED_TASKS.get(name) if isinstance(name, str) else None
 
 
 @dataclass(frozen=True)

@@ -126,4 +126,16 @@ def read_secret(path: str | os.PathLike[str], option: str) -> str:
         raise UsageError(f"{option} {path}: not UTF-8 text") from exc
     if not token:
         raise UsageError(f"{option} {path} is empty")
+    return check_token(token, f"{option} {path}")
+
+
+def check_token(token: str, where: str) -> str:
+    """A bearer token as HTTP carries it: visible ASCII characters only (no spaces, no other scripts).
+
+    Raises:
+        UsageError: Any other character (it could never be sent in a header, or never match one).
+    """
+    if not all("!" <= c <= "~" for c in token):
+        raise UsageError(f"{where}: a token must be visible ASCII characters (letters, digits, punctuation), "
+                         "without spaces")
     return token

@@ -397,6 +397,8 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
     dataset = get_dataset(req.task.dataset, data_root)  # missing data: one line saying how to get it
     lap("setup")
     with _open_zoo(req, cache, data_root, stages) as zoo:
+        if isinstance(zoo, LocalZoo):
+            zoo.base_model()  # a damaged cached base: its one line before any note or work (loaded once anyway)
         lap("base_and_zoo")
         base = zoo.base
         family = get_arch(base.arch).family
@@ -463,7 +465,7 @@ def _export(req: PruneRequest, profile: DeviceProfile, model, masks: Masks, spec
 
     tmp.mkdir(parents=True)
     save_pruned(model, masks, spec, len(req.task.classes), tmp)
-    src = ExportSource(model, masks.arch, spec, tmp, None, req.task.name)
+    src = ExportSource(model, masks.arch, spec, tmp, None, req.task)
     deploy(src, profile, tmp, req.int8, req.task, cache=cache, data_root=data_root, runs=req.runs,
            force_measure=req.measure)
     # the export step ran in the temporary folder: name files by where they will be

@@ -132,7 +132,7 @@ def onednn_training(threads: int) -> str:
         fixed, said_fixed = _child(threads, "workaround")
         verdict = "strided-1x1" if fixed else "unsound"
         why = f"plain: {said}; subsampled 1x1: {said_fixed}"
-        logger.info("oneDNN convolution gradients are not reproducible here (%s): training %s", why,
+        logger.debug("oneDNN convolution gradients are not reproducible here (%s): training %s", why,
                     "computes strided 1x1 convolutions as subsample + 1x1" if fixed else "runs without oneDNN")
     atomic_write_bytes(path, json.dumps({"verdict": verdict, "why": why, "threads": threads,
                                          "torch": torch.__version__}).encode())

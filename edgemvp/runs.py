@@ -74,6 +74,9 @@ def _creatable_parent(out: Path, option: str) -> None:
         raise UsageError(f"{option} {out}: cannot write in its parent folder ({exc.strerror or exc})") from exc
 
 
+MAX_NAME_BYTES = 200  # of one path component: the file system's 255, less the temporary names made beside it
+
+
 def check_out(out: Path | str, option: str = "--out") -> Path:
     """Refuse an output folder edgemvp may not write, before any work; returns it as an absolute path.
 
@@ -83,7 +86,20 @@ def check_out(out: Path | str, option: str = "--out") -> Path:
     """
     if str(out).strip() == "":
         raise UsageError(f"{option} must name a folder, got ''")
-    out = Path(os.path.abspath(Path(out).expanduser()))
+    try:
+        out = Path(os.path.abspath(Path(out).expanduser()))
+        long = next((p for p in out.parts if len(os.fsencode(p)) > MAX_NAME_BYTES), None)
+    except (OSError, RuntimeError, ValueError) as exc:  # ~user unknown, an embedded NUL
+        raise UsageError(f"{option} {str(out)[:120]!r}: not a usable path ({exc})") from exc
+    if long is not None:  # the run is written beside it as .<name>.tmp-<hex> first
+        raise UsageError(f"{option}: the name {long[:40]}... is over {MAX_NAME_BYTES} bytes; name a shorter folder")
+    try:
+        return _check_out(out, option)
+    except OSError as exc:  # a path the system refuses (too long in all, a folder that cannot be read)
+        raise UsageError(f"{option} {str(out)[:120]}: cannot use it ({exc.strerror or exc})") from exc
+
+
+def _check_out(out: Path, option: str) -> Path:
     cwd = Path.cwd()
     if out == cwd or out in cwd.parents:
         raise UsageError(f"{option} {out} is the current folder or holds it; name a new folder for the run")

@@ -166,6 +166,9 @@ def expand_state(shrunk: StateDict, masks: Masks, full_shapes: dict[str, torch.S
     return full, present
 
 
+MAX_NUM_CLASSES = 100_000  # ImageNet-21k has 21,843 classes
+
+
 def build_pruned(arch: str, num_classes: int, spec: InputSpec, masks: Masks, initialise: bool = True) -> nn.Module:
     """create(arch) → shrink(masks): the skeleton that pruned weights load into.
 
@@ -219,6 +222,8 @@ def load_pruned(folder: str | os.PathLike[str], expected_sha256: str | None = No
         spec = InputSpec.from_dict(json.loads(meta["input_spec"]))
     except (KeyError, ValueError, TypeError) as exc:
         raise UsageError(f"{weights}: header lacks arch/num_classes/input_spec metadata") from exc
+    if not 1 <= num_classes <= MAX_NUM_CLASSES:  # the classifier is built before the weights are checked against it
+        raise UsageError(f"{weights}: num_classes {num_classes} is outside [1, {MAX_NUM_CLASSES}]")
     masks = Masks.load(folder / MASKS_FILE, arch=arch)
     model = build_pruned(arch, num_classes, spec, masks, initialise=False)
     load_into(model, state, str(weights))

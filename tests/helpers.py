@@ -103,6 +103,7 @@ def edgemvp(*args: str, env: dict[str, str] | None = None, cwd: str | os.PathLik
     import io
     import logging
     import sys
+    import warnings
 
     import torch
 
@@ -123,7 +124,14 @@ def edgemvp(*args: str, env: dict[str, str] | None = None, cwd: str | os.PathLik
             os.chdir(cwd)
         root.handlers = []  # the command's logging.basicConfig writes to this call's stderr
         sys.argv = ["edgemvp", *map(str, args)]
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            # warnings print to the command's stderr as in a fresh interpreter (pytest would collect them)
+            warnings.resetwarnings()
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: err.write(
+                warnings.formatwarning(message, category, filename, lineno, line))
             try:
                 main()
             except SystemExit as exc:

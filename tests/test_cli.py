@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,9 @@ def test_pickled_or_corrupt_init_weights_are_refused(tmp_path: Path) -> None:
     evil = tmp_path / "evil.pt"
     torch.save({"model": {"w": torch.zeros(1)}, "opt": Payload()}, evil)
     assert_usage_error(run("pretrain", "--dataset", "digits", "--init", str(evil)), "refusing to unpickle")
+    plain = tmp_path / "plain.pkl"  # a bare pickle of protocol 4: torch warns about the protocol before refusing
+    plain.write_bytes(pickle.dumps({"w": Payload()}, protocol=4))
+    assert_usage_error(run("pretrain", "--dataset", "digits", "--init", str(plain)), "refusing to unpickle")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 20)
     assert_usage_error(run("pretrain", "--dataset", "digits", "--init", str(bad)), "corrupt safetensors")

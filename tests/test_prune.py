@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -203,6 +204,14 @@ def test_bad_input_is_one_clear_line(tiny_bases, digits_zoo, tmp_path) -> None:
     assert not (tmp_path / "o").exists()
     with ZooStore.open(digits_zoo) as store:
         assert store.verify().clean
+    # a damaged cached base: its one line comes before the ranking's note (digits has no WordNet synsets)
+    damaged = tmp_path / "damaged-cache"
+    shutil.copytree(tiny_bases / "bases", damaged / "bases")
+    weights = damaged / "bases" / "resnet18--digits" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    proc = _cli(damaged, "prune", *digits, "--device", "host", "--zoo", str(digits_zoo), "-n", "2")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "model.safetensors" in lines[0], proc.stderr
 
 
 def test_vit_mvp_averages_heads_and_exports(tiny_bases, tmp_path) -> None:

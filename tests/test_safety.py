@@ -733,3 +733,100 @@ def test_onnx_files_edgemvp_cannot_run_are_refused_before_any_work(tmp_path: Pat
         image_input_shape(check_onnx(model(8192)), "m")
     with pytest.raises(UsageError, match="not a regular file"):
         check_onnx(tmp_path)
+
+
+def test_out_names_too_long_and_non_ascii_tokens_are_one_line(tmp_path: Path, monkeypatch) -> None:
+    from edgemvp.zoo.remote import read_token
+
+    with pytest.raises(UsageError, match="is over 200 bytes"):
+        check_out(tmp_path / ("x" * 300))
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("EDGEMVP_ZOO_TOKEN", "t\u00f6k\u00e9n")
+    with pytest.raises(UsageError, match="visible ASCII"):
+        read_token()
+    monkeypatch.setenv("EDGEMVP_ZOO_TOKEN", "  abc-DEF_123  ")
+    assert read_token() == "abc-DEF_123"
+
+
+def test_index_rows_that_cannot_be_read_are_corruption_with_the_repair(tmp_path: Path, monkeypatch, capsys) -> None:
+    zoo, ids = zoo_with(tmp_path, 2)
+    db = sqlite3.connect(zoo / INDEX)
+    db.execute("UPDATE entries SET classes='[garbage' WHERE id=?", (ids[0],))
+    db.commit()
+    db.close()
+    for args in (("zoo", "list", "--zoo", str(zoo)), ("zoo", "show", ids[0][:12], "--zoo", str(zoo))):
+        code, err = run_cli(monkeypatch, capsys, *args)
+        assert "--repair" in one_line_error(code, err, expected=1)
+    assert repair_index(zoo).repaired == 1
+    code, _ = run_cli(monkeypatch, capsys, "zoo", "list", "--zoo", str(zoo))
+    assert code == 0
+
+
+def test_bundle_destinations_that_take_no_files_are_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    zoo, _ = zoo_with(tmp_path, 1)
+    code, err = run_cli(monkeypatch, capsys, "zoo", "export", "/proc/edgemvp.tar", "--zoo", str(zoo))
+    assert "cannot write there" in one_line_error(code, err)
+
+
+def test_init_and_run_weights_holding_nan_or_huge_heads_are_refused(tmp_path: Path) -> None:
+    from edgemvp.masks import random_masks
+    from edgemvp.models.factory import create_model
+    from edgemvp.models.weights import save_weights
+    from edgemvp.shrink import WEIGHTS_FILE, build_pruned, load_pruned, pruned_metadata, save_pruned
+    from edgemvp.spec import InputSpec
+
+    spec = InputSpec(1, 16, (0.5,), (0.25,))
+    model = create_model("resnet18", 3, spec)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["conv1.weight"][0, 0, 0, 0] = float("nan")
+    save_weights(state, tmp_path / "nan.safetensors")
+    with pytest.raises(UsageError, match="conv1.weight holds NaN or infinity"):
+        create_model("resnet18", 3, spec, checkpoint_path=tmp_path / "nan.safetensors")
+    masks = random_masks("resnet18", 0.9, 0)
+    run_dir = tmp_path / "run"
+    pruned = build_pruned("resnet18", 3, spec, masks)
+    save_pruned(pruned, masks, spec, 3, run_dir)
+    save_weights(pruned.state_dict(), run_dir / WEIGHTS_FILE, metadata=pruned_metadata(masks, spec, 10**9))
+    with pytest.raises(UsageError, match="num_classes 1000000000 is outside"):
+        load_pruned(run_dir)
+
+
+def test_export_reads_the_run_reports_task_and_refuses_a_report_that_is_not_one(tmp_path: Path) -> None:
+    from edgemvp.deploy import load_source
+    from edgemvp.masks import random_masks
+    from edgemvp.shrink import build_pruned, save_pruned
+    from edgemvp.spec import InputSpec
+
+    spec = InputSpec(1, 16, (0.5,), (0.25,))
+    masks = random_masks("resnet18", 0.9, 0)
+    run_dir = tmp_path / "run"
+    save_pruned(build_pruned("resnet18", 3, spec, masks), masks, spec, 3, run_dir)
+    (run_dir / "report.json").write_text(json.dumps({"format": RUN_FORMAT, "task": "digits-3c-abc",
+                                                     "dataset": "digits", "classes": ["0", "1", "2"]}))
+    task = load_source(run_dir).task  # an ad-hoc task is no named task: its dataset and classes say what it is
+    assert (task.name, task.dataset, task.classes) == ("digits-3c-abc", "digits", ("0", "1", "2"))
+    (run_dir / "report.json").write_text("[1, 2]")
+    with pytest.raises(UsageError, match="not a JSON object"):
+        load_source(run_dir)
+
+
+def test_image_files_that_cannot_be_images_are_refused_before_training(tmp_path: Path) -> None:
+    from edgemvp.data.datasets import get_dataset
+    from tests.helpers import write_imagefolder
+
+    for name, make in (("empty", lambda p: p.write_bytes(b"")), ("fifo", lambda p: os.mkfifo(p))):
+        root = tmp_path / name
+        write_imagefolder(root, {"a": 3, "b": 3})
+        make(root / "b" / "odd.png")
+        with pytest.raises(UsageError, match="is empty|not a regular file"):
+            get_dataset(f"imagefolder:{root}")  # at load, not when training reaches the file
+
+
+def test_an_unreachable_ray_address_is_one_line_before_any_bar(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    from tests.helpers import edgemvp
+
+    proc = edgemvp("--cache-dir", str(tmp_path / "c"), "zoo", "build", "--dataset", "digits", "--tasks", "2",
+                   "--classes-per-task", "3", "--iters", "2", "--zoo", str(tmp_path / "zoo"), "--ray", "http://[::1")
+    lines = [line for line in proc.stderr.splitlines() if line.rsplit("\r", 1)[-1].strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "cannot connect to Ray" in lines[0], proc.stderr

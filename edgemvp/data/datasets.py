@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import unicodedata
 import zipfile
 from abc import ABC, abstractmethod
@@ -481,9 +482,20 @@ def load_cifar10(root: Path, download: bool) -> Dataset:
 # --- ImageFolder ------------------------------------------------------------------------------------
 
 def _scan_tree(folder: Path) -> dict[str, list[Path]]:
+    """Class folder -> its image files; a file that cannot be an image (not regular, empty, over the size
+    bound) is refused here, before any training, by one ``stat`` each."""
     tree = {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         files = sorted(f for f in sub.rglob("*") if f.suffix.lower() in _IMAGE_SUFFIXES)
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError as exc:
+                raise UsageError(f"image {f}: unreadable ({exc.strerror or exc})") from exc
+            if not stat.S_ISREG(st.st_mode) or not 0 < st.st_size <= MAX_IMAGE_BYTES:
+                what = ("not a regular file" if not stat.S_ISREG(st.st_mode) else "empty" if not st.st_size
+                        else f"over {MAX_IMAGE_BYTES >> 20} MiB")
+                raise UsageError(f"image {f} is {what}")
         if files:
             tree[sub.name] = files
     return tree
@@ -506,7 +518,8 @@ def _open_image(path: Path) -> Image.Image:
     except UsageError as exc:
         raise UsageError(f"image {exc}") from exc
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise UsageError(f"{path}: cannot decode image ({str(exc)[:160]})") from exc
+        why = exc.__class__.__name__ if isinstance(exc, Image.UnidentifiedImageError) else str(exc)[:160]
+        raise UsageError(f"{path}: cannot decode image ({why})") from exc
 
 
 def load_imagefolder(folder: Path, seed: int = 0) -> Dataset:

@@ -14,6 +14,7 @@ from typing import Literal
 
 import edgemvp.models  # noqa: F401  (torchvision compatibility step before timm)
 import timm
+import torch
 import torch.nn as nn
 
 from edgemvp.errors import UsageError, unknown
@@ -127,4 +128,7 @@ def load_into(model: nn.Module, state: dict, source: str) -> None:
                            for label, keys in (("missing", missing), ("unexpected", extra), ("shape", shapes))
                            if keys)
         raise UsageError(f"{source}: weights do not fit this model ({detail})")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:  # a diverged checkpoint: training from it could only store poison
+        raise UsageError(f"{source}: tensor {bad[:80]} holds NaN or infinity; refusing these weights")
     model.load_state_dict(state, strict=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import warnings
 import struct
 import zipfile
 from pathlib import Path
@@ -176,7 +177,9 @@ def parse_safetensors(raw: bytes, source: str) -> tuple[StateDict, dict[str, str
 
 def _load_torch_state(path: Path) -> StateDict:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": the refusal below says what matters
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UsageError(f"{path}: checkpoint holds pickled objects beyond tensors; refusing to unpickle it "
                          "(convert it to safetensors)") from exc

@@ -32,7 +32,8 @@ def connect(address: str) -> None:
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UsageError(f"cannot connect to Ray at '{address}' ({exc.__class__.__name__}: {exc})") from exc
+        first = (str(exc).strip().splitlines() or [""])[0][:200]  # Ray's messages run to several lines
+        raise UsageError(f"cannot connect to Ray at '{address[:120]}' ({exc.__class__.__name__}: {first})") from exc
 
 
 def ray_results(todo: list[Job], cache: str | None, data_root: str | None, address: str, threads: int

@@ -29,7 +29,7 @@ from edgemvp.errors import EdgeMVPError, UsageError
 from edgemvp.models.base import BaseManifest, find_base, load_base
 from edgemvp.models.factory import create_model, load_into
 from edgemvp.models.weights import parse_safetensors, sha256_bytes
-from edgemvp.paths import read_secret
+from edgemvp.paths import check_token, read_secret
 from edgemvp.shrink import build_pruned
 from edgemvp.similarity import Hierarchy
 from edgemvp.vote import nearest
@@ -124,7 +124,8 @@ def read_token(path: str | os.PathLike[str] | None = None) -> str | None:
         UsageError: An unreadable or empty token file, or one other users can read.
     """
     if path is None:
-        return os.environ.get(ENV_TOKEN, "").strip() or None
+        token = os.environ.get(ENV_TOKEN, "").strip() or None
+        return None if token is None else check_token(token, ENV_TOKEN)
     return read_secret(path, "--token-file")
 
 

@@ -24,10 +24,11 @@ import re
 import shutil
 import sqlite3
 import tarfile
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator, Mapping
+from typing import Any, BinaryIO, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -407,7 +408,7 @@ class ZooStore:
         ids, tasks = [], []
         for entry_id, dataset, classes in found:
             if classes not in parsed:
-                parsed[classes] = tuple(json.loads(classes))
+                parsed[classes] = _classes(classes, entry_id)
             ids.append(entry_id)
             tasks.append((dataset, parsed[classes]))
         return ids, tasks
@@ -618,8 +619,10 @@ def check_bundle_destination(path: Path, force: bool = False) -> Path:
         raise UsageError(f"{path} exists; pass --force to replace it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):  # a folder that exists but takes no files (/proc, read-only)
+            pass
     except OSError as exc:
-        raise UsageError(f"{path}: cannot create its folder ({exc.strerror or exc})") from exc
+        raise UsageError(f"{path}: cannot write there ({exc.strerror or exc})") from exc
     return path
 
 
@@ -685,9 +688,21 @@ def _unpack(blobs, sizes, mixed: str) -> np.ndarray:
     return np.unpackbits(packed, axis=1, count=sizes[0]).astype(bool)
 
 
+def _classes(text: Any, entry_id: Any) -> tuple[str, ...]:
+    """An index row's classes column (a JSON list of names), or a one-line error naming the repair."""
+    try:
+        classes = json.loads(text)
+    except (TypeError, ValueError):
+        classes = None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise CorruptEntry(f"zoo index row of entry {str(entry_id)[:12]} is damaged (its classes are not a list "
+                           "of names); run 'edgemvp zoo verify --repair'")
+    return tuple(classes)
+
+
 def _row(d: dict) -> EntryRow:
     return EntryRow(d["id"], d["job_key"], d["arch"], d["base_sha256"], d["dataset"], d["task"],
-                    tuple(json.loads(d["classes"])), d["pruner"], d["test_acc"], d["params"], d["macs"],
+                    _classes(d["classes"], d["id"]), d["pruner"], d["test_acc"], d["params"], d["macs"],
                     d["keep_ratio"], d["build_seconds"])
 
 
