@@ -126,7 +126,7 @@ def read_secret(path: str | os.PathLike[str], option: str) -> str:
         raise UsageError(f"{option} {path}: not UTF-8 text") from exc
     if not token:
         raise UsageError(f"{option} {path} is empty")
-    return check_token(token, f"{option} {path}")
+    return token
 
 
 def check_token(token: str, where: str) -> str:

@@ -543,6 +543,58 @@ def test_gate_answers_503_when_its_queue_is_full() -> None:
         pass
 
 
+def test_gate_serves_waiting_requests_in_arrival_order() -> None:
+    import threading
+
+    from edgemvp.zoo.server import Gate
+
+    gate, order, release = Gate("rankings", slots=1, queue=8), [], threading.Event()
+
+    def hold() -> None:
+        with gate.enter():
+            release.wait(5)
+
+    def ranked(i: int) -> None:
+        with gate.enter():
+            order.append(i)
+
+    first = threading.Thread(target=hold)
+    first.start()
+    time.sleep(0.1)
+    waiting = []
+    for i in range(6):  # they queue one after the other behind the running one
+        waiting.append(threading.Thread(target=ranked, args=(i,)))
+        waiting[-1].start()
+        time.sleep(0.05)
+    release.set()
+    for w in [first, *waiting]:
+        w.join(5)
+    assert order == list(range(6))  # first come, first served: no request starves behind later ones
+
+
+def test_the_client_waits_out_a_busy_server(monkeypatch) -> None:
+    import httpx
+
+    from edgemvp.zoo import remote
+
+    answers = iter([httpx.Response(503, headers={"Retry-After": "0"}, json={"detail": "busy"}),
+                    httpx.Response(503, headers={"Retry-After": "nan"}, json={"detail": "busy"}),
+                    httpx.Response(200, json={"ok": True})])
+    waits: list[float] = []
+    monkeypatch.setattr(remote.time, "sleep", waits.append)
+    zoo = remote.RemoteZoo.__new__(remote.RemoteZoo)
+    zoo.address = remote.ZooAddress("http://127.0.0.1:1")
+    zoo.http = httpx.Client(transport=httpx.MockTransport(lambda request: next(answers)),
+                            base_url="http://127.0.0.1:1")
+    assert zoo._call("GET", "/health").json() == {"ok": True}
+    assert waits == [0.0, 2.0]  # the server's Retry-After, then the default for one that is not a number
+    always = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(503, json={"detail": "busy"})),
+                          base_url="http://127.0.0.1:1")
+    zoo.http = always
+    with pytest.raises(EdgeMVPError, match="failed on GET /health: busy"):
+        zoo._call("GET", "/health")
+
+
 # --- F. transport and secrets ----------------------------------------------------------------------------------
 def test_token_files_other_users_can_read_are_refused(tmp_path: Path) -> None:
     from edgemvp.zoo.remote import read_token

@@ -7,6 +7,6 @@ server answers 503 with ``Retry-After`` at once instead of queueing without boun
 from __future__ import annotations
 
 MAX_TASK_CLASSES = 256  # Pets has 37 classes, CIFAR-100 100; a 1,000-class "task" is refused by default
-QUEUE = 8  # requests waiting for a ranking or vote slot
+QUEUE = 32  # requests waiting for a ranking (or a vote) slot: 20 busy clients fit, a flood gets 503
 RANK_SLOTS = 2  # Wu-Palmer rankings at once (votes have their own --vote-workers slots)
 RETRY_AFTER_S = 2

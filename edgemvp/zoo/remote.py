@@ -14,8 +14,10 @@ code 2, one line); a server failure (5xx) is a :class:`ServerError` (exit code 1
 from __future__ import annotations
 
 import json
+import math
 import os
 import ssl
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -126,7 +128,20 @@ def read_token(path: str | os.PathLike[str] | None = None) -> str | None:
     if path is None:
         token = os.environ.get(ENV_TOKEN, "").strip() or None
         return None if token is None else check_token(token, ENV_TOKEN)
-    return read_secret(path, "--token-file")
+    return check_token(read_secret(path, "--token-file"), f"--token-file {path}")
+
+
+BUSY_RETRIES = (1.0, 2.0, 4.0)  # seconds to wait after a 503 when the server names no Retry-After
+MAX_RETRY_WAIT_S = 10.0
+
+
+def _retry_after(response: httpx.Response, default: float) -> float:
+    """The seconds a 503's ``Retry-After`` asks for (a number; anything else: ``default``)."""
+    try:
+        value = float(response.headers.get("Retry-After", default))
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and value >= 0 else default
 
 
 class RemoteZoo:
@@ -172,6 +187,11 @@ class RemoteZoo:
         url = self.address.url
         try:
             response = self.http.request(method, path, **kwargs)
+            for wait in BUSY_RETRIES:  # a busy server (503) says when to come back: a few tries, then the error
+                if response.status_code != 503:
+                    break
+                time.sleep(min(_retry_after(response, wait), MAX_RETRY_WAIT_S))
+                response = self.http.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
             raise RemoteError(f"zoo server {url}: no answer within {self.address.timeout:g} s") from exc
         except httpx.HTTPError as exc:

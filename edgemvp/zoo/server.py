@@ -26,6 +26,7 @@ system. Every user-caused error is 4xx with one line in ``detail``.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import hmac
 import ipaddress
@@ -42,6 +43,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal
 
+import anyio
+import anyio.to_thread
 import numpy as np
 import torch.nn as nn
 from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
@@ -56,7 +59,7 @@ from edgemvp.errors import EdgeMVPError, UsageError
 from edgemvp.models.base import WEIGHTS as BASE_WEIGHTS
 from edgemvp.models.base import BaseManifest, base_folder, cached_bases, load_base
 from edgemvp.models.weights import sha256_bytes
-from edgemvp.paths import read_secret
+from edgemvp.paths import check_token, read_secret
 from edgemvp.similarity import Hierarchy
 from edgemvp.vote import nearest
 from edgemvp.voter import LocalZoo, Ranking, VoteSpec, zoo_base
@@ -144,32 +147,46 @@ class ServerConfig:
 
 
 class Gate:
-    """At most ``slots`` requests do the work at once and at most ``queue`` more wait; any more get 503 at once.
+    """At most ``slots`` requests do the work at once and at most ``queue`` more wait, served first come first
+    served; any more get 503 at once (with ``Retry-After``).
 
     The waiting happens in the request's worker thread before it borrows anything (an index connection, a
-    model), so a flood of heavy requests can neither hold the pool nor queue without bound.
+    model), so a flood of heavy requests can neither hold the pool nor queue without bound; the server's thread
+    pool is sized so that waiting requests never starve the light endpoints (:func:`thread_tokens`).
     """
 
     def __init__(self, name: str, slots: int, queue: int) -> None:
         self.name, self.slots, self.queue = name, slots, queue
-        self._free = threading.BoundedSemaphore(slots)
-        self._lock = threading.Lock()
-        self._pending = 0  # working + waiting
+        self._cond = threading.Condition()
+        self._running = 0
+        self._waiting: collections.deque[object] = collections.deque()  # tickets, oldest first
 
     @contextlib.contextmanager
     def enter(self) -> Iterator[None]:
-        """Wait for a slot (503 when the queue is full)."""
-        with self._lock:
-            if self._pending >= self.slots + self.queue:
+        """Wait for a slot in arrival order (503 when the queue is full)."""
+        ticket = object()
+        with self._cond:
+            if self._running + len(self._waiting) >= self.slots + self.queue:
                 raise HTTPException(503, f"the zoo server is busy ({self.name}: {self.slots} running, {self.queue} "
                                          "waiting); retry shortly", headers={"Retry-After": str(RETRY_AFTER_S)})
-            self._pending += 1
+            self._waiting.append(ticket)
+            while self._waiting[0] is not ticket or self._running >= self.slots:
+                self._cond.wait()
+            self._waiting.popleft()
+            self._running += 1
+            self._cond.notify_all()  # the next ticket may start too when a slot is still free
         try:
-            with self._free:
-                yield
+            yield
         finally:
-            with self._lock:
-                self._pending -= 1
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+
+def thread_tokens(config: "ServerConfig", light: int = 32) -> int:
+    """Worker threads the server needs: every gated request that may run or wait, plus ``light`` for the
+    cheap endpoints (lists, manifests, weights), so a full queue never blocks them."""
+    return RANK_SLOTS + config.vote_workers + 2 * config.queue + light
 
 
 class StorePool:
@@ -336,7 +353,7 @@ def load_token(path: str | os.PathLike[str], option: str = "--token-file") -> st
         UsageError: Unreadable, empty or short, or readable by the group or others (see
             :func:`edgemvp.paths.read_secret`).
     """
-    token = read_secret(path, option)
+    token = check_token(read_secret(path, option), f"{option} {path}")
     if len(token) < MIN_TOKEN:
         raise UsageError(f"{option} {path}: the token is shorter than {MIN_TOKEN} characters")
     return token
@@ -526,6 +543,8 @@ def create_app(zoo_path: str | os.PathLike[str], token: str | None = None, read_
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        limiter = anyio.to_thread.current_default_thread_limiter()  # sync endpoints run on these threads
+        limiter.total_tokens = max(limiter.total_tokens, thread_tokens(config))
         yield
         service.close()
 
