@@ -76,10 +76,10 @@ def _snapshot(zoo: Path) -> tuple[int, list[str]]:
 
 
 # --- equality with the local zoo -------------------------------------------------------------------------------
-@pytest.mark.parametrize("extra", [{}, {"hierarchy": True},
+@pytest.mark.parametrize("extra", [{}, pytest.param({"hierarchy": True}, marks=pytest.mark.slow),
                                    pytest.param({"method": "transfer", "hierarchy": True}, marks=pytest.mark.slow),
                                    pytest.param({"method": "random"}, marks=pytest.mark.slow)],
-                         ids=["leep", "hierarchy", "transfer", "random"])  # the last two: make test-all
+                         ids=["leep", "hierarchy", "transfer", "random"])  # all but leep: make test-all
 def test_prune_via_server_equals_local_prune(tiny_bases, zoo_dir, server, tmp_path, extra) -> None:
     if extra.get("hierarchy"):
         (tmp_path / "tree.yaml").write_text(TREE)
