@@ -1,6 +1,6 @@
 """The ``edgemvp`` command line: thin click commands over the library.
 
-Exit codes (DESIGN.md decision 10): 0 ok, 1 runtime error, 2 usage error, 3 latency budget exceeded.
+Exit codes (docs/design.md, decision 10): 0 ok, 1 runtime error, 2 usage error, 3 latency budget exceeded.
 Errors a user can cause are printed as one line on stderr, never a traceback (``-v`` shows tracebacks of
 unexpected errors).
 """

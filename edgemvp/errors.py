@@ -1,4 +1,4 @@
-"""Error types that map to the CLI's exit codes (DESIGN.md decision 10).
+"""Error types that map to the CLI's exit codes (docs/design.md, decision 10).
 
 Library code raises these; only the CLI turns them into one line on stderr and an exit code.
 """

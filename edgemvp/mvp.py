@@ -1,5 +1,5 @@
 """The sub-network's initial weights: neighbour averaging in the full index space, class-aware head rows,
-and BatchNorm statistics re-estimated on the target (DESIGN.md decisions 4 and 5).
+and BatchNorm statistics re-estimated on the target (docs/design.md, decisions 4 and 5).
 
 Every neighbour's shrunk weights are expanded to the unpruned layout (:func:`edgemvp.shrink.expand_state`),
 which also marks which elements it has: an element exists in a neighbour when that neighbour kept all the

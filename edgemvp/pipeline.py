@@ -8,7 +8,7 @@ re-estimation -> J fine-tune steps -> ONNX (+ int8) -> latency gate, written to 
 * ``ifp``: the family's single-task pruner (IFP for CNNs, AHNP for ViTs) from the base model for J steps.
 * ``transfer``: the single nearest zoo model (its masks and weights, the head mapped by class), fine-tuned.
 
-Artifacts (DESIGN.md): ``model.onnx`` (+ ``model.int8.onnx``), ``masks.json``, ``weights.safetensors``,
+Artifacts (docs/design.md): ``model.onnx`` (+ ``model.int8.onnx``), ``masks.json``, ``weights.safetensors``,
 ``report.json``, ``README.md``; plus ``export.json`` from the export step. They are written to a temporary
 sibling folder and moved into place at the end, so an interrupted run never leaves a half-written folder.
 """

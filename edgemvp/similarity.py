@@ -1,6 +1,6 @@
 """Task similarity: WordNet (or a user-given class hierarchy) Wu-Palmer, and LEEP.
 
-**Wu-Palmer** (DESIGN.md decision 6): the similarity of tasks A and B is the symmetric average best match
+**Wu-Palmer** (docs/design.md, decision 6): the similarity of tasks A and B is the symmetric average best match
 
     S(A, B) = 1/2 (mean_a max_b w(a, b) + mean_b max_a w(a, b))
 
@@ -10,7 +10,7 @@ classes)`` membership matrix. The same class of the same dataset is always 1.0. 
 (through the class -> synset maps shipped per dataset) or a user-given tree (:class:`Hierarchy`) for classes
 WordNet does not know (alphabet -> character, product line -> defect type).
 
-**LEEP** (Nguyen et al., 2020; DESIGN.md decision 7): the log expected empirical prediction of a candidate
+**LEEP** (Nguyen et al., 2020; docs/design.md, decision 7): the log expected empirical prediction of a candidate
 model's source outputs ``theta(x)`` for the target labels ``y`` on a seeded sample of the target's training
 data, in float64 with log-sum-exp::
 

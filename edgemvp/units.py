@@ -1,6 +1,6 @@
 """Prunable units of an architecture and where each unit lives in every parameter tensor.
 
-Everything in MVP happens in the unpruned model's index space (DESIGN.md decision 1):
+Everything in MVP happens in the unpruned model's index space (docs/design.md, decision 1):
 
 * CNN: a torch-pruning coupling group (residual-coupled channels form one group), named by the
   qualified name of its first out-channel-pruned module in model order (stable across copies and input sizes);

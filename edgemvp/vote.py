@@ -1,4 +1,4 @@
-"""Neighbour selection and the vote (the paper's Eq. 1; DESIGN.md decision 8).
+"""Neighbour selection and the vote (the paper's Eq. 1; docs/design.md, decision 8).
 
 For each unit group of ``n`` units, every neighbour that kept unit ``k`` gives it a vote: ``v_k`` in
 ``0..N``. The group keeps ``max(1, round((1 - r) n))`` units drawn without replacement from

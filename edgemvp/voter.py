@@ -134,7 +134,7 @@ def rank_by_taxonomy(ids: list[str], tasks: list[tuple[str, tuple[str, ...]]], t
 
 def initialise(store: ZooStore, base_model: nn.Module, base: BaseManifest, spec: VoteSpec,
                ranking: Ranking | None) -> Initial:
-    """Masks and initial model of a voter method (DESIGN.md decisions 4, 5, 8).
+    """Masks and initial model of a voter method (docs/design.md, decisions 4, 5, 8).
 
     Args:
         store: The zoo (neighbours' masks and weights are read from it, sha256-checked).

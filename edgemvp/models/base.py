@@ -156,7 +156,7 @@ def load_base(arch: str, dataset: str, cache: str | os.PathLike[str] | None = No
 
 def task_model(base: nn.Module, base_classes: tuple[str, ...], classes: tuple[str, ...],
                seed: int = 0) -> nn.Module:
-    """A copy of ``base`` whose classifier predicts ``classes`` (DESIGN.md decision 5, single-parent case).
+    """A copy of ``base`` whose classifier predicts ``classes`` (docs/design.md, decision 5, single-parent case).
 
     A row for a class the base knows is copied from the base's row for that class (by identity, not position);
     other rows keep timm's default initialisation, seeded.

@@ -1,6 +1,6 @@
 """Safe reading and writing of weights: safetensors, or state dicts loaded with ``weights_only=True``.
 
-No pickle anywhere (DESIGN.md decision 3): a checkpoint that would need arbitrary unpickling is refused,
+No pickle anywhere (docs/design.md, decision 3): a checkpoint that would need arbitrary unpickling is refused,
 never loaded with a fallback.
 """
 from __future__ import annotations

@@ -137,7 +137,7 @@ def get_pruner(name: str, family: Family | None = None) -> Pruner:
 
 
 def final_keep(arch: str, ratio: float) -> dict[str, int]:
-    """Units each group keeps at the end: max(1, round((1 - r) n)) (DESIGN.md decision 2)."""
+    """Units each group keeps at the end: max(1, round((1 - r) n)) (docs/design.md, decision 2)."""
     return {u.name: keep_count(u.size, ratio) for u in unit_space(arch).units}
 
 

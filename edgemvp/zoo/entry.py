@@ -1,7 +1,7 @@
 """A zoo entry's manifest: what was pruned for which task, how, and how well it did.
 
 The manifest is canonical JSON (sorted keys, no spaces); the entry id is its sha256, and it names the weights
-by their sha256, so an entry is immutable and content-addressed (DESIGN.md decision 3). Nothing in it depends
+by their sha256, so an entry is immutable and content-addressed (docs/design.md, decision 3). Nothing in it depends
 on the machine or the clock: the same build with the same seeds gives the same id.
 """
 from __future__ import annotations
