@@ -8,7 +8,7 @@ import logging
 from typing import Iterator
 
 from edgemvp.errors import UsageError
-from edgemvp.zoo.build import Job, JobResult, run_job
+from edgemvp.zoo.jobs import Job, JobResult, run_job
 
 logger = logging.getLogger(__name__)
 
