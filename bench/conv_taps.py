@@ -49,9 +49,9 @@ def main() -> None:
     import tempfile
     from pathlib import Path
 
-    from edgemvp.costmodel import op_table
-    from edgemvp.devices import ReferenceModel
-    from edgemvp.latency import build_reference_onnx
+    from edgemvp.deploy.costmodel import op_table
+    from edgemvp.deploy.devices import ReferenceModel
+    from edgemvp.deploy.latency import build_reference_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         table = op_table(build_reference_onnx(ReferenceModel("resnet18", 32, 1, 10, 0.0), Path(tmp) / "r.onnx"))

@@ -6,7 +6,7 @@ op table; two sessions' files are in docs/bench/cost_model_v*_session.json.gz). 
 the formula with the most suite models within +-20% out of sample (ties: lower median |error|) is the one to
 ship. The held-out set is scored for every candidate *after* the choice, and is never used to make it.
 
-Candidates, each a change to version 3 of ``edgemvp.costmodel`` (the line "shipped formula" refits the library's
+Candidates, each a change to version 3 of ``edgemvp.deploy.costmodel`` (the line "shipped formula" refits the library's
 own formula on the same measurements, as a check that it is the chosen candidate):
 - ``v3``: version 3 (per node sqrt(compute^2 + memory^2), weight streaming inside memory, cache = the hardware's).
 - ``narrow``: convolutions over small outputs run slower (rate x p / (p + P0), p output pixels, P0 fitted).
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import least_squares
 
-from edgemvp.costmodel import SMOOTH_P, OpTable, estimate_ms, fit_constants, prior_constants
-from edgemvp.devices import ProfileRegistry
+from edgemvp.deploy.costmodel import SMOOTH_P, OpTable, estimate_ms, fit_constants, prior_constants
+from edgemvp.deploy.devices import ProfileRegistry
 
 P0_PRIOR = 16.0  # output pixels at which a blocked convolution runs at half its rate (prior of the narrow term)
 
@@ -135,7 +135,7 @@ def main() -> None:
     best = max(rows, key=lambda k: (rows[k][0][0], -rows[k][0][1]))
     print(f"\nchosen by leave-one-out on the suite: {best}")
     lib_held = [estimate_ms(t, lib.constants, block) / m - 1 for _, t, m in held]
-    print(f"shipped formula (edgemvp.costmodel, refitted here): held-out {score(lib_held)[0]}/{len(held)}, "
+    print(f"shipped formula (edgemvp.deploy.costmodel, refitted here): held-out {score(lib_held)[0]}/{len(held)}, "
           f"median {100 * score(lib_held)[1]:.1f}%; constants {lib.constants.to_dict()}")
     print("\nper model (leave-one-out error on the suite; held-out error with the full-suite fit):")
     names = list(rows)

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgemvp.devices import ProfileRegistry
-from edgemvp.export import ExportConfig, export_model
-from edgemvp.latency import measure
+from edgemvp.deploy.devices import ProfileRegistry
+from edgemvp.deploy.onnx import ExportConfig, export_model
+from edgemvp.deploy.latency import measure
 from edgemvp.masks import random_masks
 from edgemvp.models.factory import create_model
 from edgemvp.shrink import params_and_macs, shrink

@@ -405,7 +405,7 @@ def profile_yaml(changes: dict[str, Any] | None = None, head: str = "", name: st
     """The packaged host profile renamed ``name`` with dotted-path changes (value None deletes a field)."""
     import yaml
 
-    data = yaml.safe_load((ROOT / "edgemvp" / "device_profiles" / "host.yaml").read_text())
+    data = yaml.safe_load((ROOT / "edgemvp" / "deploy" / "device_profiles" / "host.yaml").read_text())
     data.update(name=name, aliases=[], detect={})
     data["calibration"]["suite"] = [{"arch": "resnet18", "size": 8, "channels": 1, "classes": 2, "ratio": 0.9}]
     for dotted, value in (changes or {}).items():
@@ -520,8 +520,8 @@ class Fixtures:
     def _run(self) -> None:
         """One prune run folder (and its model.onnx), and rpi4's fitted cost model."""
         from edgemvp.data.tasks import resolve_task
-        from edgemvp.devices import ProfileRegistry
-        from edgemvp.latency import check_model
+        from edgemvp.deploy.devices import ProfileRegistry
+        from edgemvp.deploy.latency import check_model
         from edgemvp.pipeline import PruneRequest, run
 
         task = resolve_task(None, "digits", "0,1,2")
@@ -2305,8 +2305,8 @@ def stored_weights_problems(root: str, before: dict[str, str], after: dict[str, 
 
 
 # --- running CLI cases: a pool of warm workers, one forked child per case ---------------------------------------
-WARM = ("edgemvp.cli", "edgemvp.models.factory", "edgemvp.zoo.store", "edgemvp.devices", "edgemvp.pipeline",
-        "edgemvp.deploy", "safetensors.torch", "yaml", "onnx", "numpy")
+WARM = ("edgemvp.cli", "edgemvp.models.factory", "edgemvp.zoo.store", "edgemvp.deploy.devices", "edgemvp.pipeline",
+        "edgemvp.deploy.export", "safetensors.torch", "yaml", "onnx", "numpy")
 
 
 def warm_worker() -> None:

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 from edgemvp.data.tasks import resolve_task
-from edgemvp.deploy import deploy, load_source
-from edgemvp.devices import ProfileRegistry
+from edgemvp.deploy.export import deploy, load_source
+from edgemvp.deploy.devices import ProfileRegistry
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from edgemvp.devices import ProfileRegistry, ReferenceModel
-from edgemvp.latency import build_reference_onnx, measure
+from edgemvp.deploy.devices import ProfileRegistry, ReferenceModel
+from edgemvp.deploy.latency import build_reference_onnx, measure
 
 MODELS = (ReferenceModel("resnet18", 32, 1, 10, 0.9), ReferenceModel("resnet18", 32, 1, 10, 0.0),
           ReferenceModel("resnet18", 224, ratio=0.9), ReferenceModel("resnet18", 224, ratio=0.5),

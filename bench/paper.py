@@ -48,7 +48,8 @@ from edgemvp.data.tasks import TaskSpec, random_tasks, task_name  # noqa: E402
 from edgemvp.masks import Masks  # noqa: E402
 from edgemvp.models.base import find_base  # noqa: E402
 from edgemvp.models.factory import create_model, get_arch  # noqa: E402
-from edgemvp.pipeline import PruneRequest, Ranking, fit, rank  # noqa: E402
+from edgemvp.mvp.rank import Ranking  # noqa: E402
+from edgemvp.pipeline import PruneRequest, fit, rank  # noqa: E402
 from edgemvp.pretrain import PretrainConfig, pretrain  # noqa: E402
 from edgemvp.pruners import PruneConfig  # noqa: E402
 from edgemvp.pruners.base import event_interval, final_keep, next_keep, pruning_events  # noqa: E402
@@ -56,7 +57,7 @@ from edgemvp.shrink import params_and_macs, shrink  # noqa: E402
 from edgemvp.units import unit_space  # noqa: E402
 from edgemvp.zoo.build import BuildSpec, build  # noqa: E402
 from edgemvp.zoo.defaults import zoo_path  # noqa: E402
-from edgemvp.voter import LocalZoo  # noqa: E402
+from edgemvp.zoo.local import LocalZoo  # noqa: E402
 
 RUN_FORMAT = 1
 CACHED_ONLY = False  # --cached-only: report what is cached, run nothing
@@ -227,7 +228,7 @@ def prepare(tb: Testbed, cache: Path, bars: bool) -> Bed:
         hierarchy.write_text(yaml.safe_dump(tree, sort_keys=False))
     bed = Bed(tb, cache, folder, local, dataset, ids, tasks, hierarchy)
     if any(similarity_kind(bed, m) == "wordnet" for m in tb.methods):
-        from edgemvp.similarity import Taxonomy, wordnet_similarity
+        from edgemvp.mvp.similarity import Taxonomy, wordnet_similarity
 
         # load WordNet once, untimed (about 4 s per process), as a long-running voter would have it loaded
         wordnet_similarity([(d, c) for d, classes in tasks[:1] for c in classes], tasks[:2], Taxonomy(None, cache))
@@ -577,7 +578,7 @@ def curves(bed: Bed, regime: str, per_class: int | None, tgts: list[TaskSpec], b
 def iou_by_similarity(bed: Bed, kind: str, groups: int = 5) -> dict:
     """Per-layer IoU of kept units between pairs of zoo entries, by similarity quintile (or by value, when the
     similarity takes few values), vs random masks."""
-    from edgemvp.similarity import Hierarchy, Taxonomy, wordnet_similarity
+    from edgemvp.mvp.similarity import Hierarchy, Taxonomy, wordnet_similarity
 
     taxonomy = Taxonomy(Hierarchy.load(bed.hierarchy) if kind == "taxonomy" else None, bed.cache)
     names = [u.name for u in unit_space(bed.tb.arch).units]

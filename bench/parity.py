@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from edgemvp.export import ExportConfig, export_model
+from edgemvp.deploy.onnx import ExportConfig, export_model
 from edgemvp.masks import random_masks
 from edgemvp.models.factory import create_model
 from edgemvp.shrink import shrink

@@ -65,9 +65,10 @@ def fill(zoo: Path, entries: int, seed: int) -> None:
 def timed(zoo: Path, neighbours: int, temperature: float) -> dict:
     from edgemvp.data.tasks import NAMED_TASKS
     from edgemvp.data.wordnet import wordnet
-    from edgemvp.similarity import Taxonomy, wordnet_similarity
+    from edgemvp.mvp.similarity import Taxonomy, wordnet_similarity
     from edgemvp.units import unit_space
-    from edgemvp.vote import nearest, vote
+    from edgemvp.mvp.rank import nearest
+    from edgemvp.mvp.vote import vote
     from edgemvp.zoo.store import ZooStore
 
     unit_space("resnet18")  # traced once per process, like the arch's model

@@ -50,7 +50,7 @@ def fill(zoo: Path, cache: Path | None, arch: str, dataset: str, entries: int, s
     from edgemvp.models.base import find_base
     from edgemvp.models.weights import sha256_bytes, weights_bytes
     from edgemvp.shrink import build_pruned, pruned_metadata
-    from edgemvp.zoo.entry import BaseRef, EntryManifest
+    from edgemvp.manifest import BaseRef, EntryManifest
     from edgemvp.zoo.store import ZooStore
 
     base = find_base(arch, dataset, cache)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -31,26 +30,36 @@ import torch
 
 from edgemvp import checks
 from edgemvp.data.datasets import Dataset, get_dataset
-from edgemvp.data.loader import LabeledView, eval_batches, train_batches
+from edgemvp.data.loader import LabeledView, balanced_sample, eval_batches, train_batches
 from edgemvp.data.tasks import TaskSpec, task_view
-from edgemvp.devices import DeviceProfile
+from edgemvp.deploy.devices import DeviceProfile, ProfileRegistry
+from edgemvp.deploy.export import ExportSource, deploy
+from edgemvp.deploy.latency import LatencyReport, over_budget
 from edgemvp.errors import UsageError
+from edgemvp.manifest import BaseRef, EntryManifest
 from edgemvp.masks import Masks
-from edgemvp.models.base import BaseManifest, find_base
+from edgemvp.models.base import BaseManifest
 from edgemvp.models.factory import create_model, get_arch
-from edgemvp.mvp import batchnorm_statistics_matter, reestimate_batchnorm, target_model
+from edgemvp.models.weights import sha256_file
+from edgemvp.mvp.average import target_model
+from edgemvp.mvp.rank import SIMILARITIES, Ranking, ZooTasks, load_hierarchy, nearest
+from edgemvp.mvp.rank import rank as rank_entries
+from edgemvp.mvp.similarity import Hierarchy
+from edgemvp.mvp.vote import DEFAULT_NEIGHBOURS, DEFAULT_RATIO, DEFAULT_TEMPERATURE
+from edgemvp.mvp.voter import Initial, Neighbour, VoteSpec, check_vote_settings
 from edgemvp.paths import atomic_write_bytes
+from edgemvp.pruners import PruneConfig, get_pruner
 from edgemvp.runs import CARD, REPORT, RUN_FORMAT, check_out, replace_dir
-from edgemvp.similarity import Hierarchy, Taxonomy, leep_similarity
-from edgemvp.train import OptimConfig, Progress, accuracy, default_device, train_steps
-from edgemvp.vote import DEFAULT_NEIGHBOURS, DEFAULT_TEMPERATURE, nearest
-from edgemvp.voter import Initial, LocalZoo, Neighbour, Ranking, VoteSpec, check_vote_settings
-from edgemvp.zoo.remote import NoTaxonomyNode, RemoteZoo, ZooAddress
+from edgemvp.shrink import WEIGHTS_FILE, params_and_macs, save_pruned
+from edgemvp.train import (OptimConfig, Progress, accuracy, batchnorm_statistics_matter, default_device,
+                           reestimate_batchnorm, train_steps)
+from edgemvp.versions import tool_versions
+from edgemvp.zoo.api import Location, Zoo, open_zoo
+from edgemvp.zoo.local import LocalZoo
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("mvp", "random", "ifp", "transfer")
-SIMILARITIES = ("wordnet", "leep")
 REPORT_SCHEMA = 1
 
 # The paper's fine-tuning recipe: SGD lr 0.01 cosine for CNNs, AdamW 2e-4 cosine for ViTs (batch 128).
@@ -68,7 +77,7 @@ class PruneRequest:
     Attributes:
         task: The target task.
         device: Device profile name or alias.
-        zoo: Zoo folder, or a zoo server's address (:class:`ZooAddress`); ``None`` is the default zoo of the
+        zoo: Zoo folder, or a zoo server's address (:class:`edgemvp.zoo.remote.ZooAddress`); ``None`` is the default zoo of the
             base (built on first use for the offline default).
         arch: Base architecture; ``None`` takes the zoo's (or the default, resnet18).
         base_dataset: Dataset the base was pre-trained on; ``None`` takes the zoo's (or fashion-mnist).
@@ -99,7 +108,7 @@ class PruneRequest:
 
     task: TaskSpec
     device: str
-    zoo: Path | ZooAddress | None = None
+    zoo: Location | None = None
     arch: str | None = None
     base_dataset: str | None = None
     method: str = "mvp"
@@ -108,7 +117,7 @@ class PruneRequest:
     similarity: str = "wordnet"
     hierarchy: Path | None = None
     temperature: float = DEFAULT_TEMPERATURE
-    ratio: float = 0.9
+    ratio: float = DEFAULT_RATIO
     seed: int = 0
     batch_size: int = 128
     bn_reestimate: bool | None = None
@@ -187,121 +196,26 @@ class PruneResult:
         return self.report["zoo"].get("added")
 
 
-# --- zoo and base ------------------------------------------------------------------------------------------
-Zoo = LocalZoo | RemoteZoo  # the same methods: task_table, rank_by_taxonomy, entry_models, initialise, put
-
-
-def _open_zoo(req: PruneRequest, cache, data_root, stages: Stages) -> Zoo:
-    """The zoo to vote from with the base it was built for (building the offline default on first use)."""
-    from edgemvp.zoo.defaults import DEFAULT_ARCH, DEFAULT_DATASET, default_zoo_path, ensure_default_zoo, zoo_path
-
-    if isinstance(req.zoo, ZooAddress):
-        remote = RemoteZoo.connect(req.zoo, req.arch, req.base_dataset, cache)
-        if req.add_to_zoo:
-            try:
-                remote.require_write()
-            except BaseException:
-                remote.close()
-                raise
-        return remote
-    if req.zoo is None:
-        arch, dataset = req.arch or DEFAULT_ARCH, req.base_dataset or DEFAULT_DATASET
-        if (arch, dataset) == (DEFAULT_ARCH, DEFAULT_DATASET):
-            _ensure_default_base(cache, data_root, stages)
-            stages.say(f"zoo: default zoo ({default_zoo_path(cache)})")
-            ensure_default_zoo(cache, data_root, overall=stages.progress("default zoo (first use)", "task"),
-                               task_progress=lambda job: stages.progress(f"  {job.task.name}"))
-            path = default_zoo_path(cache)
-        else:
-            path = zoo_path(arch, dataset, cache)
-            if not path.exists():
-                raise UsageError(f"no zoo for the {arch} base of '{dataset}' at {path}; build one with 'edgemvp zoo "
-                                 f"build --arch {arch} --dataset {dataset} --zoo {path}' or pass --zoo")
-    else:
-        path = req.zoo
-        if not path.exists():
-            raise UsageError(f"zoo not found: {path}")
-    return LocalZoo.open(path, req.arch, req.base_dataset, cache)
-
-
-def _ensure_default_base(cache, data_root, stages: Stages) -> None:
-    from edgemvp.pretrain import PretrainConfig, pretrain
-    from edgemvp.zoo.defaults import DEFAULT_ARCH, DEFAULT_DATASET
-
-    if find_base(DEFAULT_ARCH, DEFAULT_DATASET, cache) is None:
-        stages.say(f"base: pre-training {DEFAULT_ARCH} on {DEFAULT_DATASET} (first use; cached afterwards)")
-        done = pretrain(DEFAULT_ARCH, DEFAULT_DATASET, PretrainConfig(), cache, data_root,
-                        progress=stages.progress(f"pretrain {DEFAULT_ARCH}"))
-        stages.say(f"base: test accuracy {done.test_acc:.2f}% on {len(done.classes)} classes in "
-                   f"{done.train['train_seconds']:.0f} s")
-
-
 # --- similarity --------------------------------------------------------------------------------------------
-def _sample(view: LabeledView, spec, samples: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
-    """A seeded sample of at most ``samples`` images of a view, balanced over its classes."""
-    per_class = max(1, math.ceil(samples / max(1, int(view.targets.max()) + 1)))
-    rng = np.random.default_rng(seed)
-    pick = np.concatenate([np.sort(rng.permutation(np.flatnonzero(view.targets == t))[:per_class])
-                           for t in np.unique(view.targets)])
-    sub = LabeledView(view.split, view.indices[pick], view.targets[pick], view.hflip)
-    xs, ys = zip(*eval_batches(sub, spec))
-    return torch.cat(xs), torch.cat(ys).numpy()
-
-
-def load_hierarchy(path: Path | None) -> Hierarchy | None:
-    """The class hierarchy a user gave (``--hierarchy``): a YAML or JSON tree, read with bounds.
-
-    Raises:
-        UsageError: Missing, empty, unparsable, not a tree (a name twice, a recursive alias), too deep or too
-            large: a hierarchy the user gave that cannot be used is never silently replaced by LEEP.
-    """
-    if path is None:
-        return None
-    return Hierarchy.load(path)
-
-
-def _wordnet_gap(task: TaskSpec) -> str | None:
-    """The first target class WordNet cannot place (no shipped or given synset), if any."""
-    taxonomy = Taxonomy(None, synsets={(task.dataset, c): s for c, s in zip(task.classes, task.synsets) if s})
-    return next((c for c in task.classes if taxonomy.node((task.dataset, c)) is None), None)
-
-
-def rank(zoo: Zoo, ids: list[str], tasks: list[tuple[str, tuple[str, ...]]], task: TaskSpec, dataset: Dataset,
-         req: PruneRequest, hierarchy: Hierarchy | None = None) -> Ranking:
-    """Score zoo entries (``ids`` with their ``(dataset, classes)``) against the target (Wu-Palmer, else LEEP).
-
-    Wu-Palmer runs where the zoo is (in process, or on the zoo server) over WordNet or the user's
-    ``hierarchy``; a target class WordNet has no synset for falls back to LEEP (and the report says so), a
-    class the user's hierarchy lacks is an error. LEEP always runs here, on the target's images, over the
-    candidates' models (downloaded and sha256-checked from a remote zoo).
-    """
-    note = None
-    if req.similarity == "wordnet":
-        hierarchy = hierarchy if hierarchy is not None else load_hierarchy(req.hierarchy)
-        gap = _wordnet_gap(task) if hierarchy is None else None
-        try:
-            if gap is None:
-                return zoo.rank_by_taxonomy(ids, tasks, task, hierarchy,
-                                            limit=req.neighbours if req.method == "mvp" else 1)
-        except NoTaxonomyNode as exc:  # the zoo server's taxonomy lacks a class
-            if hierarchy is not None:
-                raise
-            note = f"{exc}; falling back to LEEP"
-        if gap is not None:
-            note = f"class '{gap}' of dataset '{task.dataset}' has no node in wordnet; falling back to LEEP"
-    x, y = _sample(req.train_view(dataset), zoo.base.input_spec, req.leep_samples, req.seed)
-    return Ranking(ids, leep_similarity(zoo.entry_models(ids), x, y, len(task.classes)), "leep", note)
+def rank(zoo: Zoo, ids: list[str], tasks: ZooTasks, task: TaskSpec, dataset: Dataset, req: PruneRequest,
+         hierarchy: Hierarchy | None = None) -> Ranking:
+    """Rank zoo entries for the request (:func:`edgemvp.mvp.rank.rank`: Wu-Palmer, else LEEP on a seeded,
+    class-balanced sample of the target's training images)."""
+    if req.similarity == "wordnet" and hierarchy is None:
+        hierarchy = load_hierarchy(req.hierarchy)
+    return rank_entries(zoo, ids, tasks, task, req.similarity, hierarchy,
+                        limit=req.neighbours if req.method == "mvp" else 1,
+                        images=lambda: balanced_sample(req.train_view(dataset), zoo.base.input_spec,
+                                                       req.leep_samples, req.seed))
 
 
 # --- the run -----------------------------------------------------------------------------------------------
 def _method_model(req: PruneRequest, zoo: Zoo, ranking: Ranking | None, batches, stages: Stages) -> Initial:
     """Masks and initial (or, for IFP, trained) model of the chosen method, the neighbours used and extra
-    report fields. The voter (:mod:`edgemvp.voter`, in process or on the zoo server) makes mvp, transfer and
+    report fields. The voter (:mod:`edgemvp.mvp.voter`, in process or on the zoo server) makes mvp, transfer and
     random; IFP prunes the base here."""
     if req.method != "ifp":
         return zoo.initialise(req.vote_spec(), ranking)
-    from edgemvp.pruners import PruneConfig, get_pruner
-
     base, task = zoo.base, req.task
     name = SINGLE_TASK_PRUNER[get_arch(base.arch).family]
     full = target_model(zoo.base_model(), base.classes, base.dataset, task.dataset, task.classes, req.seed)
@@ -377,9 +291,6 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
     Raises:
         UsageError: Unknown device, missing data, empty zoo, zoo of another base, N larger than the zoo, ...
     """
-    from edgemvp.devices import ProfileRegistry
-    from edgemvp.shrink import params_and_macs
-
     stages = stages or Stages()
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -396,7 +307,8 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
     hierarchy = load_hierarchy(req.hierarchy) if req.similarity == "wordnet" else None  # a bad tree: before work
     dataset = get_dataset(req.task.dataset, data_root)  # missing data: one line saying how to get it
     lap("setup")
-    with _open_zoo(req, cache, data_root, stages) as zoo:
+    with open_zoo(req.zoo, req.arch, req.base_dataset, cache, data_root, writable=req.add_to_zoo, say=stages.say,
+                  progress=stages.progress) as zoo:
         if isinstance(zoo, LocalZoo):
             zoo.base_model()  # a damaged cached base: its one line before any note or work (loaded once anyway)
         lap("base_and_zoo")
@@ -457,12 +369,6 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
 def _export(req: PruneRequest, profile: DeviceProfile, model, masks: Masks, spec, report: dict, tmp: Path, out: Path,
             cache, data_root) -> None:
     """Write the PyTorch files, export (+ int8), hold the shipped model to the budget; fills ``report``."""
-    from edgemvp.deploy import ExportSource, deploy
-    from edgemvp.latency import LatencyReport, over_budget
-    from edgemvp.models.weights import sha256_file
-    from edgemvp.shrink import save_pruned
-    from edgemvp.versions import tool_versions
-
     tmp.mkdir(parents=True)
     save_pruned(model, masks, spec, len(req.task.classes), tmp)
     src = ExportSource(model, masks.arch, spec, tmp, None, req.task)
@@ -490,10 +396,6 @@ def _export(req: PruneRequest, profile: DeviceProfile, model, masks: Masks, spec
 def _add_to_zoo(zoo: Zoo, req: PruneRequest, base: BaseManifest, masks: Masks, report: dict,
                 parents: list[str], folder: Path, seconds: float) -> str:
     """Store the result as a zoo entry whose parents are its neighbours (uploaded to a remote zoo)."""
-    from edgemvp.shrink import WEIGHTS_FILE
-    from edgemvp.versions import tool_versions
-    from edgemvp.zoo.entry import BaseRef, EntryManifest
-
     weights = (folder / WEIGHTS_FILE).read_bytes()
     config = {"method": req.method, **report["settings"]}
     config.pop("device", None)

@@ -188,6 +188,18 @@ def build_pruned(arch: str, num_classes: int, spec: InputSpec, masks: Masks, ini
     return shrink(model.to_empty(device="cpu"), masks)
 
 
+def rebuild_pruned(arch: str, num_classes: int, spec: InputSpec, masks: Masks, state: dict[str, torch.Tensor],
+                   source: str) -> nn.Module:
+    """The one rebuild of a stored pruned model: create(arch) → shrink(masks) → strict load, in eval mode.
+
+    Raises:
+        UsageError: Masks of another arch, or weights that do not fit (the message names ``source``).
+    """
+    model = build_pruned(arch, num_classes, spec, masks, initialise=False)
+    load_into(model, state, source)
+    return model.eval()
+
+
 def save_pruned(model: nn.Module, masks: Masks, spec: InputSpec, num_classes: int, folder: Path) -> str:
     """Write ``masks.json`` and ``weights.safetensors`` (with arch, classes and input spec in its header).
 
@@ -225,9 +237,7 @@ def load_pruned(folder: str | os.PathLike[str], expected_sha256: str | None = No
     if not 1 <= num_classes <= MAX_NUM_CLASSES:  # the classifier is built before the weights are checked against it
         raise UsageError(f"{weights}: num_classes {num_classes} is outside [1, {MAX_NUM_CLASSES}]")
     masks = Masks.load(folder / MASKS_FILE, arch=arch)
-    model = build_pruned(arch, num_classes, spec, masks, initialise=False)
-    load_into(model, state, str(weights))
-    return model.eval(), masks
+    return rebuild_pruned(arch, num_classes, spec, masks, state, str(weights)), masks
 
 
 def params_and_macs(model: nn.Module, spec: InputSpec) -> tuple[int, int]:

@@ -257,3 +257,51 @@ def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     """Top-1 accuracy in percent."""
     logits, labels = predict_logits(model, batches, device)
     return 100.0 * float((logits.argmax(1) == labels).float().mean())
+
+
+def _running_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The model's BatchNorm layers that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def batchnorm_statistics_matter(model: nn.Module, steps: int, threshold: float = 1e-3) -> bool:
+    """Whether BatchNorm statistics set now would still count after ``steps`` training steps.
+
+    Training-mode BatchNorm normalises with batch statistics and moves its running statistics towards them by
+    ``momentum`` per step, so after ``steps`` steps a fraction ``(1 - momentum) ** steps`` of what they were is
+    left (momentum 0.1: 2.7e-5 after 100 steps, 1e-3 after 66). False when that fraction is below ``threshold``
+    for every BatchNorm, or when the model has none; True for a cumulative average (momentum None).
+    """
+    norms = _running_batchnorms(model)
+    if not norms:
+        return False
+    return any(m.momentum is None or (1.0 - m.momentum) ** steps >= threshold for m in norms)
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int,
+                         device: torch.device | None = None) -> int:
+    """Recompute every BatchNorm's running mean and variance as the average over ``steps`` batches.
+
+    No parameter changes (forward passes only, in train mode for the statistics). Returns the number of
+    BatchNorm layers reset (0 for models without any that keep running statistics, such as ViTs).
+    """
+    norms = _running_batchnorms(model)
+    if not norms or steps < 1:
+        return 0
+    device = device or next(model.parameters()).device
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts equally
+    model.train()
+    try:
+        for _ in range(steps):
+            x, _ = next(batches)
+            model(x.to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return len(norms)

@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from edgemvp.devices import PACKAGED
-from edgemvp.export import ExportConfig, export_raw
+from edgemvp.deploy.devices import PACKAGED
+from edgemvp.deploy.onnx import ExportConfig, export_raw
 from edgemvp.masks import random_masks
 from edgemvp.models.factory import create_model
 from edgemvp.shrink import shrink

@@ -74,7 +74,7 @@ def make_entry(arch: str = "resnet18", seed: int = 0, classes: tuple[str, ...] =
     from edgemvp.models.weights import sha256_bytes, weights_bytes
     from edgemvp.shrink import build_pruned, pruned_metadata
     from edgemvp.spec import InputSpec
-    from edgemvp.zoo.entry import BaseRef, EntryManifest
+    from edgemvp.manifest import BaseRef, EntryManifest
 
     spec = spec or InputSpec(1, 16, (0.5,), (0.25,))
     masks = random_masks(arch, ratio, seed, base_sha256=base_sha256)

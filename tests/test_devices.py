@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from edgemvp.devices import ENV_PROFILES, PACKAGED, ProfileRegistry, load_profile
+from edgemvp.deploy.devices import ENV_PROFILES, PACKAGED, ProfileRegistry, load_profile
 from edgemvp.errors import UsageError
 from tests.deploy_helpers import profile_data, write_profile
 

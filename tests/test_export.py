@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-import edgemvp.export as export_mod
+import edgemvp.deploy.onnx as export_mod
 from edgemvp.errors import UsageError
-from edgemvp.export import ExportConfig, ParityError, check_onnx, export_model, quantize_model, run_onnx, seeded_inputs
+from edgemvp.deploy.onnx import ExportConfig, ParityError, check_onnx, export_model, quantize_model, run_onnx, seeded_inputs
 from tests.deploy_helpers import SMALL, tiny_model
 
 

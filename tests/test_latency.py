@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgemvp.costmodel import CostConstants, OpTable, estimate_ms, fit_constants, op_table
-from edgemvp.devices import ProfileRegistry
+from edgemvp.deploy.costmodel import CostConstants, OpTable, estimate_ms, fit_constants, op_table
+from edgemvp.deploy.devices import ProfileRegistry
 from edgemvp.errors import BudgetExceeded
-from edgemvp.latency import enforce_budget, estimate, measure
+from edgemvp.deploy.latency import enforce_budget, estimate, measure
 from tests.deploy_helpers import profile_data, tiny_onnx, write_profile
 
 TRUE = CostConstants(120, 60, 100, 5, 40, 400, 12, 25, 15, 2.0, 0.03, 32)

@@ -11,10 +11,12 @@ from scipy import stats
 
 from edgemvp.errors import UsageError
 from edgemvp.masks import Masks, random_masks
-from edgemvp.mvp import Contribution, average_state, batchnorm_statistics_matter, reestimate_batchnorm
-from edgemvp.similarity import Candidates, Hierarchy, Taxonomy, leep, task_similarity, wordnet_similarity
+from edgemvp.mvp.average import Contribution, average_state
+from edgemvp.train import batchnorm_statistics_matter, reestimate_batchnorm
+from edgemvp.mvp.similarity import Candidates, Hierarchy, Taxonomy, leep, task_similarity, wordnet_similarity
 from edgemvp.units import unit_space
-from edgemvp.vote import nearest, vote
+from edgemvp.mvp.rank import nearest
+from edgemvp.mvp.vote import vote
 
 FASHION = "fashion-mnist"
 
@@ -210,7 +212,7 @@ def test_average_state_matches_a_hand_computed_case_with_base_fallback() -> None
 def test_averaged_init_through_expand_uses_neighbours_and_base(tiny_bases) -> None:
     """On a real resnet18: elements both neighbours kept are their mean, elements neither kept are the base's."""
     from edgemvp.models.base import load_base
-    from edgemvp.mvp import averaged_model, classifier_keys, neighbour_contribution
+    from edgemvp.mvp.average import averaged_model, classifier_keys, neighbour_contribution
     from edgemvp.shrink import contract_state, expand_state
     from edgemvp.zoo import ZooStore
     from tests.helpers import make_entry
@@ -244,7 +246,7 @@ def test_averaged_init_through_expand_uses_neighbours_and_base(tiny_bases) -> No
     kept_in = masks.index(_last_unit(masks))
     assert torch.allclose(head_w[kept_in], base.state_dict()["fc.weight"][fc][kept_in])
     # averaging only the kept elements gives exactly what averaging the full layout and contracting gives
-    from edgemvp.mvp import average_state, target_model
+    from edgemvp.mvp.average import average_state, target_model
     full = target_model(base, manifest.classes, "digits", "digits", target, seed=0).state_dict()
     reference = contract_state(average_state(full, [c1, c2], classifier_keys(base)), masks)
     state = model.state_dict()

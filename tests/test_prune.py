@@ -84,7 +84,7 @@ def test_mvp_end_to_end_falls_back_to_leep_and_writes_every_artifact(tiny_bases,
 
 
 def test_user_hierarchy_ranks_by_wu_palmer(tiny_bases, digits_zoo, tmp_path) -> None:
-    from edgemvp.similarity import Hierarchy, Taxonomy, wordnet_similarity
+    from edgemvp.mvp.similarity import Hierarchy, Taxonomy, wordnet_similarity
 
     tree = tmp_path / "digits.yaml"
     tree.write_text("digits:\n  even: ['0', '2', '4', '6', '8']\n  odd: ['1', '3', '5', '7', '9']\n")
@@ -125,7 +125,7 @@ def test_learning_rate_and_few_data_options(tiny_bases, digits_zoo, tmp_path) ->
     req = _request(digits_zoo, tmp_path / "lr", method="random", iters=6, lr=0.2, train_per_class=4)
     assert len(req.train_view(ds)) == 12 and len(_request(digits_zoo, tmp_path).train_view(ds)) > 12
     assert req.train_view(ds).indices.tolist() == replace(req, seed=7).train_view(ds).indices.tolist()
-    from edgemvp.voter import LocalZoo
+    from edgemvp.zoo.local import LocalZoo
 
     with LocalZoo.open(digits_zoo, cache=tiny_bases) as zoo:
         fast = fit(req, zoo, None, ds)
@@ -242,7 +242,7 @@ def test_auto_skips_batchnorm_reestimation_that_fine_tuning_would_replace(tiny_b
     trained parameters are exactly those of a run that re-estimates (training-mode BatchNorm uses batch statistics
     and the re-estimation draws from its own batches)."""
     from edgemvp.pipeline import fit
-    from edgemvp.voter import LocalZoo
+    from edgemvp.zoo.local import LocalZoo
 
     ds = get_dataset("digits")
     req = _request(digits_zoo, tmp_path, method="random", iters=66, train_per_class=10)

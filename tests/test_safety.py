@@ -128,7 +128,7 @@ def test_zoo_export_never_writes_into_a_zoo_or_over_a_file(tmp_path: Path, monke
 
 
 def test_calibrated_profile_name_cannot_leave_the_cache(tmp_path: Path) -> None:
-    from edgemvp.devices import parse_profile, profile_file
+    from edgemvp.deploy.devices import parse_profile, profile_file
     from tests.deploy_helpers import profile_data
 
     for name in ("../../evil", "a/b", "/etc/x", "", "UPPER", "x" * 65):
@@ -319,8 +319,8 @@ def test_store_refuses_links_and_devices_in_place_of_entry_files(tmp_path: Path,
 
 
 def test_yaml_bombs_deep_trees_and_bad_bytes_are_one_line_fast(tmp_path: Path) -> None:
-    from edgemvp.devices import load_profile
-    from edgemvp.pipeline import load_hierarchy
+    from edgemvp.deploy.devices import load_profile
+    from edgemvp.mvp.rank import load_hierarchy
 
     laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(9))
@@ -350,7 +350,7 @@ def test_a_hierarchy_that_cannot_be_used_is_an_error_not_a_silent_fallback(tmp_p
 
     class Zoo:  # ranking by taxonomy happens where the zoo is; this one only records the call
         def rank_by_taxonomy(self, ids, tasks, task, hierarchy, limit):
-            from edgemvp.voter import rank_by_taxonomy
+            from edgemvp.mvp.rank import rank_by_taxonomy
 
             return rank_by_taxonomy(ids, tasks, task, hierarchy, limit=limit)
 
@@ -361,8 +361,8 @@ def test_a_hierarchy_that_cannot_be_used_is_an_error_not_a_silent_fallback(tmp_p
 
 # --- D. never a silent wrong answer ----------------------------------------------------------------------------
 def test_nan_budgets_never_pass_the_gate(tmp_path: Path, monkeypatch, capsys) -> None:
-    from edgemvp.devices import ProfileRegistry
-    from edgemvp.latency import LatencyReport, over_budget
+    from edgemvp.deploy.devices import ProfileRegistry
+    from edgemvp.deploy.latency import LatencyReport, over_budget
 
     host = ProfileRegistry().get("host")
     report = LatencyReport("m.onnx", "host", 1.0, "p90", "measured", "CPUExecutionProvider", 1)
@@ -381,7 +381,7 @@ def test_nan_budgets_never_pass_the_gate(tmp_path: Path, monkeypatch, capsys) ->
 
 
 def test_estimates_are_compared_at_the_budgets_statistic_and_labelled_truly() -> None:
-    from edgemvp.devices import ProfileRegistry
+    from edgemvp.deploy.devices import ProfileRegistry
 
     reg = ProfileRegistry()
     for name in ("jetson-nano", "jetson-orin-nano", "rpi4", "rpi5"):
@@ -735,7 +735,7 @@ def test_a_zoo_where_none_can_be_made_is_one_usage_error(tmp_path: Path) -> None
 
 
 def test_a_named_base_dataset_the_zoo_lacks_is_an_error_not_another_base(tmp_path: Path) -> None:
-    from edgemvp.voter import zoo_base
+    from edgemvp.zoo.local import zoo_base
 
     root, ids = zoo_with(tmp_path, 1)
     with ZooStore.open(root) as store:
@@ -747,7 +747,7 @@ def test_a_named_base_dataset_the_zoo_lacks_is_an_error_not_another_base(tmp_pat
 
 
 def test_profile_counts_are_bounded() -> None:
-    from edgemvp.devices import parse_profile
+    from edgemvp.deploy.devices import parse_profile
     from tests.deploy_helpers import profile_data
 
     for section, key, value in (("hardware", "cores", 10**9), ("hardware", "channel_block", 10**6),
@@ -762,7 +762,7 @@ def test_onnx_files_edgemvp_cannot_run_are_refused_before_any_work(tmp_path: Pat
     import onnx
     from onnx import helper, numpy_helper
 
-    from edgemvp.export import check_onnx, image_input_shape
+    from edgemvp.deploy.onnx import check_onnx, image_input_shape
 
     def model(side: int, external: bool = False) -> Path:
         x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, side, side])
@@ -844,7 +844,7 @@ def test_init_and_run_weights_holding_nan_or_huge_heads_are_refused(tmp_path: Pa
 
 
 def test_export_reads_the_run_reports_task_and_refuses_a_report_that_is_not_one(tmp_path: Path) -> None:
-    from edgemvp.deploy import load_source
+    from edgemvp.deploy.export import load_source
     from edgemvp.masks import random_masks
     from edgemvp.shrink import build_pruned, save_pruned
     from edgemvp.spec import InputSpec

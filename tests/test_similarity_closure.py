@@ -16,7 +16,7 @@ import pytest
 from edgemvp.data import wordnet as wordnet_module
 from edgemvp.data.wordnet import synset_map
 from edgemvp.errors import UsageError
-from edgemvp.similarity import Candidates, Taxonomy, task_similarity
+from edgemvp.mvp.similarity import Candidates, Taxonomy, task_similarity
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ("fashion-mnist", "oxford-pets", "flowers-102", "cifar-100")
@@ -196,7 +196,7 @@ def test_shipped_table_is_what_the_script_writes() -> None:
 def test_common_path_does_not_import_nltk() -> None:
     code = ("import sys\n"
             "from edgemvp.data.wordnet import synset_map, wup\n"
-            "from edgemvp.similarity import Taxonomy, wordnet_similarity\n"
+            "from edgemvp.mvp.similarity import Taxonomy, wordnet_similarity\n"
             "keys = [(d, c) for d in ('fashion-mnist', 'oxford-pets', 'flowers-102', 'cifar-100')\n"
             "        for c in synset_map(d)]\n"
             "assert Taxonomy().class_matrix(keys).shape == (len(keys), len(keys))\n"
@@ -286,7 +286,7 @@ def test_task_similarity_large_zoo_bounded_memory() -> None:
 
 def test_task_similarity_chunks_do_not_change_values(monkeypatch) -> None:
     """Tasks of 1-12 classes, a 20-class target (a mean of more than 8 terms): any chunk size, the same bits."""
-    import edgemvp.similarity as similarity
+    import edgemvp.mvp.similarity as similarity
 
     target, candidates, matrix = synthetic_zoo(3_000, 400, (1, 12), 20, seed=1)
     expected = unchunked_task_similarity(target, candidates, matrix)

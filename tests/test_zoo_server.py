@@ -21,7 +21,8 @@ from edgemvp.models.base import find_base
 from edgemvp.models.weights import sha256_bytes
 from edgemvp.pipeline import PruneRequest, rank, run
 from edgemvp.shrink import load_pruned
-from edgemvp.voter import LocalZoo, VoteSpec
+from edgemvp.mvp.voter import VoteSpec
+from edgemvp.zoo.local import LocalZoo
 from edgemvp.zoo import ZooStore
 from edgemvp.zoo.remote import RemoteError, RemoteZoo, ZooAddress
 from edgemvp.zoo.server import create_app, running

@@ -1,6 +1,7 @@
 """Batches of model input for a labelled subset of a split, seeded and augmentation-aware."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -60,3 +61,14 @@ def eval_batches(view: LabeledView, spec: InputSpec, batch_size: int = 512
     for start in range(0, len(view), batch_size):
         sl = slice(start, start + batch_size)
         yield to_input(view.split.load(view.indices[sl], spec.size), spec), targets[sl]
+
+
+def balanced_sample(view: LabeledView, spec: InputSpec, samples: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """A seeded sample of at most ``samples`` images of a view, balanced over its classes."""
+    per_class = max(1, math.ceil(samples / max(1, int(view.targets.max()) + 1)))
+    rng = np.random.default_rng(seed)
+    pick = np.concatenate([np.sort(rng.permutation(np.flatnonzero(view.targets == t))[:per_class])
+                           for t in np.unique(view.targets)])
+    sub = LabeledView(view.split, view.indices[pick], view.targets[pick], view.hflip)
+    xs, ys = zip(*eval_batches(sub, spec))
+    return torch.cat(xs), torch.cat(ys).numpy()

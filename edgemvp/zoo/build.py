@@ -23,7 +23,7 @@ from edgemvp.errors import UsageError
 from edgemvp.models.base import BaseManifest, find_base
 from edgemvp.train import Progress
 from edgemvp.zoo.distributed import ray_results  # Ray itself is imported only when a build uses it
-from edgemvp.zoo.entry import EntryManifest
+from edgemvp.manifest import EntryManifest
 from edgemvp.zoo.remote import RemoteZoo, ZooAddress
 from edgemvp.zoo.jobs import JOB_FORMAT, BuildSpec, Job, JobResult, plan, run_job  # noqa: F401  (re-exported)
 from edgemvp.zoo.store import ZooStore

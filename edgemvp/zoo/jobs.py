@@ -26,7 +26,7 @@ from edgemvp.pruners import PruneConfig, get_pruner
 from edgemvp.shrink import params_and_macs, pruned_metadata
 from edgemvp.train import Progress, accuracy
 from edgemvp.versions import tool_versions
-from edgemvp.zoo.entry import BaseRef, EntryManifest
+from edgemvp.manifest import BaseRef, EntryManifest
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
-"""A zoo server seen from a client: :class:`RemoteZoo` has the methods of :class:`edgemvp.voter.LocalZoo`, so
+"""A zoo server seen from a client: :class:`RemoteZoo` has the methods of :class:`edgemvp.zoo.local.LocalZoo`, so
 ``edgemvp prune --zoo http://HOST:PORT`` and ``edgemvp zoo build --zoo http://...`` run the same pipeline.
 
 Where the work happens for a remote prune: Wu-Palmer ranking and the vote with the averaged initial weights
-on the server (``POST /neighbours``, ``POST /vote``; the same :mod:`edgemvp.voter` code); LEEP here, because
+on the server (``POST /neighbours``, ``POST /vote``; the same :mod:`edgemvp.mvp.voter` code); LEEP here, because
 it needs the target's images: every candidate's manifest and weights are downloaded, checked against their
 sha256 and rebuilt strictly, scored with the local LEEP, and the N best are sent to ``/vote`` as explicit
 neighbours. BatchNorm re-estimation, fine-tuning, export and the latency gate stay here. Every download is
@@ -32,12 +32,12 @@ from edgemvp.models.base import BaseManifest, find_base, load_base
 from edgemvp.models.factory import create_model, load_into
 from edgemvp.models.weights import parse_safetensors, sha256_bytes
 from edgemvp.paths import check_token, read_secret
-from edgemvp.shrink import build_pruned
-from edgemvp.similarity import Hierarchy
-from edgemvp.vote import nearest
-from edgemvp.voter import Initial, Ranking, VoteSpec
+from edgemvp.shrink import rebuild_pruned
+from edgemvp.mvp.similarity import Hierarchy
+from edgemvp.mvp.rank import NoTaxonomyNode, Ranking, nearest
+from edgemvp.mvp.voter import Initial, VoteSpec
 from edgemvp.zoo import wire
-from edgemvp.zoo.entry import EntryManifest
+from edgemvp.manifest import EntryManifest
 from edgemvp.zoo.store import bundle_bytes
 
 ENV_TOKEN = "EDGEMVP_ZOO_TOKEN"
@@ -50,10 +50,6 @@ class RemoteError(UsageError):
 
 class ServerError(EdgeMVPError):
     """The zoo server failed while handling a request (exit code 1)."""
-
-
-class NoTaxonomyNode(UsageError):
-    """The server's taxonomy cannot place a target class (the prune falls back to LEEP, as locally)."""
 
 
 def is_url(text: str) -> bool:
@@ -145,7 +141,7 @@ def _retry_after(response: httpx.Response, default: float) -> float:
 
 
 class RemoteZoo:
-    """A zoo server, with the methods a prune (:class:`edgemvp.voter.LocalZoo`) and a build use."""
+    """A zoo server, with the methods a prune (:class:`edgemvp.zoo.local.LocalZoo`) and a build use."""
 
     def __init__(self, address: ZooAddress, base: BaseManifest | None = None,
                  cache: str | os.PathLike[str] | None = None) -> None:
@@ -254,9 +250,8 @@ class RemoteZoo:
         for entry_id in ids:
             m, weights = self.entry(entry_id)
             source = f"{self.address.url} entry {entry_id[:12]}"
-            model = build_pruned(m.arch, len(m.task.classes), m.base.input_spec, m.masks, initialise=False)
-            load_into(model, parse_safetensors(weights, source)[0], source)
-            yield model.eval()
+            yield rebuild_pruned(m.arch, len(m.task.classes), m.base.input_spec, m.masks,
+                                 parse_safetensors(weights, source)[0], source)
 
     def initialise(self, spec: VoteSpec, ranking: Ranking | None) -> Initial:
         """Masks and initial model from the server's voter (``POST /vote``; explicit neighbours when ranked)."""

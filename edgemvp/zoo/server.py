@@ -17,7 +17,7 @@ endpoint                                 auth    what
 ``GET /openapi.json``                    none    the schema
 =======================================  ======  =====================================================
 
-The voter is :mod:`edgemvp.voter`, the code a local prune runs. Security: a write needs the bearer token
+The voter is :mod:`edgemvp.mvp.voter`, the code a local prune runs. Security: a write needs the bearer token
 (``hmac.compare_digest``), a read needs the read token (or the write token) when one is set; request bodies
 are limited while they stream (413), JSON bodies are validated by strict pydantic models; an upload is read
 in memory and validated completely (:mod:`edgemvp.zoo.validate`) before the store writes it (atomically, as
@@ -60,9 +60,10 @@ from edgemvp.models.base import WEIGHTS as BASE_WEIGHTS
 from edgemvp.models.base import BaseManifest, base_folder, cached_bases, load_base
 from edgemvp.models.weights import sha256_bytes
 from edgemvp.paths import check_token, read_secret
-from edgemvp.similarity import Hierarchy
-from edgemvp.vote import nearest
-from edgemvp.voter import LocalZoo, Ranking, VoteSpec, zoo_base
+from edgemvp.mvp.similarity import Hierarchy
+from edgemvp.mvp.rank import Ranking, nearest
+from edgemvp.mvp.voter import VoteSpec
+from edgemvp.zoo.local import LocalZoo, zoo_base
 from edgemvp.zoo import wire
 from edgemvp.zoo.store import MANIFEST, WEIGHTS, ZooStore, read_bundle_from
 from edgemvp.zoo.limits import MAX_TASK_CLASSES, QUEUE, RANK_SLOTS, RETRY_AFTER_S

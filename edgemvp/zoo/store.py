@@ -35,12 +35,13 @@ import torch
 
 from edgemvp import checks
 from edgemvp.errors import EdgeMVPError, UsageError
+from edgemvp.manifest import MANIFEST, WEIGHTS, CorruptEntry, EntryManifest, ZooEntry, weights_limit
 from edgemvp.models.base import BaseManifest
 from edgemvp.models.weights import parse_safetensors, sha256_bytes
 from edgemvp.paths import UnsafeFile, atomic_write_bytes, read_regular
 from edgemvp.runs import zoo_around
 from edgemvp.units import unit_space
-from edgemvp.zoo.entry import EntryManifest, ZooEntry, weights_limit
+from edgemvp.zoo.validate import check_entry
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ SCHEMA_VERSION = 1
 FORMAT = "edgemvp-zoo"
 MARKER = "zoo.json"
 INDEX = "index.sqlite"
-MANIFEST = "manifest.json"
-WEIGHTS = "weights.safetensors"
 BUNDLE = "bundle.json"
 CHUNK = 1 << 20
 ENTRY_ID = re.compile(r"[0-9a-f]{64}")  # an entry id: the sha256 of its canonical manifest
@@ -73,10 +72,6 @@ CREATE INDEX IF NOT EXISTS classes_class ON entry_classes (class);
 
 _COLUMNS = ["id", "job_key", "arch", "base_sha256", "dataset", "task", "classes", "pruner", "test_acc", "params",
             "macs", "keep_ratio", "mask_bits", "n_units", "build_seconds"]
-
-
-class CorruptEntry(EdgeMVPError):
-    """A stored entry whose files do not match their sha256 (bit flips, truncation, tampering)."""
 
 
 class DamagedIndex(UsageError):
@@ -596,7 +591,6 @@ def check_bundle_entries(items: list[tuple[EntryManifest, bytes]],
     Raises:
         UsageError: The first entry that fails.
     """
-    from edgemvp.zoo.validate import check_entry  # validate rebuilds models: heavier than the store needs
 
     for manifest, weights in items:
         check_entry(manifest, weights, bases or {}, f"bundle entry {manifest.entry_id()[:12]}", require_base=False)

@@ -20,10 +20,9 @@ import torch
 
 from edgemvp.errors import UsageError
 from edgemvp.models.base import BaseManifest
-from edgemvp.models.factory import load_into
 from edgemvp.models.weights import parse_safetensors
-from edgemvp.shrink import build_pruned
-from edgemvp.zoo.entry import BaseRef, EntryManifest
+from edgemvp.shrink import rebuild_pruned
+from edgemvp.manifest import BaseRef, EntryManifest
 
 MAX_CLASSES = 10_000  # the classifier of an uploaded entry is built before its weights load
 
@@ -64,9 +63,8 @@ def check_entry(manifest: EntryManifest, weights: bytes, bases: Mapping[str, Bas
     if bad:
         raise UsageError(f"{source}: weights: tensor '{bad[0]}' holds NaN or infinity")
     _check_header(meta, manifest, source)
-    model = build_pruned(manifest.arch, len(manifest.task.classes), ref.input_spec, manifest.masks,
-                         initialise=False)
-    load_into(model, state, f"{source}: weights")
+    rebuild_pruned(manifest.arch, len(manifest.task.classes), ref.input_spec, manifest.masks, state,
+                   f"{source}: weights")
 
 
 def _check_header(meta: Mapping[str, str], manifest: EntryManifest, source: str) -> None:

@@ -13,12 +13,11 @@ from typing import Any
 from edgemvp.data.tasks import TaskSpec, task_name
 from edgemvp.errors import UsageError
 from edgemvp.masks import Masks
-from edgemvp.models.factory import load_into
 from edgemvp.models.weights import parse_safetensors, sha256_bytes, weights_bytes
-from edgemvp.shrink import build_pruned, pruned_metadata
+from edgemvp.shrink import pruned_metadata, rebuild_pruned
 from edgemvp.spec import InputSpec
-from edgemvp.voter import Initial, Neighbour
-from edgemvp.zoo.entry import EntryManifest
+from edgemvp.mvp.voter import Initial, Neighbour
+from edgemvp.manifest import EntryManifest
 
 SHA_HEADER = "X-Edgemvp-Sha256"  # sha256 of a response body (entry weights, base weights, vote payload)
 SEED_HEADER = "X-Edgemvp-Seed"
@@ -82,9 +81,7 @@ def initial_from_bytes(raw: bytes, spec: InputSpec, base_sha256: str, source: st
         raise UsageError(f"{source}: malformed vote payload ({exc.__class__.__name__}: {exc})") from exc
     if masks.base_sha256 != base_sha256:
         raise UsageError(f"{source}: masks refer to base {masks.base_sha256[:12]}, not {base_sha256[:12]}")
-    model = build_pruned(arch, num_classes, spec, masks, initialise=False)
-    load_into(model, state, source)
-    return Initial(model.eval(), masks, neighbours, info), seed
+    return Initial(rebuild_pruned(arch, num_classes, spec, masks, state, source), masks, neighbours, info), seed
 
 
 def _neighbour(item: dict[str, Any], source: str) -> Neighbour:

@@ -3,7 +3,7 @@
 A profile says what the device is (``hardware``), how onnxruntime runs there (``runtime``), how models are
 exported for it (``export``, ``quantization``), what a model must meet (``budget``) and what the latency cost
 model is fitted to (``calibration``: reference models with their latency on the device and the public sources
-of those figures). The packaged profiles live in ``edgemvp/device_profiles/`` (the repository's top-level
+of those figures). The packaged profiles live in ``edgemvp/deploy/device_profiles/`` (the repository's top-level
 ``device_profiles`` points there); a user adds profiles with ``--profiles PATH`` or ``EDGEMVP_PROFILES``
 (files or folders, ``os.pathsep``-separated), and ``edgemvp devices calibrate`` writes fitted profiles to
 ``<cache>/profiles``. Later folders override earlier ones by name: packaged < cache < env < ``--profiles``.

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from edgemvp.cli_types import Folder, Number, Seed
+from edgemvp.cli.types import Folder, Number, Seed
 from edgemvp.errors import EdgeMVPError
 
 
@@ -275,8 +275,8 @@ def main() -> None:
         sys.exit(1)
 
 
-from edgemvp import cli_zoo  # noqa: E402  (registers the zoo commands on the group above)
-import edgemvp.cli_deploy  # noqa: E402,F401  (registers export, check, devices)
-import edgemvp.cli_prune  # noqa: E402,F401  (registers prune)
+from edgemvp.cli import zoo as cli_zoo  # noqa: E402  (registers the zoo commands on the group above)
+import edgemvp.cli.deploy  # noqa: E402,F401  (registers export, check, devices)
+import edgemvp.cli.prune  # noqa: E402,F401  (registers prune)
 
 cli_zoo.register(cli)

@@ -10,23 +10,22 @@ else the base model's row for that class when it has one, else timm's default in
 the average is cut to the target's masks.
 
 After averaging, the BatchNorm running statistics no longer describe the activations (they are means of other
-sub-networks' statistics); :func:`reestimate_batchnorm` recomputes them on target training batches in
-train-mode forward passes without any weight update.
+sub-networks' statistics); :func:`edgemvp.train.reestimate_batchnorm` recomputes them on the target.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
+from edgemvp.manifest import WEIGHTS, ZooEntry
 from edgemvp.masks import Masks
 from edgemvp.models.base import task_model
-from edgemvp.models.factory import load_into
-from edgemvp.shrink import build_pruned, contract_state, expand_state
+from edgemvp.models.weights import load_weights
+from edgemvp.shrink import contract_state, expand_state, rebuild_pruned
 from edgemvp.spec import InputSpec
-from edgemvp.zoo.entry import ZooEntry
 
 StateDict = dict[str, torch.Tensor]
 
@@ -93,9 +92,6 @@ def neighbour_contribution(entry: ZooEntry, full_shapes: Mapping[str, torch.Size
 
     The weights are read with their sha256 checked (a corrupt entry is refused, never averaged in).
     """
-    from edgemvp.models.weights import load_weights
-    from edgemvp.zoo.store import WEIGHTS
-
     m = entry.manifest
     state = load_weights(entry.folder / WEIGHTS, m.weights_sha256)
     shapes = dict(full_shapes)
@@ -145,54 +141,4 @@ def averaged_model(base: nn.Module, base_classes: tuple[str, ...], base_dataset:
         c = neighbour_contribution(e, shapes, head, target_dataset, target_classes)
         contributions.append(Contribution(contract_state(c.state, masks), contract_state(c.present, masks), c.rows))
     averaged = average_state(contract_state(fallback, masks), contributions, head)
-    model = build_pruned(arch, len(target_classes), spec, masks, initialise=False)
-    load_into(model, averaged, "averaged neighbours")
-    return model.eval()
-
-
-def _running_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The model's BatchNorm layers that keep running statistics."""
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-
-
-def batchnorm_statistics_matter(model: nn.Module, steps: int, threshold: float = 1e-3) -> bool:
-    """Whether BatchNorm statistics set now would still count after ``steps`` training steps.
-
-    Training-mode BatchNorm normalises with batch statistics and moves its running statistics towards them by
-    ``momentum`` per step, so after ``steps`` steps a fraction ``(1 - momentum) ** steps`` of what they were is
-    left (momentum 0.1: 2.7e-5 after 100 steps, 1e-3 after 66). False when that fraction is below ``threshold``
-    for every BatchNorm, or when the model has none; True for a cumulative average (momentum None).
-    """
-    norms = _running_batchnorms(model)
-    if not norms:
-        return False
-    return any(m.momentum is None or (1.0 - m.momentum) ** steps >= threshold for m in norms)
-
-
-@torch.no_grad()
-def reestimate_batchnorm(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int,
-                         device: torch.device | None = None) -> int:
-    """Recompute every BatchNorm's running mean and variance as the average over ``steps`` batches.
-
-    No parameter changes (forward passes only, in train mode for the statistics). Returns the number of
-    BatchNorm layers reset (0 for models without any that keep running statistics, such as ViTs).
-    """
-    norms = _running_batchnorms(model)
-    if not norms or steps < 1:
-        return 0
-    device = device or next(model.parameters()).device
-    momenta = [m.momentum for m in norms]
-    was_training = model.training
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: every batch counts equally
-    model.train()
-    try:
-        for _ in range(steps):
-            x, _ = next(batches)
-            model(x.to(device))
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        model.train(was_training)
-    return len(norms)
+    return rebuild_pruned(arch, len(target_classes), spec, masks, averaged, "averaged neighbours")

@@ -55,7 +55,7 @@ from edgemvp.errors import UsageError
 if TYPE_CHECKING:
     import onnx
 
-    from edgemvp.devices import Hardware
+    from edgemvp.deploy.devices import Hardware
 
 logger = logging.getLogger(__name__)
 

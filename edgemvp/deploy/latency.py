@@ -2,7 +2,7 @@
 
 Every figure is a :class:`LatencyReport` labelled ``measured`` or ``estimated``. A device measures for real when
 edgemvp runs on it (its profile's ``detect`` block matches; ``host`` always does) or when asked (``measure=True``);
-otherwise its cost model, fitted to the profile's reference latencies, estimates (see :mod:`edgemvp.costmodel`).
+otherwise its cost model, fitted to the profile's reference latencies, estimates (see :mod:`edgemvp.deploy.costmodel`).
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from typing import Literal
 
 import numpy as np
 
-from edgemvp.costmodel import (COST_MODEL_VERSION, CostConstants, FitResult, OpTable, estimate_ms, fit_constants,
+from edgemvp.deploy.costmodel import (COST_MODEL_VERSION, CostConstants, FitResult, OpTable, estimate_ms, fit_constants,
                                op_table, prior_constants)
-from edgemvp.devices import DeviceProfile, ReferenceModel, Runtime
+from edgemvp.deploy.devices import DeviceProfile, ReferenceModel, Runtime
 from edgemvp.errors import BudgetExceeded, EdgeMVPError, UsageError
 from edgemvp.paths import atomic_write_bytes, cache_dir
 
@@ -172,7 +172,7 @@ def build_reference_onnx(ref: ReferenceModel, out: Path) -> Path:
     """Export a reference model to ``out`` with the default exporter (no parity check: weights are random)."""
     import torch
 
-    from edgemvp.export import ExportConfig, export_raw
+    from edgemvp.deploy.onnx import ExportConfig, export_raw
     from edgemvp.masks import random_masks
     from edgemvp.models.factory import create_model
     from edgemvp.shrink import shrink
@@ -324,7 +324,7 @@ def calibrate(profile: DeviceProfile, cache: str | os.PathLike[str] | None = Non
     """
     import platform
 
-    from edgemvp.devices import Reference, Source, user_profile_dir, write_calibrated
+    from edgemvp.deploy.devices import Reference, Source, user_profile_dir, write_calibrated
 
     if not (force or profile.is_current()):
         raise UsageError(f"device '{profile.name}' is not detected on this machine; calibrate measures on the device "
@@ -361,7 +361,7 @@ def check_model(path: str | os.PathLike[str], profile: DeviceProfile, budget_ms:
         UsageError: Not ONNX, truncated, failing the checker, or an input shape the device does not take.
         BudgetExceeded: Over the latency (or model size) budget.
     """
-    from edgemvp.export import check_onnx, image_input_shape
+    from edgemvp.deploy.onnx import check_onnx, image_input_shape
 
     model = check_onnx(path)
     shape = image_input_shape(model, str(path))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgemvp.cli_types import Number, Seed
+from edgemvp.cli.types import Number, Seed
 from edgemvp.cli import Context, _Bar, pass_ctx
 from edgemvp.errors import EdgeMVPError, UsageError
 from edgemvp.zoo.limits import MAX_TASK_CLASSES, QUEUE

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edgemvp.cli_types import Number
+from edgemvp.cli.types import Number
 from edgemvp.cli import Context, cli, pass_ctx
 
 profiles_option = click.option(
@@ -17,7 +17,7 @@ profiles_option = click.option(
 
 
 def _registry(ctx: Context, profiles: tuple[Path, ...]):
-    from edgemvp.devices import ProfileRegistry
+    from edgemvp.deploy.devices import ProfileRegistry
 
     return ProfileRegistry(profiles, ctx.cache)
 
@@ -38,8 +38,8 @@ def export_cmd(ctx: Context, source: Path, device: str, int8: bool, out: Path | 
                dataset: str | None, classes: str | None, exporter: str, runs: int, profiles: tuple[Path, ...]) -> None:
     """Export RUN_DIR | WEIGHTS | BASE_DIR to ONNX (parity-checked), optionally int8, with a latency report."""
     from edgemvp.data.tasks import resolve_task
-    from edgemvp.deploy import REPORT, deploy, load_source
-    from edgemvp.export import ExportConfig
+    from edgemvp.deploy.export import REPORT, deploy, load_source
+    from edgemvp.deploy.onnx import ExportConfig
     from edgemvp.runs import check_export_out
 
     profile = _registry(ctx, profiles).get(device)
@@ -70,7 +70,7 @@ def export_cmd(ctx: Context, source: Path, device: str, int8: bool, out: Path | 
 def check_cmd(ctx: Context, model: Path, device: str, budget_ms: float | None, measure: bool, runs: int,
               profiles: tuple[Path, ...]) -> None:
     """Check MODEL.onnx against a device's latency budget (exit 3 when over)."""
-    from edgemvp.latency import check_model
+    from edgemvp.deploy.latency import check_model
 
     verdict = check_model(model, _registry(ctx, profiles).get(device), budget_ms, measure, ctx.cache, runs)
     click.echo(verdict)
@@ -102,7 +102,7 @@ def devices_show(ctx: Context, device: str, profiles: tuple[Path, ...]) -> None:
     """Show a device profile as loaded (validated, 'auto' fields resolved)."""
     import yaml
 
-    from edgemvp.devices import profile_summary
+    from edgemvp.deploy.devices import profile_summary
 
     click.echo(yaml.safe_dump(profile_summary(_registry(ctx, profiles).get(device)), sort_keys=False).rstrip())
 
@@ -115,7 +115,7 @@ def devices_show(ctx: Context, device: str, profiles: tuple[Path, ...]) -> None:
 @pass_ctx
 def devices_calibrate(ctx: Context, device: str, runs: int, force: bool, profiles: tuple[Path, ...]) -> None:
     """Measure the profile's calibration suite here and fit its cost model (writes <cache>/profiles/D.yaml)."""
-    from edgemvp.latency import calibrate
+    from edgemvp.deploy.latency import calibrate
 
     path, fit = calibrate(_registry(ctx, profiles).get(device), ctx.cache, runs, force)
     click.echo(f"{path}: {len(fit.rel_errors)} models, {100 * fit.within(0.2):.0f}% fitted within 20%")

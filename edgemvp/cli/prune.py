@@ -9,11 +9,11 @@ from pathlib import Path
 
 import click
 
-from edgemvp.cli_types import Number, Seed
+from edgemvp.cli.types import Number, Seed
 from edgemvp.cli import Context, _Bar, cli, pass_ctx
-from edgemvp.cli_deploy import profiles_option
-from edgemvp.cli_zoo import CA_OPTION
-from edgemvp.vote import DEFAULT_NEIGHBOURS, DEFAULT_RATIO, DEFAULT_TEMPERATURE
+from edgemvp.cli.deploy import profiles_option
+from edgemvp.cli.zoo import CA_OPTION
+from edgemvp.mvp.vote import DEFAULT_NEIGHBOURS, DEFAULT_RATIO, DEFAULT_TEMPERATURE
 
 
 @cli.command("prune")
@@ -69,7 +69,7 @@ def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str 
               train_per_class: int | None, bn_reestimate: str, no_bn_reestimate: bool, runs: int,
               ca_file: Path | None, profiles: tuple[Path, ...]) -> None:
     """Prune the base model for a new task by voting from the nearest zoo tasks; export and check it."""
-    from edgemvp.cli_zoo import _zoo_location
+    from edgemvp.cli.zoo import _zoo_location
     from edgemvp.data.tasks import resolve_task
     from edgemvp.errors import BudgetExceeded
     from edgemvp.pipeline import PruneRequest, Stages, run

@@ -2,8 +2,8 @@
 
 :func:`load_source` accepts a pruned run folder (``masks.json`` + ``weights.safetensors``), its weights file, or
 a base-model folder (``manifest.json`` + ``model.safetensors``). :func:`deploy` exports it with parity
-(:mod:`edgemvp.export`), optionally quantizes it to int8, measures or estimates latency on the target device
-(:mod:`edgemvp.latency`), and writes ``model.onnx`` (+ ``model.int8.onnx``) and ``export.json``.
+(:mod:`edgemvp.deploy.onnx`), optionally quantizes it to int8, measures or estimates latency on the target device
+(:mod:`edgemvp.deploy.latency`), and writes ``model.onnx`` (+ ``model.int8.onnx``) and ``export.json``.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import numpy as np
 import torch.nn as nn
 
 from edgemvp.data.tasks import TaskSpec
-from edgemvp.devices import DeviceProfile
+from edgemvp.deploy.devices import DeviceProfile
 from edgemvp.errors import UsageError
-from edgemvp.export import ExportConfig, check_onnx, export_model, quantize_model, run_onnx
+from edgemvp.deploy.onnx import ExportConfig, check_onnx, export_model, quantize_model, run_onnx
 from edgemvp.models.factory import get_arch
 from edgemvp.paths import atomic_write_bytes
 from edgemvp.safeload import load_json, read_text
@@ -157,7 +157,7 @@ def deploy(src: ExportSource, profile: DeviceProfile, out_dir: Path, int8: bool 
     Returns:
         The report, also written to ``<out_dir>/export.json``.
     """
-    from edgemvp.latency import latency, make_session
+    from edgemvp.deploy.latency import latency, make_session
     from edgemvp.versions import tool_versions
 
     if profile.export.input_size not in (None, src.spec.size):
@@ -179,7 +179,7 @@ def deploy(src: ExportSource, profile: DeviceProfile, out_dir: Path, int8: bool 
 
 def _int8(src: ExportSource, profile: DeviceProfile, fp32: Path, out: Path, data: TaskData | None,
           cache: str | os.PathLike[str] | None, runs: int, report: dict, force_measure: bool = False) -> dict:
-    from edgemvp.latency import latency, make_session
+    from edgemvp.deploy.latency import latency, make_session
     from edgemvp.models.weights import sha256_file
 
     preset = profile.quantization

@@ -18,13 +18,22 @@ import torch.nn as nn
 
 from edgemvp import checks
 from edgemvp.data.tasks import TaskSpec
-from edgemvp.errors import UsageError
+from edgemvp.errors import EdgeMVPError, UsageError
 from edgemvp.masks import Masks
+from edgemvp.models.factory import create_model
 from edgemvp.models.weights import parse_safetensors, sha256_bytes
 from edgemvp.paths import UnsafeFile, read_regular
+from edgemvp.shrink import rebuild_pruned
 from edgemvp.spec import InputSpec
 
 SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"  # an entry folder: manifest.json + weights.safetensors
+WEIGHTS = "weights.safetensors"
+
+
+class CorruptEntry(EdgeMVPError):
+    """A stored entry whose files do not match their sha256 (bit flips, truncation, tampering)."""
+
 
 
 @dataclass(frozen=True)
@@ -134,8 +143,6 @@ class ZooEntry:
         Raises:
             CorruptEntry: Missing, not a regular file, larger than the bound, or not matching the sha256.
         """
-        from edgemvp.zoo.store import CorruptEntry, WEIGHTS
-
         path = self.folder / WEIGHTS
         try:
             raw = read_regular(path, weights_limit(self.manifest))
@@ -150,10 +157,6 @@ class ZooEntry:
 
     def load_model(self) -> nn.Module:
         """Rebuild the pruned model: create(arch) → shrink(masks) → load_state_dict(strict), sha256 verified."""
-        from edgemvp.models.factory import load_into
-        from edgemvp.shrink import build_pruned
-        from edgemvp.zoo.store import CorruptEntry, WEIGHTS
-
         m = self.manifest
         try:
             state, _ = parse_safetensors(self.read_weights(), f"zoo entry {self.id[:12]}: {WEIGHTS}")
@@ -161,16 +164,13 @@ class ZooEntry:
             raise
         except UsageError as exc:
             raise CorruptEntry(str(exc)) from exc
-        model = build_pruned(m.arch, len(m.task.classes), m.base.input_spec, m.masks, initialise=False)
-        load_into(model, state, f"zoo entry {self.id[:12]}")
-        return model.eval()
+        return rebuild_pruned(m.arch, len(m.task.classes), m.base.input_spec, m.masks, state,
+                              f"zoo entry {self.id[:12]}")
 
 
 @functools.lru_cache(maxsize=64)
 def _dense_elements(arch: str, num_classes: int, spec: InputSpec) -> int:
     """Elements of every tensor of the unpruned model's state dict (built on the meta device: no memory)."""
-    from edgemvp.models.factory import create_model
-
     with torch.device("meta"):
         model = create_model(arch, num_classes, spec)
     return sum(t.numel() for t in model.state_dict().values())

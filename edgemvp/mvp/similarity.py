@@ -21,7 +21,6 @@ A source class no sample gives any probability (an empty column, ``P(z) = 0``) c
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from edgemvp.data.wordnet import synset_map, wup, wup_matrix
 from edgemvp.errors import UsageError
+from edgemvp.safeload import load_json, load_yaml
 
 ClassKey = tuple[str, str]  # (dataset, class name)
 MAX_TREE_DEPTH = 64
@@ -110,8 +111,6 @@ class Hierarchy:
         Raises:
             UsageError: Missing, unreadable, not UTF-8, unparsable or too large a file.
         """
-        from edgemvp.safeload import load_json, load_yaml
-
         source = f"class hierarchy {path}"
         return load_json(path, source) if Path(path).suffix == ".json" else load_yaml(path, source)
 
@@ -183,8 +182,6 @@ class Taxonomy:
         dataset, cls = key
         if self.hierarchy is not None:
             return cls if cls in self.hierarchy else None
-        from edgemvp.data.wordnet import synset_map
-
         return self.synsets.get(key) or synset_map(dataset).get(cls)
 
     def class_matrix(self, keys: Sequence[ClassKey]) -> np.ndarray:
@@ -198,8 +195,6 @@ class Taxonomy:
         """
         if self.hierarchy is not None:
             return self._pairwise(keys)
-        from edgemvp.data.wordnet import wup_matrix
-
         nodes = [self.node(k) for k in keys]
         known = sorted({node for node in nodes if node is not None})
         pairs = wup_matrix(known, self.cache)  # pairs[p, q] = wup(known[p], known[q]); known[p] <= known[q] for p <= q
@@ -236,8 +231,6 @@ class Taxonomy:
     def _wup(self, a: str, b: str) -> float:
         if self.hierarchy is not None:
             return self.hierarchy.wup(a, b)
-        from edgemvp.data.wordnet import wup
-
         return wup(a, b, self.cache)
 
 

@@ -1,4 +1,4 @@
-"""Neighbour selection and the vote (the paper's Eq. 1; docs/design.md, decision 8).
+"""The vote (the paper's Eq. 1; docs/design.md, decision 8).
 
 For each unit group of ``n`` units, every neighbour that kept unit ``k`` gives it a vote: ``v_k`` in
 ``0..N``. The group keeps ``max(1, round((1 - r) n))`` units drawn without replacement from
@@ -24,22 +24,6 @@ DEFAULT_RATIO = 0.9  # the paper's: 90% of every unit group removed
 # tau: measured on fashion5 with 3 neighbours from a 12-task zoo (docs/results.md): at tau = 1 about half the
 # kept units have no vote and J=100 reaches 89.8%; at tau = 0.25 it reaches 92.4-92.5% over 3 seeds.
 DEFAULT_TEMPERATURE = 0.25
-
-
-def nearest(similarity: np.ndarray, n: int) -> np.ndarray:
-    """Positions of the ``n`` most similar candidates, most similar first (ties: earlier candidate first).
-
-    Raises:
-        UsageError: ``n`` < 1 or larger than the number of candidates.
-    """
-    total = len(similarity)
-    if n < 1:
-        raise UsageError(f"--neighbours must be at least 1, got {n}")
-    if n > total:
-        raise UsageError(f"--neighbours {n} is more than the {total} entr{'y' if total == 1 else 'ies'} the zoo has "
-                         "for this base model")
-    order = np.argsort(-np.asarray(similarity, dtype=np.float64), kind="stable")
-    return order[:n]
 
 
 def _top_k(keys: np.ndarray, k: int) -> tuple[int, ...]:
