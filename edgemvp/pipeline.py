@@ -39,7 +39,7 @@ from edgemvp.errors import UsageError
 from edgemvp.manifest import BaseRef, EntryManifest
 from edgemvp.masks import Masks
 from edgemvp.models.base import BaseManifest
-from edgemvp.models.factory import create_model, get_arch
+from edgemvp.models.factory import FAMILIES, create_model, get_arch
 from edgemvp.models.weights import sha256_file
 from edgemvp.mvp.average import target_model
 from edgemvp.mvp.rank import SIMILARITIES, Ranking, ZooTasks, load_hierarchy, nearest
@@ -62,12 +62,6 @@ logger = logging.getLogger(__name__)
 METHODS = ("mvp", "random", "ifp", "transfer")
 REPORT_SCHEMA = 1
 
-# The paper's fine-tuning recipe: SGD lr 0.01 cosine for CNNs, AdamW 2e-4 cosine for ViTs (batch 128).
-FINETUNE_OPTIM = {
-    "cnn": OptimConfig(optimizer="sgd", lr=0.01, weight_decay=5e-4),
-    "vit": OptimConfig(optimizer="adamw", lr=2e-4, weight_decay=0.05),
-}
-SINGLE_TASK_PRUNER = {"cnn": "ifp-activation", "vit": "ahnp"}
 
 
 @dataclass(frozen=True)
@@ -102,7 +96,7 @@ class PruneRequest:
         add_to_zoo: Store the result in the zoo with its neighbours as parents.
         runs: Timed runs when latency is measured.
         lr: Peak learning rate of the fine-tune (and of the single-task pruner for ``ifp``); ``None`` takes
-            the family default (:data:`FINETUNE_OPTIM`, the pruner's default for ``ifp``).
+            the family default (:class:`edgemvp.models.factory.FamilySpec`).
         train_per_class: Use at most this many training images per class (a fixed seeded subsample).
     """
 
@@ -159,7 +153,7 @@ class PruneRequest:
 
     def finetune_optim(self, family: str) -> OptimConfig:
         """The fine-tune optimiser: the family's recipe at ``lr`` when given."""
-        optim = FINETUNE_OPTIM[family]
+        optim = FAMILIES[family].finetune
         return optim if self.lr is None else replace(optim, lr=self.lr)
 
     def train_view(self, dataset: Dataset) -> LabeledView:
@@ -217,7 +211,7 @@ def _method_model(req: PruneRequest, zoo: Zoo, ranking: Ranking | None, batches,
     if req.method != "ifp":
         return zoo.initialise(req.vote_spec(), ranking)
     base, task = zoo.base, req.task
-    name = SINGLE_TASK_PRUNER[get_arch(base.arch).family]
+    name = get_arch(base.arch).recipes.single_task_pruner
     full = target_model(zoo.base_model(), base.classes, base.dataset, task.dataset, task.classes, req.seed)
     cfg = PruneConfig(ratio=req.ratio, iters=req.iters, batch_size=req.batch_size, lr=req.lr, seed=req.seed)
     out = get_pruner(name, get_arch(base.arch).family)(full, base.arch, batches, cfg, base.weights_sha256, None,

@@ -12,7 +12,7 @@ from edgemvp import checks
 from edgemvp.data.datasets import Dataset, get_dataset
 from edgemvp.data.loader import LabeledView, eval_batches, train_batches
 from edgemvp.models.base import BaseManifest, base_folder, save_base
-from edgemvp.models.factory import create_model, get_arch
+from edgemvp.models.factory import FAMILIES, create_model, get_arch
 from edgemvp.spec import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 from edgemvp.train import OptimConfig, Progress, accuracy, default_device, train_steps
 from edgemvp.versions import tool_versions
@@ -44,12 +44,7 @@ class PretrainConfig:
         checks.seed("seed", self.seed)
 
 
-# CNNs: measured on resnet18/Fashion-MNIST (docs/results.md). ViTs train badly with that SGD recipe from
-# scratch; AdamW with warm-up is the usual one (DeiT), at a learning rate suited to a small batch.
-PRETRAIN_OPTIM = {
-    "cnn": OptimConfig(optimizer="sgd", lr=0.2, weight_decay=5e-4, warmup_steps=100, label_smoothing=0.1),
-    "vit": OptimConfig(optimizer="adamw", lr=1e-3, weight_decay=0.05, warmup_steps=200, label_smoothing=0.1),
-}
+PRETRAIN_OPTIM = {name: family.pretrain for name, family in FAMILIES.items()}  # declared in edgemvp.models.factory
 
 
 def input_spec_for(dataset: Dataset, size: int, init: str = "none", sample: int = 10000) -> InputSpec:

@@ -1,6 +1,9 @@
 """One entry point to build the supported architectures with timm: :func:`create_model`.
 
 Architectures are registered with :func:`register_arch`, so adding one is adding one :class:`ArchSpec`.
+Everything edgemvp knows per family or per arch is declared here, once (optimum-style): the recipes of
+pre-training, single-task pruning and fine-tuning, the single-task pruner, the ONNX parity tolerance and the
+default int8 mode (:class:`FamilySpec`, :data:`FAMILIES`; an arch may override the tolerance).
 Small inputs: ResNets keep timm's standard stem (it works at 32 px and keeps training cheap); ViTs use a
 4 px patch below 128 px so a 32 px image still gives 8 x 8 tokens.
 """
@@ -20,10 +23,57 @@ import torch.nn as nn
 from edgemvp.errors import UsageError, unknown
 from edgemvp.models.weights import load_weights
 from edgemvp.spec import InputSpec
+from edgemvp.train import OptimConfig
 
 logger = logging.getLogger(__name__)
 
 Family = Literal["cnn", "vit"]
+QuantMode = Literal["static-qdq", "dynamic", "none"]
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What holds for every arch of a family.
+
+    Attributes:
+        name: ``cnn`` or ``vit``.
+        pretrain: Pre-training recipe of a base from scratch.
+        prune: The single-task pruner's recipe (zoo builds, ``--method ifp``).
+        finetune: The recipe after the vote (``edgemvp prune``'s J steps).
+        single_task_pruner: The family's single-task pruner (IFP for CNNs, AHNP for ViTs).
+        parity_atol: Max abs logit difference ONNX may show against PyTorch.
+        int8_mode: Default onnxruntime quantization (device profiles may set another).
+    """
+
+    name: Family
+    pretrain: OptimConfig
+    prune: OptimConfig
+    finetune: OptimConfig
+    single_task_pruner: str
+    parity_atol: float
+    int8_mode: QuantMode
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    # pretrain: CNNs measured on resnet18/Fashion-MNIST (docs/results.md); ViTs train badly with that SGD
+    # recipe from scratch, AdamW with warm-up is the usual one (DeiT), at a learning rate for a small batch.
+    # prune: measured on zoo tasks (docs/results.md, "Zoo pruner calibration"); the paper's 0.005 was far from
+    # converged for resnet18 at 32 px on 2 CPU cores within J = 1000.
+    # finetune: the paper's, SGD lr 0.01 cosine for CNNs, AdamW 2e-4 cosine for ViTs (batch 128).
+    # parity: ViT attention and GELU accumulate a little more float error than ResNets.
+    "cnn": FamilySpec(
+        "cnn",
+        pretrain=OptimConfig(optimizer="sgd", lr=0.2, weight_decay=5e-4, warmup_steps=100, label_smoothing=0.1),
+        prune=OptimConfig(optimizer="sgd", lr=0.05, weight_decay=5e-4, momentum=0.9),
+        finetune=OptimConfig(optimizer="sgd", lr=0.01, weight_decay=5e-4),
+        single_task_pruner="ifp-activation", parity_atol=1e-3, int8_mode="static-qdq"),
+    "vit": FamilySpec(
+        "vit",
+        pretrain=OptimConfig(optimizer="adamw", lr=1e-3, weight_decay=0.05, warmup_steps=200, label_smoothing=0.1),
+        prune=OptimConfig(optimizer="adamw", lr=2e-4, weight_decay=0.05),
+        finetune=OptimConfig(optimizer="adamw", lr=2e-4, weight_decay=0.05),
+        single_task_pruner="ahnp", parity_atol=2e-3, int8_mode="dynamic"),
+}
 
 
 @dataclass(frozen=True)
@@ -35,12 +85,24 @@ class ArchSpec:
         timm_name: The timm model name it is built from.
         family: ``cnn`` (channel groups are pruned) or ``vit`` (heads and MLP nodes are pruned).
         summary: One line for ``edgemvp archs``.
+        parity_atol: The arch's ONNX parity tolerance, when it differs from its family's.
     """
 
     name: str
     timm_name: str
     family: Family
     summary: str
+    parity_atol: float | None = None
+
+    @property
+    def recipes(self) -> FamilySpec:
+        """The family's recipes and defaults."""
+        return FAMILIES[self.family]
+
+    @property
+    def tolerance(self) -> float:
+        """Max abs logit difference of the ONNX export against PyTorch."""
+        return self.parity_atol if self.parity_atol is not None else self.recipes.parity_atol
 
     def timm_kwargs(self, spec: InputSpec) -> dict[str, int]:
         """Extra timm arguments that adapt the architecture to an input size."""

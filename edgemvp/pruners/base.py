@@ -11,18 +11,14 @@ import torch.nn as nn
 from edgemvp import checks
 from edgemvp.errors import UsageError, unknown
 from edgemvp.masks import Masks, keep_count
+from edgemvp.models.factory import FAMILIES
 from edgemvp.train import OptimConfig, Progress
 from edgemvp.units import unit_space
 
 Family = Literal["cnn", "vit"]
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 
-# Learning rates measured on zoo tasks (docs/results.md, "Zoo pruner calibration"); the paper's 0.005 was far
-# from converged for resnet18 at 32 px on 2 CPU cores within J = 1000.
-DEFAULT_OPTIM: dict[Family, OptimConfig] = {
-    "cnn": OptimConfig(optimizer="sgd", lr=0.05, weight_decay=5e-4, momentum=0.9),
-    "vit": OptimConfig(optimizer="adamw", lr=2e-4, weight_decay=0.05),
-}
+DEFAULT_OPTIM: dict[Family, OptimConfig] = {name: f.prune for name, f in FAMILIES.items()}  # see models.factory
 
 
 @dataclass(frozen=True)
