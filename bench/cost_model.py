@@ -20,7 +20,8 @@ import numpy as np
 
 from edgemvp.deploy.costmodel import COST_MODEL_VERSION, CostConstants, estimate_ms, op_table
 from edgemvp.deploy.devices import ProfileRegistry, ReferenceModel, load_profile
-from edgemvp.deploy.latency import build_reference_onnx, calibrate, measure, reference_table
+from edgemvp.deploy.calibrate import calibrate
+from edgemvp.deploy.latency import build_reference_onnx, measure, reference_table
 
 HELD_OUT = [ReferenceModel(arch, size, 1 if size == 32 else 3, 10 if size == 32 else 1000, ratio)
             for arch in ("resnet18", "resnet50", "vit_tiny") for ratio in (0.0, 0.5, 0.9) for size in (32, 224)]

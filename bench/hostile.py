@@ -521,7 +521,7 @@ class Fixtures:
         """One prune run folder (and its model.onnx), and rpi4's fitted cost model."""
         from edgemvp.data.tasks import resolve_task
         from edgemvp.deploy.devices import ProfileRegistry
-        from edgemvp.deploy.latency import check_model
+        from edgemvp.deploy.budget import check_model
         from edgemvp.pipeline import PruneRequest, run
 
         task = resolve_task(None, "digits", "0,1,2")

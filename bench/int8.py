@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     args = parser.parse_args()
     report = deploy(load_source(args.base), ProfileRegistry().get("host"), args.out, int8=True,
-                    task=resolve_task("fashion5"), runs=args.runs)
+                    task=resolve_task("fashion5"), runs=args.runs).to_dict()
     acc, lat = report["accuracy"], report["latency"]
     print("| precision | accuracy (fashion5 test, 5,000 images) | p50 ms | p90 ms | file MB |")
     print("|---|---|---|---|---|")

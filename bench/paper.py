@@ -669,68 +669,100 @@ def plots(paper: dict, out: Path) -> list[str]:
 # --- report ------------------------------------------------------------------------------------------------
 def markdown(paper: dict) -> str:
     """The section for docs/results.md."""
+    lines = _md_header(paper)
+    fresh = paper.get("fresh_run", {})
+    if fresh:
+        lines += _md_fresh_run(fresh)
+    for key, res in paper["testbeds"].items():
+        lines += _md_testbed(key, res)
+    for key, cur in paper.get("curves", {}).items():
+        lines += _md_curves(key, cur)
+    for key, res in paper.get("iou", {}).items():
+        lines += _md_iou(key, res)
+    lines += acceptance(paper)
+    return "\n".join(lines) + "\n"
+
+
+def _md_header(paper: dict) -> list[str]:
+    """The title, the commands that produced the results and the time they took."""
     lines = ["## Paper benchmarks (issue 7)", "", "Commands (each resumes from the cache and adds its testbeds):", ""]
     lines += [f"- `{r['command']}`: {r['s'] / 60:.0f} min" for r in paper["invocations"]]
     lines += ["", f"Total {paper['total_s'] / 60:.0f} min here; cached runs are reused, so a rerun takes minutes. Results: "
               "`docs/bench/paper.json`.", ""]
-    fresh = paper.get("fresh_run", {})
-    if fresh:
-        def tot(c: dict, typical: bool) -> float:
-            zoo = c["zoo_median_s"] * c["zoo_entries"] if typical else c["zoo_s"]
-            return c["base_s"] + zoo + c["runs_s"]
+    return lines
 
-        total = sum(tot(c, False) for c in fresh.values())
-        typical = sum(tot(c, True) for c in fresh.values())
-        lines += [f"A fresh run (empty cache) of the testbeds below would take about **{total / 60:.0f} min** here by "
-                  f"the recorded times of what this report uses, or {typical / 60:.0f} min with every zoo entry at "
-                  "the median entry's time (some entries took many times the median). Counted: base pre-training, "
-                  "zoo entries, every run with its test evaluations, every ranking once; not dataset loading.", "",
-                  "| testbed | base pre-training min | zoo entries | zoo min (recorded / median x entries) | runs | "
-                  "runs min | total min |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {k} | {c['base_s'] / 60:.0f} | {c['zoo_entries']} | {c['zoo_s'] / 60:.0f} / "
-                  f"{c['zoo_median_s'] * c['zoo_entries'] / 60:.0f} | {c['runs']} | {c['runs_s'] / 60:.0f} | "
-                  f"{tot(c, False) / 60:.0f} |" for k, c in fresh.items()]
-        lines.append("")
-    for key, res in paper["testbeds"].items():
-        sel = res["selection"]
-        lines += [f"### `{key}`", "",
-                  f"Base {res['base']['arch']}/{res['base']['dataset']} {res['base']['test_acc']:.2f}%; zoo "
-                  f"{res['zoo']['entries']} tasks by {res['zoo']['pruner']}@{res['zoo']['iters']} (mean "
-                  f"{res['zoo']['mean_test_acc']:.2f}%); {len(res['targets'])} targets. Chosen on zoo tasks "
-                  f"{', '.join(sel.get('validation_tasks', [])) or '(from fashion)'}: lr {json.dumps(sel.get('lr'))}, "
-                  f"tau {sel.get('tau')}.", "",
-                  "| method | acc mean | std (over targets) | n | wins vs IFP@1000 | diff vs IFP@1000 | acc at J=0 | "
-                  "wall s mean / median | CPU s median | train GFLOPs |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for lab, s in res["methods"].items():
-            init = "" if s["acc_init_mean"] is None else f"{s['acc_init_mean']:.2f}"
-            diff = "" if s["diff_vs_ifp1000"] is None else f"{s['diff_vs_ifp1000']:+.2f}"
-            lines.append(f"| {lab} | {s['acc_mean']:.2f} | {s['acc_std']:.2f} | {s['n']} | "
-                         f"{s['wins_vs_ifp1000']}/{s['targets']} | {diff} | {init} | {s['wall_s_mean']:.1f} / {s['wall_s_median']:.1f} | "
-                         f"{s['cpu_s_median']:.1f} | "
-                         f"{s['train_flops'] / 1e9:.0f} |")
-        lines.append("")
-    for key, cur in paper.get("curves", {}).items():
-        lines += [f"### Curves `{key}` (mean over targets; `curves_{key}.png`)", "",
-                  "| method | " + " | ".join(f"J = {j}" for j in cur["J"]) + " |", "|---|" + "---|" * len(cur["J"])]
-        lines += [f"| {name} | " + " | ".join(f"{a:.2f}" for a in accs) + " |" for name, accs in cur["acc_vs_J"].items()]
-        lines += ["", "| MVP@100 | " + " | ".join(f"N = {n}" for n in cur["N"]) + " |", "|---|" + "---|" * len(cur["N"]),
-                  "| accuracy (3 seeds) | " + " | ".join(f"{a:.2f}" for a in cur["acc_vs_N"]) + " |", ""]
-    for key, res in paper.get("iou", {}).items():
-        half = len(res["layers"]) // 2
-        rnd = res["random_iou"]
-        lines += [f"### Kept-unit IoU of zoo task pairs by {res['similarity']} similarity `{key}` (`iou_{key}.png`)", "",
-                  f"{res['pairs']} pairs in {len(res['iou_by_group'])} similarity groups; shallow = first {half} unit groups in model order, "
-                  f"deep = the other {len(res['layers']) - half}. Random masks of the same sizes: shallow "
-                  f"{np.mean(rnd[:half]):.3f}, deep {np.mean(rnd[half:]):.3f}.", "",
-                  "| similarity group | pairs | mean IoU | shallow | deep |", "|---|---|---|---|---|"]
-        for g, vals in enumerate(res["iou_by_group"]):
-            if vals is None:
-                continue
-            lines.append(f"| {_group_label(res, g)} | {res['pairs_per_group'][g]} | {res['mean_iou_by_group'][g]:.3f} | "
-                         f"{np.mean(vals[:half]):.3f} | {np.mean(vals[half:]):.3f} |")
-        lines.append("")
-    lines += acceptance(paper)
-    return "\n".join(lines) + "\n"
+
+def _fresh_total(c: dict, typical: bool) -> float:
+    """A testbed's fresh-run seconds, its zoo at the recorded times or (``typical``) at the median entry's."""
+    zoo = c["zoo_median_s"] * c["zoo_entries"] if typical else c["zoo_s"]
+    return c["base_s"] + zoo + c["runs_s"]
+
+
+def _md_fresh_run(fresh: dict) -> list[str]:
+    """What a run from an empty cache would take, in total and per testbed."""
+    total = sum(_fresh_total(c, False) for c in fresh.values())
+    typical = sum(_fresh_total(c, True) for c in fresh.values())
+    lines = [f"A fresh run (empty cache) of the testbeds below would take about **{total / 60:.0f} min** here by "
+             f"the recorded times of what this report uses, or {typical / 60:.0f} min with every zoo entry at "
+             "the median entry's time (some entries took many times the median). Counted: base pre-training, "
+             "zoo entries, every run with its test evaluations, every ranking once; not dataset loading.", "",
+             "| testbed | base pre-training min | zoo entries | zoo min (recorded / median x entries) | runs | "
+             "runs min | total min |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {c['base_s'] / 60:.0f} | {c['zoo_entries']} | {c['zoo_s'] / 60:.0f} / "
+              f"{c['zoo_median_s'] * c['zoo_entries'] / 60:.0f} | {c['runs']} | {c['runs_s'] / 60:.0f} | "
+              f"{_fresh_total(c, False) / 60:.0f} |" for k, c in fresh.items()]
+    lines.append("")
+    return lines
+
+
+def _md_testbed(key: str, res: dict) -> list[str]:
+    """A regime's base, zoo and selection, and its table of methods."""
+    sel = res["selection"]
+    lines = [f"### `{key}`", "",
+             f"Base {res['base']['arch']}/{res['base']['dataset']} {res['base']['test_acc']:.2f}%; zoo "
+             f"{res['zoo']['entries']} tasks by {res['zoo']['pruner']}@{res['zoo']['iters']} (mean "
+             f"{res['zoo']['mean_test_acc']:.2f}%); {len(res['targets'])} targets. Chosen on zoo tasks "
+             f"{', '.join(sel.get('validation_tasks', [])) or '(from fashion)'}: lr {json.dumps(sel.get('lr'))}, "
+             f"tau {sel.get('tau')}.", "",
+             "| method | acc mean | std (over targets) | n | wins vs IFP@1000 | diff vs IFP@1000 | acc at J=0 | "
+             "wall s mean / median | CPU s median | train GFLOPs |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for lab, s in res["methods"].items():
+        init = "" if s["acc_init_mean"] is None else f"{s['acc_init_mean']:.2f}"
+        diff = "" if s["diff_vs_ifp1000"] is None else f"{s['diff_vs_ifp1000']:+.2f}"
+        lines.append(f"| {lab} | {s['acc_mean']:.2f} | {s['acc_std']:.2f} | {s['n']} | "
+                     f"{s['wins_vs_ifp1000']}/{s['targets']} | {diff} | {init} | {s['wall_s_mean']:.1f} / {s['wall_s_median']:.1f} | "
+                     f"{s['cpu_s_median']:.1f} | "
+                     f"{s['train_flops'] / 1e9:.0f} |")
+    lines.append("")
+    return lines
+
+
+def _md_curves(key: str, cur: dict) -> list[str]:
+    """Accuracy vs J per method, and MVP@100's accuracy vs N."""
+    lines = [f"### Curves `{key}` (mean over targets; `curves_{key}.png`)", "",
+             "| method | " + " | ".join(f"J = {j}" for j in cur["J"]) + " |", "|---|" + "---|" * len(cur["J"])]
+    lines += [f"| {name} | " + " | ".join(f"{a:.2f}" for a in accs) + " |" for name, accs in cur["acc_vs_J"].items()]
+    lines += ["", "| MVP@100 | " + " | ".join(f"N = {n}" for n in cur["N"]) + " |", "|---|" + "---|" * len(cur["N"]),
+              "| accuracy (3 seeds) | " + " | ".join(f"{a:.2f}" for a in cur["acc_vs_N"]) + " |", ""]
+    return lines
+
+
+def _md_iou(key: str, res: dict) -> list[str]:
+    """Kept-unit IoU of zoo task pairs per similarity group, shallow and deep, against random masks."""
+    half = len(res["layers"]) // 2
+    rnd = res["random_iou"]
+    lines = [f"### Kept-unit IoU of zoo task pairs by {res['similarity']} similarity `{key}` (`iou_{key}.png`)", "",
+             f"{res['pairs']} pairs in {len(res['iou_by_group'])} similarity groups; shallow = first {half} unit groups in model order, "
+             f"deep = the other {len(res['layers']) - half}. Random masks of the same sizes: shallow "
+             f"{np.mean(rnd[:half]):.3f}, deep {np.mean(rnd[half:]):.3f}.", "",
+             "| similarity group | pairs | mean IoU | shallow | deep |", "|---|---|---|---|---|"]
+    for g, vals in enumerate(res["iou_by_group"]):
+        if vals is None:
+            continue
+        lines.append(f"| {_group_label(res, g)} | {res['pairs_per_group'][g]} | {res['mean_iou_by_group'][g]:.3f} | "
+                     f"{np.mean(vals[:half]):.3f} | {np.mean(vals[half:]):.3f} |")
+    lines.append("")
+    return lines
 
 
 PRIMARY = {"fashion": "MVP@100 (WordNet, N = 3)", "fashion_100": "MVP@100 (WordNet, N = 3)",
@@ -742,51 +774,82 @@ def acceptance(paper: dict) -> list[str]:
     """Issue 7's bars, each with the paired measured figure (mean per-target difference, wins / targets)."""
     tbs = paper["testbeds"]
     rows: list[str] = []
+    _fashion_bars(rows, tbs, paper.get("retime", {}))
+    _omniglot_bars(rows, tbs)
+    if "vit" in tbs:
+        _bar_vs(rows, tbs, "vit", "AHNP@1000", -1.0, "MVP@100 >= AHNP@1000 - 1")
+    lines = ["### Acceptance (issue 7), paired per target", "",
+             "| testbed | claim | measured | bar | holds | detail |", "|---|---|---|---|---|---|", *rows, ""]
+    extras = _improvement_rows(tbs)
+    if extras:
+        lines += ["### Improvements beyond the paper (switchable), their effect on MVP@100", "",
+                  "| testbed | switched off | accuracy gain when on (paired) | wins / ties / targets | "
+                  "accuracy at J=0, on vs off |",
+                  "|---|---|---|---|---|", *extras, ""]
+    return lines
 
-    def row(key: str, claim: str, shown: str, bar: str, holds: bool, detail: str) -> None:
-        rows.append(f"| {key} | {claim} | {shown} | {bar} | {'yes' if holds else '**no**'} | {detail} |")
 
-    def vs(key: str, other: str, bar: float, claim: str) -> None:
-        m = tbs[key]["methods"]
-        if other not in m or PRIMARY[key] not in m:
-            return
-        d, wins, ties, n = paired(m, PRIMARY[key], other)
-        row(key, claim, f"{d:+.2f}", f"{bar:g}", d >= bar, f"{PRIMARY[key]} {m[PRIMARY[key]]['acc_mean']:.2f} vs "
-            f"{other} {m[other]['acc_mean']:.2f}; wins {wins}/{n}")
+def _bar_row(rows: list[str], key: str, claim: str, shown: str, bar: str, holds: bool, detail: str) -> None:
+    """Add one row of the acceptance table."""
+    rows.append(f"| {key} | {claim} | {shown} | {bar} | {'yes' if holds else '**no**'} | {detail} |")
 
+
+def _bar_vs(rows: list[str], tbs: dict, key: str, other: str, bar: float, claim: str) -> None:
+    """Add the row "primary MVP@100 minus ``other`` >= ``bar``", paired per target (none if either is missing)."""
+    m = tbs[key]["methods"]
+    if other not in m or PRIMARY[key] not in m:
+        return
+    d, wins, ties, n = paired(m, PRIMARY[key], other)
+    _bar_row(rows, key, claim, f"{d:+.2f}", f"{bar:g}", d >= bar,
+             f"{PRIMARY[key]} {m[PRIMARY[key]]['acc_mean']:.2f} vs {other} {m[other]['acc_mean']:.2f}; wins {wins}/{n}")
+
+
+def _best_of(m: dict, labels: tuple[str, ...]) -> str:
+    """The label of the most accurate of ``labels`` (a missing method counts as -1)."""
+    return max(labels, key=lambda lab: m.get(lab, {}).get("acc_mean", -1.0))
+
+
+def _fashion_bars(rows: list[str], tbs: dict, retimes: dict) -> None:
+    """Fashion-MNIST's bars: accuracy against IFP@1000, the 100-iteration baselines and transfer; time per target."""
     for key, bar_ifp in (("fashion", -0.5), ("fashion_100", 0.0)):
         if key not in tbs:
             continue
         m = tbs[key]["methods"]
-        vs(key, "IFP@1000", bar_ifp, f"MVP@100 >= IFP@1000 {bar_ifp:+.1f}")
-        best = max(("IFP@100", "random@100"), key=lambda lab: m.get(lab, {}).get("acc_mean", -1.0))
-        vs(key, best, 1.5, f"MVP@100 >= best of IFP@100, random@100 (here {best}) + 1.5")
-        vs(key, "transfer@100", 0.0, "MVP@100 >= transfer@100")
+        _bar_vs(rows, tbs, key, "IFP@1000", bar_ifp, f"MVP@100 >= IFP@1000 {bar_ifp:+.1f}")
+        best = _best_of(m, ("IFP@100", "random@100"))
+        _bar_vs(rows, tbs, key, best, 1.5, f"MVP@100 >= best of IFP@100, random@100 (here {best}) + 1.5")
+        _bar_vs(rows, tbs, key, "transfer@100", 0.0, "MVP@100 >= transfer@100")
         for stat in ("wall_s_mean", "wall_s_median", "cpu_s_median") if {"IFP@1000", PRIMARY[key]} <= set(m) else ():
             ratio = m["IFP@1000"][stat] / m[PRIMARY[key]][stat]
-            row(key, f"time per target <= 1/20 of IFP@1000 ({stat})", f"1/{ratio:.1f}", "1/20", ratio >= 20.0,
-                f"{m[PRIMARY[key]][stat]:.2f} s vs {m['IFP@1000'][stat]:.1f} s")
-        rt = paper.get("retime", {}).get(key)
+            _bar_row(rows, key, f"time per target <= 1/20 of IFP@1000 ({stat})", f"1/{ratio:.1f}", "1/20",
+                     ratio >= 20.0, f"{m[PRIMARY[key]][stat]:.2f} s vs {m['IFP@1000'][stat]:.1f} s")
+        rt = retimes.get(key)
         if rt:
-            row(key, f"time per target <= 1/20 of IFP@1000 (re-timed interleaved, {rt['targets']} targets, median)",
-                f"1/{rt['ratio_wall_median']:.1f}", "1/20", rt["ratio_wall_median"] >= 20.0,
-                f"wall ratio of means 1/{rt['ratio_wall_of_means']:.1f}, CPU median 1/{rt['ratio_cpu_median']:.1f}; "
-                f"per target " + ", ".join(f"1/{p['ratio_wall']:.1f}" for p in rt["pairs"]))
+            _bar_row(rows, key,
+                     f"time per target <= 1/20 of IFP@1000 (re-timed interleaved, {rt['targets']} targets, median)",
+                     f"1/{rt['ratio_wall_median']:.1f}", "1/20", rt["ratio_wall_median"] >= 20.0,
+                     f"wall ratio of means 1/{rt['ratio_wall_of_means']:.1f}, "
+                     f"CPU median 1/{rt['ratio_cpu_median']:.1f}; per target "
+                     + ", ".join(f"1/{p['ratio_wall']:.1f}" for p in rt["pairs"]))
+
+
+def _omniglot_bars(rows: list[str], tbs: dict) -> None:
+    """Omniglot's bars: against transfer, MVP from random zoo tasks and the best zoo-free baseline."""
     for key in ("omniglot", "omniglot_5"):
         if key not in tbs:
             continue
         m = tbs[key]["methods"]
-        vs(key, "transfer@100", 2.0, "MVP@100 >= transfer@100 + 2")
-        vs(key, "MVP@100 (random neighbours)", 2.0, "MVP@100 >= MVP from random zoo tasks + 2")
-        free = max(("IFP@1000", "IFP@100", "random@100"), key=lambda lab: m.get(lab, {}).get("acc_mean", -1.0))
-        vs(key, free, 5.0, f"MVP@100 >= best zoo-free baseline (here {free}) + 5")
-        best100 = max(("IFP@100", "random@100"), key=lambda lab: m.get(lab, {}).get("acc_mean", -1.0))
+        _bar_vs(rows, tbs, key, "transfer@100", 2.0, "MVP@100 >= transfer@100 + 2")
+        _bar_vs(rows, tbs, key, "MVP@100 (random neighbours)", 2.0, "MVP@100 >= MVP from random zoo tasks + 2")
+        free = _best_of(m, ("IFP@1000", "IFP@100", "random@100"))
+        _bar_vs(rows, tbs, key, free, 5.0, f"MVP@100 >= best zoo-free baseline (here {free}) + 5")
+        best100 = _best_of(m, ("IFP@100", "random@100"))
         if best100 != free:
-            vs(key, best100, 5.0, f"(same, at 100 iterations: {best100}) + 5")
-    if "vit" in tbs:
-        vs("vit", "AHNP@1000", -1.0, "MVP@100 >= AHNP@1000 - 1")
-    lines = ["### Acceptance (issue 7), paired per target", "",
-             "| testbed | claim | measured | bar | holds | detail |", "|---|---|---|---|---|---|", *rows, ""]
+            _bar_vs(rows, tbs, key, best100, 5.0, f"(same, at 100 iterations: {best100}) + 5")
+
+
+def _improvement_rows(tbs: dict) -> list[str]:
+    """Per testbed, the primary MVP@100 against itself with BN re-estimation (and the chosen tau) switched off."""
     extras = []
     for key, res in tbs.items():
         m = res["methods"]
@@ -796,15 +859,31 @@ def acceptance(paper: dict) -> list[str]:
                 d, wins, ties, n = paired(m, PRIMARY[key], other)
                 extras.append(f"| {key} | {what} | {d:+.2f} | {wins}/{ties}/{n} | "
                               f"{m[PRIMARY[key]]['acc_init_mean']} vs {m[other]['acc_init_mean']} |")
-    if extras:
-        lines += ["### Improvements beyond the paper (switchable), their effect on MVP@100", "",
-                  "| testbed | switched off | accuracy gain when on (paired) | wins / ties / targets | "
-                  "accuracy at J=0, on vs off |",
-                  "|---|---|---|---|---|", *extras, ""]
-    return lines
+    return extras
 
 
+# --- the command -------------------------------------------------------------------------------------------
 def main() -> None:
+    args = _parse_args()
+    if args.report:
+        _render(json.loads((args.out / "paper.json").read_text()), args.out)
+        return
+    global CACHED_ONLY
+    CACHED_ONLY = args.cached_only
+    start = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["EDGEMVP_CACHE"] = str(args.cache_dir)
+    paper = _prior_paper(args.out)
+    for key in args.only.split(","):
+        if not _add_testbed(paper, TESTBEDS[key], args):
+            continue
+        if not CACHED_ONLY:
+            paper["invocations"][-1]["s"] = round(time.perf_counter() - start, 1)
+        _write(paper, args)
+
+
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bench")
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "edgemvp-bench")
@@ -819,18 +898,12 @@ def main() -> None:
                          "interleaved on the same machine state (not cached; recorded under 'retime').")
     ap.add_argument("--report", action="store_true",
                     help="Only rewrite results.md and the plots from <out>/paper.json (runs nothing).")
-    args = ap.parse_args()
-    if args.report:
-        _render(json.loads((args.out / "paper.json").read_text()), args.out)
-        return
-    global CACHED_ONLY
-    CACHED_ONLY = args.cached_only
-    start = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["EDGEMVP_CACHE"] = str(args.cache_dir)
-    bars = not args.no_bars
-    prior = args.out / "paper.json"
+    return ap.parse_args()
+
+
+def _prior_paper(out: Path) -> dict:
+    """``<out>/paper.json`` (or a new one) to add to, with this invocation recorded unless --cached-only."""
+    prior = out / "paper.json"
     paper = json.loads(prior.read_text()) if prior.exists() else {}
     # each invocation that runs work is recorded with its time (cached work is not redone); --cached-only adds none
     invocations = paper.setdefault("invocations", [])
@@ -839,37 +912,44 @@ def main() -> None:
     paper.setdefault("testbeds", {})
     paper.setdefault("curves", {})
     paper.setdefault("iou", {})
-    for key in args.only.split(","):
-        tb = TESTBEDS[key]
-        lr_from = paper["testbeds"].get("fashion", {}).get("selection") if tb.zoo_from else None
-        if tb.zoo_from and lr_from is None:
-            raise SystemExit(f"testbed '{key}' uses the learning rates chosen on '{tb.zoo_from}': run that first")
-        SPENT.clear()
-        RANKS.clear()
-        try:
-            res, bed = run_testbed(tb, args.cache_dir, bars, lr_from)
-        except NotCached as e:
-            print(f"[{key}] not cached yet ({e}): skipped", flush=True)
-            continue
-        paper["testbeds"].update(res)
-        if key in ("fashion", "omniglot"):
-            regime, per_class = tb.regimes[0]
-            try:
-                if not args.no_curves:
-                    paper["curves"][regime] = curves(bed, regime, per_class, targets(bed), bars)
-            except NotCached:
-                print(f"[{key}] curves not finished: skipped (--cached-only)", flush=True)
-            paper["iou"][key] = iou_by_similarity(bed, tb.primary)  # zoo masks only: cheap
-        if res and all(r.get("complete") for r in res.values()):
-            with_curves = key in ("fashion", "omniglot") and not args.no_curves
-            paper.setdefault("fresh_run", {})[key] = fresh_run_cost(bed, with_curves)
-        if key == "fashion" and args.retime and not CACHED_ONLY:
-            for regime, per_class in tb.regimes:
-                paper.setdefault("retime", {})[regime] = retime(bed, regime, per_class, args.retime)
-        bed.local.close()
-        if not CACHED_ONLY:
-            invocations[-1]["s"] = round(time.perf_counter() - start, 1)
-        _write(paper, args)
+    return paper
+
+
+def _add_testbed(paper: dict, tb: Testbed, args: argparse.Namespace) -> bool:
+    """Run one testbed (or summarise it from the cache) into ``paper``; False when it is not cached yet."""
+    key, bars = tb.key, not args.no_bars
+    lr_from = paper["testbeds"].get("fashion", {}).get("selection") if tb.zoo_from else None
+    if tb.zoo_from and lr_from is None:
+        raise SystemExit(f"testbed '{key}' uses the learning rates chosen on '{tb.zoo_from}': run that first")
+    SPENT.clear()
+    RANKS.clear()
+    try:
+        res, bed = run_testbed(tb, args.cache_dir, bars, lr_from)
+    except NotCached as e:
+        print(f"[{key}] not cached yet ({e}): skipped", flush=True)
+        return False
+    paper["testbeds"].update(res)
+    if key in ("fashion", "omniglot"):
+        _add_analyses(paper, bed, args, bars)
+    if res and all(r.get("complete") for r in res.values()):
+        with_curves = key in ("fashion", "omniglot") and not args.no_curves
+        paper.setdefault("fresh_run", {})[key] = fresh_run_cost(bed, with_curves)
+    if key == "fashion" and args.retime and not CACHED_ONLY:
+        for regime, per_class in tb.regimes:
+            paper.setdefault("retime", {})[regime] = retime(bed, regime, per_class, args.retime)
+    bed.local.close()
+    return True
+
+
+def _add_analyses(paper: dict, bed: Bed, args: argparse.Namespace, bars: bool) -> None:
+    """The curves of the testbed's first regime (unless --no-curves) and the IoU of its zoo's masks."""
+    regime, per_class = bed.tb.regimes[0]
+    try:
+        if not args.no_curves:
+            paper["curves"][regime] = curves(bed, regime, per_class, targets(bed), bars)
+    except NotCached:
+        print(f"[{bed.tb.key}] curves not finished: skipped (--cached-only)", flush=True)
+    paper["iou"][bed.tb.key] = iou_by_similarity(bed, bed.tb.primary)  # zoo masks only: cheap
 
 
 def fresh_run_cost(bed: Bed, curves: bool) -> dict:

@@ -1,7 +1,7 @@
 """Checked numbers: every numeric setting is finite and in its range, or one clear line (exit code 2).
 
 The same checks serve the library's typed configs (so no entry point can pass ``nan``) and the CLI's option
-types (:class:`edgemvp.cli_types.Number`), which name the option in the message. ``nan`` compares false with everything, so a
+types (:class:`edgemvp.cli.types.Number`), which name the option in the message. ``nan`` compares false with everything, so a
 plain ``value <= 0`` test lets it through; every test here is written so that ``nan`` and ``inf`` fail.
 """
 from __future__ import annotations

@@ -21,6 +21,7 @@ import torch
 from edgemvp import checks
 from edgemvp.errors import UsageError
 from edgemvp.paths import atomic_write_bytes
+from edgemvp.safeload import read_text
 from edgemvp.units import unit_space
 
 SCHEMA_VERSION = 1
@@ -84,8 +85,6 @@ class Masks:
         """Read and validate a masks file."""
         if not Path(path).is_file():
             raise UsageError(f"masks file not found: {path}")
-        from edgemvp.safeload import read_text  # safeload imports yaml; masks stay importable without it
-
         return cls.from_json(read_text(path), str(path), arch)
 
 

@@ -32,9 +32,9 @@ from edgemvp import checks
 from edgemvp.data.datasets import Dataset, get_dataset
 from edgemvp.data.loader import LabeledView, balanced_sample, eval_batches, train_batches
 from edgemvp.data.tasks import TaskSpec, task_view
+from edgemvp.deploy.budget import over_budget
 from edgemvp.deploy.devices import DeviceProfile, ProfileRegistry
 from edgemvp.deploy.export import ExportSource, deploy
-from edgemvp.deploy.latency import LatencyReport, over_budget
 from edgemvp.errors import UsageError
 from edgemvp.manifest import BaseRef, EntryManifest
 from edgemvp.masks import Masks
@@ -49,7 +49,8 @@ from edgemvp.mvp.vote import DEFAULT_NEIGHBOURS, DEFAULT_RATIO, DEFAULT_TEMPERAT
 from edgemvp.mvp.voter import Initial, Neighbour, VoteSpec, check_vote_settings
 from edgemvp.paths import atomic_write_bytes
 from edgemvp.pruners import PruneConfig, get_pruner
-from edgemvp.runs import CARD, REPORT, RUN_FORMAT, check_out, replace_dir
+from edgemvp.report import Accuracy, BaseSummary, PruneReport
+from edgemvp.runs import CARD, REPORT, check_out, replace_dir
 from edgemvp.shrink import WEIGHTS_FILE, params_and_macs, save_pruned
 from edgemvp.train import (OptimConfig, Progress, accuracy, batchnorm_statistics_matter, default_device,
                            reestimate_batchnorm, train_steps)
@@ -60,7 +61,6 @@ from edgemvp.zoo.local import LocalZoo
 logger = logging.getLogger(__name__)
 
 METHODS = ("mvp", "random", "ifp", "transfer")
-REPORT_SCHEMA = 1
 
 
 
@@ -156,6 +156,14 @@ class PruneRequest:
         optim = FAMILIES[family].finetune
         return optim if self.lr is None else replace(optim, lr=self.lr)
 
+    def settings(self, family: str) -> dict:
+        """The report's ``settings``: what a rerun needs to give the same model."""
+        return {"iters": self.iters, "ratio": self.ratio, "seed": self.seed, "batch_size": self.batch_size,
+                "neighbours": self.neighbours, "temperature": self.temperature,
+                "bn_reestimate": "auto" if self.bn_reestimate is None else self.bn_reestimate,
+                "bn_batches": self.bn_batches, "train_per_class": self.train_per_class,
+                "finetune_optim": asdict(self.finetune_optim(family)), "device": str(default_device())}
+
     def train_view(self, dataset: Dataset) -> LabeledView:
         """The target's training images (all, or ``train_per_class`` per class)."""
         # a fixed subsample, so that every method and seed sees the same few images
@@ -175,19 +183,40 @@ class Stages:
 
 @dataclass
 class PruneResult:
-    """What a run produced: the report (also in ``report.json``), the folder and the budget verdict."""
+    """What a run produced: its report (``summary``; ``report`` is ``report.json``'s content) and folder."""
 
-    report: dict
+    summary: PruneReport
     out: Path
 
     @property
+    def report(self) -> dict:
+        """``report.json``'s content."""
+        return self.summary.to_dict()
+
+    @property
     def within_budget(self) -> bool:
-        return bool(self.report["latency"]["within_budget"])
+        return self.summary.within_budget
 
     @property
     def entry_id(self) -> str | None:
         """The zoo entry it was stored as (``--add-to-zoo``)."""
-        return self.report["zoo"].get("added")
+        return self.summary.zoo.get("added")
+
+
+class Clock:
+    """Seconds per named stage since the last lap (``report.json``'s ``timings``)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self.last, 3)
+        self.last = now
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
 
 
 # --- similarity --------------------------------------------------------------------------------------------
@@ -280,164 +309,126 @@ def fit(req: PruneRequest, zoo: Zoo, ranking: Ranking | None, dataset: Dataset, 
 def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
         data_root: str | os.PathLike[str] | None = None, stages: Stages | None = None,
         profiles: tuple[Path, ...] = ()) -> PruneResult:
-    """Run ``edgemvp prune`` (see the module docstring).
+    """Run ``edgemvp prune`` (see the module docstring): check the request, open the zoo, rank, fit, then
+    export, gate and write the run folder.
 
     Raises:
         UsageError: Unknown device, missing data, empty zoo, zoo of another base, N larger than the zoo, ...
     """
     stages = stages or Stages()
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
-
-    start = clock
-    profile = ProfileRegistry(profiles, cache).get(req.device)  # unknown device: one line, before any work
-    out = check_out(req.output_dir(profile))  # a folder edgemvp may not replace: one line, nothing touched
-    hierarchy = load_hierarchy(req.hierarchy) if req.similarity == "wordnet" else None  # a bad tree: before work
+    clock = Clock()
+    # everything a user can get wrong fails here with one line, before any work or any file is touched
+    profile = ProfileRegistry(profiles, cache).get(req.device)
+    out = check_out(req.output_dir(profile))
+    hierarchy = load_hierarchy(req.hierarchy) if req.similarity == "wordnet" else None
     dataset = get_dataset(req.task.dataset, data_root)  # missing data: one line saying how to get it
-    lap("setup")
+    clock.lap("setup")
     with open_zoo(req.zoo, req.arch, req.base_dataset, cache, data_root, writable=req.add_to_zoo, say=stages.say,
                   progress=stages.progress) as zoo:
         if isinstance(zoo, LocalZoo):
             zoo.base_model()  # a damaged cached base: its one line before any note or work (loaded once anyway)
-        lap("base_and_zoo")
-        base = zoo.base
-        family = get_arch(base.arch).family
-        spec = base.input_spec
+        clock.lap("base_and_zoo")
         ids, tasks = zoo.task_table()
-        if req.method == "mvp":
-            nearest(np.zeros(len(ids)), req.neighbours)  # N larger than the zoo: the clear error, before work
-        ranking = (rank(zoo, ids, tasks, req.task, dataset, req, hierarchy) if req.method in ("mvp", "transfer")
-                   else None)
-        if ranking is not None and ranking.note:
-            stages.say(f"similarity: {ranking.note}")
-        lap("similarity")
-        fitted = fit(req, zoo, ranking, dataset, stages, lap)
-        model, masks, info, acc = fitted.model, fitted.masks, fitted.info, fitted.accuracy
-        params, macs = params_and_macs(model, spec)
-        # counts do not depend on the weights: a skeleton spares a remote prune the base's download
-        base_params, base_macs = params_and_macs(create_model(base.arch, len(base.classes), spec), spec)
-        neighbours = [n.summary() for n in fitted.neighbours]
-        report = {
-            "format": RUN_FORMAT, "schema_version": REPORT_SCHEMA, "task": req.task.name, "dataset": req.task.dataset,
-            "classes": list(req.task.classes), "device": profile.name, "method": req.method,
-            "base": {"arch": base.arch, "dataset": base.dataset, "weights_sha256": base.weights_sha256,
-                     "test_acc": base.test_acc, "params": base_params, "macs": base_macs,
-                     "input_spec": spec.to_dict()},
-            "zoo": {"path": zoo.label, "entries": len(ids)},
-            "similarity": None if ranking is None else {"kind": ranking.kind, "note": ranking.note,
-                                                         "requested": req.similarity},
-            "neighbours": neighbours, **info,
-            "settings": {"iters": req.iters, "ratio": req.ratio, "seed": req.seed, "batch_size": req.batch_size,
-                         "neighbours": req.neighbours, "temperature": req.temperature,
-                         "bn_reestimate": "auto" if req.bn_reestimate is None else req.bn_reestimate,
-                         "bn_batches": req.bn_batches,
-                         "train_per_class": req.train_per_class,
-                         "finetune_optim": asdict(req.finetune_optim(family)), "device": str(default_device())},
-            "accuracy": acc,
-            "params": params, "macs": macs, "params_ratio": round(params / base_params, 5),
-            "macs_ratio": round(macs / base_macs, 5), "keep_ratio": round(masks.keep_ratio(), 5),
-        }
-        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            _export(req, profile, model, masks, spec, report, tmp, out, cache, data_root)
-            lap("export_and_latency")
-            if req.add_to_zoo:
-                report["zoo"]["added"] = _add_to_zoo(zoo, req, base, masks, report, [n.id for n in fitted.neighbours],
-                                                     tmp, time.perf_counter() - start)
-            timings["total"] = round(time.perf_counter() - start, 3)
-            report["timings"] = timings
-            atomic_write_bytes(tmp / REPORT, json.dumps(report, indent=1).encode())
-            atomic_write_bytes(tmp / CARD, model_card(report).encode())
-            replace_dir(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        ranking = _ranking(req, zoo, ids, tasks, dataset, hierarchy, stages)
+        clock.lap("similarity")
+        fitted = fit(req, zoo, ranking, dataset, stages, clock.lap)
+        report = _report(req, profile, zoo, len(ids), ranking, fitted)
+        _write_run(req, profile, zoo, fitted, report, out, clock, cache, data_root)
     return PruneResult(report, out)
 
 
-def _export(req: PruneRequest, profile: DeviceProfile, model, masks: Masks, spec, report: dict, tmp: Path, out: Path,
-            cache, data_root) -> None:
+def _ranking(req: PruneRequest, zoo: Zoo, ids: list[str], tasks: ZooTasks, dataset: Dataset,
+             hierarchy: Hierarchy | None, stages: Stages) -> Ranking | None:
+    """The ranking the method needs (None for random and ifp)."""
+    if req.method == "mvp":
+        nearest(np.zeros(len(ids)), req.neighbours)  # N larger than the zoo: the clear error, before work
+    if req.method not in ("mvp", "transfer"):
+        return None
+    ranking = rank(zoo, ids, tasks, req.task, dataset, req, hierarchy)
+    if ranking.note:
+        stages.say(f"similarity: {ranking.note}")
+    return ranking
+
+
+def _report(req: PruneRequest, profile: DeviceProfile, zoo: Zoo, entries: int, ranking: Ranking | None,
+            fitted: Fitted) -> PruneReport:
+    """The report's part that export does not fill: task, base, zoo, neighbours, settings, accuracy, size."""
+    base, spec = zoo.base, zoo.base.input_spec
+    params, macs = params_and_macs(fitted.model, spec)
+    # counts do not depend on the weights: a skeleton spares a remote prune the base's download
+    base_params, base_macs = params_and_macs(create_model(base.arch, len(base.classes), spec), spec)
+    acc = fitted.accuracy
+    return PruneReport(
+        task=req.task, device=profile.name, method=req.method,
+        base=BaseSummary(base.arch, base.dataset, base.weights_sha256, base.test_acc, base_params, base_macs, spec),
+        zoo={"path": zoo.label, "entries": entries},
+        similarity=None if ranking is None else {"kind": ranking.kind, "note": ranking.note,
+                                                 "requested": req.similarity},
+        neighbours=[n.summary() for n in fitted.neighbours], method_info=fitted.info,
+        settings=req.settings(get_arch(base.arch).family),
+        accuracy=Accuracy(acc["init_before_bn"], acc["init"], acc["final"]),
+        params=params, macs=macs, keep_ratio=round(fitted.masks.keep_ratio(), 5))
+
+
+def _write_run(req: PruneRequest, profile: DeviceProfile, zoo: Zoo, fitted: Fitted, report: PruneReport, out: Path,
+               clock: Clock, cache, data_root) -> None:
+    """Export, gate, (add to the zoo) and write the run folder: in a temporary sibling, moved into place last."""
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        _export(req, profile, fitted.model, fitted.masks, zoo.base.input_spec, report, tmp, out, cache, data_root)
+        clock.lap("export_and_latency")
+        if req.add_to_zoo:
+            report.zoo["added"] = _add_to_zoo(zoo, req, zoo.base, fitted.masks, report,
+                                              [n.id for n in fitted.neighbours], tmp, clock.elapsed())
+        report.timings = {**clock.timings, "total": round(clock.elapsed(), 3)}
+        atomic_write_bytes(tmp / REPORT, json.dumps(report.to_dict(), indent=1).encode())
+        atomic_write_bytes(tmp / CARD, report.model_card().encode())
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _export(req: PruneRequest, profile: DeviceProfile, model, masks: Masks, spec, report: PruneReport, tmp: Path,
+            out: Path, cache, data_root) -> None:
     """Write the PyTorch files, export (+ int8), hold the shipped model to the budget; fills ``report``."""
     tmp.mkdir(parents=True)
     save_pruned(model, masks, spec, len(req.task.classes), tmp)
     src = ExportSource(model, masks.arch, spec, tmp, None, req.task)
-    deploy(src, profile, tmp, req.int8, req.task, cache=cache, data_root=data_root, runs=req.runs,
-           force_measure=req.measure)
+    staged = deploy(src, profile, tmp, req.int8, req.task, cache=cache, data_root=data_root, runs=req.runs,
+                    force_measure=req.measure)
     # the export step ran in the temporary folder: name files by where they will be
-    export_json = tmp / "export.json"
-    exported = json.loads(export_json.read_text().replace(str(tmp), str(out)))
-    atomic_write_bytes(export_json, json.dumps(exported, indent=1).encode())
+    exported = staged.relocated(tmp, out)
+    atomic_write_bytes(tmp / "export.json", exported.to_json())
     onnx_name = "model.int8.onnx" if req.int8 else "model.onnx"
-    lat = exported["latency"]["int8" if req.int8 else "fp32"]
+    shipped = exported.latency["int8" if req.int8 else "fp32"]
     size_mb = (tmp / onnx_name).stat().st_size / 2 ** 20
-    verdict = over_budget(LatencyReport(**lat), profile, req.budget_ms, size_mb)
-    report["export"] = {"opset": exported["export"].get("opset"), "parity": exported["export"].get("parity"),
-                        "exporter": exported["export"].get("exporter"), "onnx_accuracy": exported.get("accuracy")}
-    report["latency"] = {**lat, "model": onnx_name,
+    verdict = over_budget(shipped, profile, req.budget_ms, size_mb)
+    export_info = exported.export.to_dict()
+    report.export = {"opset": export_info["opset"], "parity": export_info["parity"],
+                        "exporter": export_info["exporter"],
+                        "onnx_accuracy": None if exported.accuracy is None else dict(exported.accuracy)}
+    report.latency = {**shipped.to_dict(), "model": onnx_name,
                          "budget_ms": req.budget_ms if req.budget_ms is not None else profile.budget.latency_ms,
                          "budget_statistic": profile.budget.statistic, "model_size_mb": round(size_mb, 3),
                          "model_size_budget_mb": profile.budget.model_size_mb, "within_budget": verdict is None,
-                         "verdict": verdict, "all": exported["latency"]}
-    report["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-    report["versions"] = tool_versions()
+                         "verdict": verdict, "all": {k: v.to_dict() for k, v in exported.latency.items()}}
+    report.files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    report.versions = tool_versions()
 
 
-def _add_to_zoo(zoo: Zoo, req: PruneRequest, base: BaseManifest, masks: Masks, report: dict,
+def _add_to_zoo(zoo: Zoo, req: PruneRequest, base: BaseManifest, masks: Masks, report: PruneReport,
                 parents: list[str], folder: Path, seconds: float) -> str:
     """Store the result as a zoo entry whose parents are its neighbours (uploaded to a remote zoo)."""
     weights = (folder / WEIGHTS_FILE).read_bytes()
-    config = {"method": req.method, **report["settings"]}
+    config = {"method": req.method, **report.settings}
     config.pop("device", None)
     parents = tuple(parents)
     ident = {"format": 1, "base": base.weights_sha256, "dataset": req.task.dataset, "classes": list(req.task.classes),
              "pruner": req.method, "config": config, "parents": list(parents)}
     job_key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
-    metrics = {"test_acc": report["accuracy"]["final"], "params": report["params"], "macs": report["macs"],
-               "keep_ratio": report["keep_ratio"], "init_acc": report["accuracy"]["init"]}
+    metrics = {"test_acc": report.accuracy.final, "params": report.params, "macs": report.macs,
+               "keep_ratio": report.keep_ratio, "init_acc": report.accuracy.init}
     manifest = EntryManifest(req.task, BaseRef(base.arch, base.dataset, base.weights_sha256, base.input_spec), masks,
                              req.method, config, metrics, hashlib.sha256(weights).hexdigest(), job_key, parents,
                              tool_versions())
     return zoo.put(manifest, weights, build_seconds=round(seconds, 2))
-
-
-def model_card(report: dict) -> str:
-    """A short README.md for the output folder."""
-    lat, acc = report["latency"], report["accuracy"]
-    lines = [
-        f"# {report['task']} on {report['device']}",
-        "",
-        f"A {report['base']['arch']} pruned for the {len(report['classes'])}-class task **{report['task']}** "
-        f"({report['dataset']}: {', '.join(report['classes'])}) with edgemvp `--method {report['method']}`, "
-        f"{report['settings']['iters']} fine-tune steps, ratio {report['settings']['ratio']}.",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| test accuracy | {acc['final']:.2f}% (at init: {_pct(acc['init'])}) |",
-        f"| parameters | {report['params']:,} ({100 * report['params_ratio']:.1f}% of the base's {report['base']['params']:,}) |",
-        f"| MACs at {report['base']['input_spec']['size']} px | {report['macs']:,} ({100 * report['macs_ratio']:.1f}% of the base) |",
-        f"| latency ({lat['model']}) | {lat['value_ms']:.3f} ms {lat['statistic']}, {lat['source']} "
-        f"(budget {lat['budget_ms']:g} ms {lat['budget_statistic']}: {'within' if lat['within_budget'] else 'OVER'}) |",
-        f"| input | {report['base']['input_spec']['channels']} x {report['base']['input_spec']['size']} x "
-        f"{report['base']['input_spec']['size']}, normalised mean {report['base']['input_spec']['mean']} "
-        f"std {report['base']['input_spec']['std']} |",
-        "",
-    ]
-    if report.get("neighbours"):
-        lines += ["Voted from these zoo tasks (similarity " + report["similarity"]["kind"] + "):", ""]
-        lines += [f"- `{n['id'][:12]}` {n['task']} ({', '.join(n['classes'])}): {n['similarity']:.3f}"
-                  for n in report["neighbours"]]
-        lines.append("")
-    lines += ["Files: `model.onnx` (opset " + str(report["export"]["opset"]) + ", parity-checked against PyTorch), "
-              "`masks.json` + `weights.safetensors` (rebuild: create(arch) -> shrink(masks) -> load), "
-              "`report.json` (every figure, timings, versions, seeds).", ""]
-    return "\n".join(lines)
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}%"
-

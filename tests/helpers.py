@@ -11,6 +11,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from edgemvp.models.factory import ARCHS, FAMILIES
+
+# Tests run over the arch registry (timm-style): a newly registered arch is tested without editing a test.
+ALL_ARCHS = sorted(ARCHS)
+ONE_PER_FAMILY = [next(name for name, spec in ARCHS.items() if spec.family == family) for family in FAMILIES
+                  if any(spec.family == family for spec in ARCHS.values())]  # the first registered of each
+
 
 def idx_bytes(array: np.ndarray) -> bytes:
     """Encode a uint8 array as IDX (type 0x08)."""

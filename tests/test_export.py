@@ -11,7 +11,8 @@ from onnx import numpy_helper
 
 import edgemvp.deploy.onnx as export_mod
 from edgemvp.errors import UsageError
-from edgemvp.deploy.onnx import ExportConfig, ParityError, check_onnx, export_model, quantize_model, run_onnx, seeded_inputs
+from edgemvp.deploy.onnx import ExportConfig, ParityError, check_onnx, export_model, run_onnx, seeded_inputs
+from edgemvp.deploy.quantize import quantize_model
 from tests.deploy_helpers import SMALL, tiny_model
 
 

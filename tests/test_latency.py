@@ -9,7 +9,8 @@ import pytest
 from edgemvp.deploy.costmodel import CostConstants, OpTable, estimate_ms, fit_constants, op_table
 from edgemvp.deploy.devices import ProfileRegistry
 from edgemvp.errors import BudgetExceeded
-from edgemvp.deploy.latency import enforce_budget, estimate, measure
+from edgemvp.deploy.budget import enforce_budget
+from edgemvp.deploy.latency import estimate, measure
 from tests.deploy_helpers import profile_data, tiny_onnx, write_profile
 
 TRUE = CostConstants(120, 60, 100, 5, 40, 400, 12, 25, 15, 2.0, 0.03, 32)

@@ -22,6 +22,7 @@ from edgemvp.shrink import build_pruned, mask_dense, shrink
 from edgemvp.spec import InputSpec
 from edgemvp.train import accuracy
 from edgemvp.units import unit_space
+from tests.helpers import ONE_PER_FAMILY
 
 TASK = TaskSpec("digits-012", "digits", ("0", "1", "2"))
 SPEC = InputSpec(1, 16, (0.5,), (0.25,))
@@ -66,7 +67,7 @@ def test_ifp_prunes_the_least_important_channels() -> None:
     assert model.layer1[0].conv1.out_channels == 48  # physically shrunk at the event
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "vit_tiny"])
+@pytest.mark.parametrize("arch", ONE_PER_FAMILY)
 def test_progressive_shrinking_equals_shrinking_once(arch: str) -> None:
     torch.manual_seed(0)
     ref = create_model(arch, 3, SPEC).eval()

@@ -362,7 +362,8 @@ def test_a_hierarchy_that_cannot_be_used_is_an_error_not_a_silent_fallback(tmp_p
 # --- D. never a silent wrong answer ----------------------------------------------------------------------------
 def test_nan_budgets_never_pass_the_gate(tmp_path: Path, monkeypatch, capsys) -> None:
     from edgemvp.deploy.devices import ProfileRegistry
-    from edgemvp.deploy.latency import LatencyReport, over_budget
+    from edgemvp.deploy.budget import over_budget
+    from edgemvp.deploy.latency import LatencyReport
 
     host = ProfileRegistry().get("host")
     report = LatencyReport("m.onnx", "host", 1.0, "p90", "measured", "CPUExecutionProvider", 1)
@@ -697,7 +698,7 @@ def test_deterministic_training_is_reproducible_on_this_cpu() -> None:
 
 # --- odd names, paths and numbers found by bench/hostile.py -----------------------------------------------------
 def test_error_lines_escape_control_characters(tmp_path: Path, monkeypatch, capsys) -> None:
-    from edgemvp.cli import _line
+    from edgemvp.cli.common import one_line as _line
 
     assert _line("error: a\nb\x1b[31m\x00") == "error: a\\nb\\x1b[31m\\x00"
     code, err = run_cli(monkeypatch, capsys, "--cache-dir", str(tmp_path / "c"), "pretrain",

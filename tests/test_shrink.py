@@ -11,15 +11,16 @@ import torch
 
 from edgemvp.errors import UsageError
 from edgemvp.masks import Masks, full_masks, keep_count, masks_from_scores, random_masks
-from edgemvp.models.factory import ARCHS, create_model
+from edgemvp.models.factory import create_model
 from edgemvp.shrink import (contract_state, expand_state, load_pruned, mask_dense, params_and_macs, save_pruned,
                             shrink)
 from edgemvp.spec import InputSpec
 from edgemvp.units import unit_space
+from tests.helpers import ALL_ARCHS, ONE_PER_FAMILY
 
 SMALL = InputSpec(1, 32, (0.5,), (0.25,))
 BIG = InputSpec(3, 224, (0.5,) * 3, (0.25,) * 3)
-ARCH_LIST = ["resnet18", "resnet50", "vit_tiny", "deit_tiny", "deit_small"]
+ARCH_LIST = ALL_ARCHS
 
 
 def _randomised(arch: str, spec: InputSpec, seed: int = 0) -> torch.nn.Module:
@@ -125,7 +126,7 @@ def test_vit_head_index_space() -> None:
 
 
 def test_rebuild_from_files_is_identical(tmp_path: Path) -> None:
-    for arch in ("resnet18", "deit_tiny"):
+    for arch in ONE_PER_FAMILY:
         masks = random_masks(arch, 0.9, seed=2)
         model = shrink(_randomised(arch, SMALL), masks).eval()
         save_pruned(model, masks, SMALL, 7, tmp_path / arch)
@@ -193,7 +194,7 @@ def test_params_and_macs_at_90_percent() -> None:
     assert 22e6 < macs < 34e6, macs
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "vit_tiny"])
+@pytest.mark.parametrize("arch", ONE_PER_FAMILY)
 def test_uninitialised_skeleton_has_the_same_layout_and_computes_the_same_after_loading(arch: str) -> None:
     from edgemvp.models.factory import load_into
     from edgemvp.shrink import build_pruned

@@ -1,7 +1,4 @@
-"""``edgemvp prune``: the product command (a thin adapter over :mod:`edgemvp.pipeline`).
-
-Registered on the main group by the last lines of :mod:`edgemvp.cli`.
-"""
+"""``edgemvp prune``: the product command (a thin adapter over :mod:`edgemvp.pipeline`)."""
 from __future__ import annotations
 
 import sys
@@ -9,57 +6,72 @@ from pathlib import Path
 
 import click
 
+from edgemvp.cli.common import (CA_OPTION, DEVICE_OPTION, PROFILES_OPTION, RUNS_OPTION, TOKEN_OPTION, Bar, Context,
+                                defaults, options, pass_ctx)
 from edgemvp.cli.types import Number, Seed
-from edgemvp.cli import Context, _Bar, cli, pass_ctx
-from edgemvp.cli.deploy import profiles_option
-from edgemvp.cli.zoo import CA_OPTION
+from edgemvp.data.tasks import resolve_task
+from edgemvp.errors import BudgetExceeded
+from edgemvp.mvp.rank import SIMILARITIES
 from edgemvp.mvp.vote import DEFAULT_NEIGHBOURS, DEFAULT_RATIO, DEFAULT_TEMPERATURE
+from edgemvp.pipeline import METHODS, PruneRequest, PruneResult, Stages, run
+from edgemvp.zoo.api import zoo_location
+
+REQUEST = defaults(PruneRequest)
+BN_REESTIMATE = {"auto": None, "on": True, "off": False}  # --bn-reestimate -> PruneRequest.bn_reestimate
+BN_WORDS = {value: word for word, value in BN_REESTIMATE.items()}
+
+PRUNE_OPTIONS = (
+    click.option("--task", "-t", help="Named task (see 'edgemvp tasks list'), or give --dataset and --classes."),
+    click.option("--dataset", help="Dataset of an ad-hoc task."),
+    click.option("--classes", help="Comma-separated classes of an ad-hoc task."),
+    DEVICE_OPTION,
+    click.option("--zoo", metavar="PATH|NAME|URL", help="Zoo to vote from: a folder, a name under <cache>/zoos, or a "
+                 "zoo server (http://HOST:PORT) [default: the base's default zoo, built on first use for the offline "
+                 "default]."),
+    TOKEN_OPTION,
+    click.option("--method", type=click.Choice(METHODS), default=REQUEST["method"], show_default=True,
+                 help="mvp; or a baseline through the same path: random masks, the single-task pruner (IFP/AHNP) for "
+                      "--iters steps, or transfer (fine-tune the single nearest zoo model)."),
+    click.option("--iters", "-j", type=Number(0, 1_000_000, integer=True), default=REQUEST["iters"],
+                 show_default=True, help="Fine-tune steps J."),
+    click.option("--neighbours", "-n", type=Number(1, 1000, integer=True), default=DEFAULT_NEIGHBOURS,
+                 show_default=True, help="Nearest zoo tasks that vote."),
+    click.option("--similarity", type=click.Choice(SIMILARITIES), default=REQUEST["similarity"], show_default=True,
+                 help="Task similarity (wordnet falls back to LEEP for classes without a taxonomy node)."),
+    click.option("--hierarchy", type=click.Path(dir_okay=False, path_type=Path),
+                 help="Class hierarchy (YAML/JSON tree) for Wu-Palmer instead of WordNet."),
+    click.option("--temperature", "--tau", type=Number(0, 1e6, lo_open=True), default=DEFAULT_TEMPERATURE,
+                 show_default=True, help="tau of softmax(v / tau)."),
+    click.option("--ratio", "-r", type=Number(0, 1, lo_open=True, hi_open=True), default=DEFAULT_RATIO,
+                 show_default=True, help="Fraction of units removed per group."),
+    click.option("--seed", type=Seed(), default=REQUEST["seed"], show_default=True,
+                 help="Seeds the vote, batches and init."),
+    click.option("--int8", is_flag=True, help="Also write model.int8.onnx; the budget gate then applies to it."),
+    click.option("--budget-ms", type=Number(0, 1e7, lo_open=True), help="Override the profile's budget."),
+    click.option("--measure", is_flag=True,
+                 help="Measure latency here with the profile's providers (on the device)."),
+    click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
+                 help="Output folder [default: export/<task>-<device>]."),
+    click.option("--add-to-zoo", is_flag=True, help="Store the result in the zoo, its neighbours as parents."),
+    click.option("--arch", help="Base architecture [default: the zoo's]."),
+    click.option("--base-dataset", help="Dataset the base was pre-trained on [default: the zoo's]."),
+    click.option("--lr", type=Number(0, 10, lo_open=True),
+                 help="Peak fine-tune learning rate (and the pruner's for --method ifp) [default: the family's]."),
+    click.option("--train-per-class", type=Number(1, 10**9, integer=True),
+                 help="Use at most this many training images per class."),
+    click.option("--bn-reestimate", type=click.Choice(list(BN_REESTIMATE)),
+                 default=BN_WORDS[REQUEST["bn_reestimate"]], show_default=True,
+                 help="Recompute BatchNorm statistics on the target before fine-tuning; auto: only when --iters is "
+                      "too short to replace them (below 66 steps at BatchNorm's momentum 0.1)."),
+    click.option("--no-bn-reestimate", is_flag=True, help="Same as --bn-reestimate off (the paper's way)."),
+    RUNS_OPTION,
+    CA_OPTION,
+    PROFILES_OPTION,
+)
 
 
-@cli.command("prune")
-@click.option("--task", "-t", help="Named task (see 'edgemvp tasks list'), or give --dataset and --classes.")
-@click.option("--dataset", help="Dataset of an ad-hoc task.")
-@click.option("--classes", help="Comma-separated classes of an ad-hoc task.")
-@click.option("--device", "-d", required=True, help="Target device profile or alias (see 'edgemvp devices list').")
-@click.option("--zoo", metavar="PATH|NAME|URL", help="Zoo to vote from: a folder, a name under <cache>/zoos, or a "
-              "zoo server (http://HOST:PORT) [default: the base's default zoo, built on first use for the offline "
-              "default].")
-@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="File with the zoo server's bearer token [default: env EDGEMVP_ZOO_TOKEN].")
-@click.option("--method", type=click.Choice(["mvp", "random", "ifp", "transfer"]), default="mvp", show_default=True,
-              help="mvp; or a baseline through the same path: random masks, the single-task pruner (IFP/AHNP) for "
-                   "--iters steps, or transfer (fine-tune the single nearest zoo model).")
-@click.option("--iters", "-j", type=Number(0, 1_000_000, integer=True), default=100, show_default=True,
-              help="Fine-tune steps J.")
-@click.option("--neighbours", "-n", type=Number(1, 1000, integer=True), default=DEFAULT_NEIGHBOURS, show_default=True,
-              help="Nearest zoo tasks that vote.")
-@click.option("--similarity", type=click.Choice(["wordnet", "leep"]), default="wordnet", show_default=True,
-              help="Task similarity (wordnet falls back to LEEP for classes without a taxonomy node).")
-@click.option("--hierarchy", type=click.Path(dir_okay=False, path_type=Path),
-              help="Class hierarchy (YAML/JSON tree) for Wu-Palmer instead of WordNet.")
-@click.option("--temperature", "--tau", type=Number(0, 1e6, lo_open=True), default=DEFAULT_TEMPERATURE,
-              show_default=True, help="tau of softmax(v / tau).")
-@click.option("--ratio", "-r", type=Number(0, 1, lo_open=True, hi_open=True), default=DEFAULT_RATIO,
-              show_default=True, help="Fraction of units removed per group.")
-@click.option("--seed", type=Seed(), default=0, show_default=True, help="Seeds the vote, batches and init.")
-@click.option("--int8", is_flag=True, help="Also write model.int8.onnx; the budget gate then applies to it.")
-@click.option("--budget-ms", type=Number(0, 1e7, lo_open=True), help="Override the profile's budget.")
-@click.option("--measure", is_flag=True, help="Measure latency here with the profile's providers (on the device).")
-@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder [default: export/<task>-<device>].")
-@click.option("--add-to-zoo", is_flag=True, help="Store the result in the zoo, its neighbours as parents.")
-@click.option("--arch", help="Base architecture [default: the zoo's].")
-@click.option("--base-dataset", help="Dataset the base was pre-trained on [default: the zoo's].")
-@click.option("--lr", type=Number(0, 10, lo_open=True),
-              help="Peak fine-tune learning rate (and the pruner's for --method ifp) [default: the family's].")
-@click.option("--train-per-class", type=Number(1, 10**9, integer=True), help="Use at most this many training images per class.")
-@click.option("--bn-reestimate", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="Recompute BatchNorm statistics on the target before fine-tuning; auto: only when --iters is too "
-                   "short to replace them (below 66 steps at BatchNorm's momentum 0.1).")
-@click.option("--no-bn-reestimate", is_flag=True, help="Same as --bn-reestimate off (the paper's way).")
-@click.option("--runs", type=Number(5, 100_000, integer=True), default=100, show_default=True, help="Timed runs when measuring.")
-@CA_OPTION
-@profiles_option
+@click.command("prune")
+@options(*PRUNE_OPTIONS)
 @pass_ctx
 def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str | None, device: str, zoo: str | None,
               token_file: Path | None, method: str, iters: int, neighbours: int, similarity: str,
@@ -69,59 +81,38 @@ def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str 
               train_per_class: int | None, bn_reestimate: str, no_bn_reestimate: bool, runs: int,
               ca_file: Path | None, profiles: tuple[Path, ...]) -> None:
     """Prune the base model for a new task by voting from the nearest zoo tasks; export and check it."""
-    from edgemvp.cli.zoo import _zoo_location
-    from edgemvp.data.tasks import resolve_task
-    from edgemvp.errors import BudgetExceeded
-    from edgemvp.pipeline import PruneRequest, Stages, run
-
     if no_bn_reestimate and bn_reestimate == "on":
         raise click.UsageError("--no-bn-reestimate contradicts --bn-reestimate on")
-    bn = False if no_bn_reestimate else {"auto": None, "on": True, "off": False}[bn_reestimate]
+    bn = False if no_bn_reestimate else BN_REESTIMATE[bn_reestimate]
     spec = resolve_task(task, dataset, classes, ctx.data)
     if ca_file is not None and zoo is None:
         raise click.UsageError("--ca-file is for a zoo server (--zoo https://...)")
-    location = _zoo_location(ctx, zoo, token_file, ca_file) if zoo else None
+    location = zoo_location(zoo, ctx.cache, token_file, ca_file) if zoo else None
     req = PruneRequest(spec, device, location, arch, base_dataset, method, iters,
                        neighbours, similarity, hierarchy, temperature, ratio, seed, bn_reestimate=bn,
                        int8=int8, budget_ms=budget_ms, measure=measure, out=out, add_to_zoo=add_to_zoo, runs=runs,
                        lr=lr, train_per_class=train_per_class)
-    bars: list[_Bar] = []
+    result = _run(ctx, req, profiles)
+    for line in result.summary.summary_lines(result.out):
+        click.echo(line)
+    if not result.within_budget:
+        raise BudgetExceeded(result.summary.latency["verdict"])
 
-    def bar(desc: str, unit: str) -> _Bar:
+
+def _run(ctx: Context, req: PruneRequest, profiles: tuple[Path, ...]) -> PruneResult:
+    """Run the pipeline with a progress bar per stage (a zoo task's nested under the zoo's)."""
+    bars: list[Bar] = []
+
+    def bar(desc: str, unit: str) -> Bar:
         for b in bars:  # a finished stage's bar is closed before the next one starts
             if b.bar is not None and b.bar.total is not None and b.bar.n >= b.bar.total:
                 b.__exit__()
         nested = desc.startswith(" ")  # a zoo task under the zoo's bar
-        bars.append(_Bar(desc.strip(), unit, position=1 if nested else None, leave=not nested))
+        bars.append(Bar(desc.strip(), unit, position=1 if nested else None, leave=not nested))
         return bars[-1]
 
     try:
-        result = run(req, ctx.cache, ctx.data, Stages(bar, lambda line: click.echo(line, err=True)), profiles)
+        return run(req, ctx.cache, ctx.data, Stages(bar, lambda line: click.echo(line, err=True)), profiles)
     finally:
         for b in bars:
             b.__exit__(*sys.exc_info())  # on an error the open bars go, and its one line stays
-    for line in summary(result.report, result.out):
-        click.echo(line)
-    if not result.within_budget:
-        raise BudgetExceeded(result.report["latency"]["verdict"])
-
-def summary(r: dict, out: Path) -> list[str]:
-    """The short summary printed after a run."""
-    acc, lat, t = r["accuracy"], r["latency"], r["timings"]
-    lines = [f"{r['task']} ({r['dataset']}: {', '.join(r['classes'])}) -> {r['device']}, method {r['method']}"]
-    if r.get("neighbours"):
-        lines.append(f"neighbours by {r['similarity']['kind']}:")
-        lines += [f"  {n['id'][:12]} {', '.join(n['classes'])}  similarity {n['similarity']:.3f}"
-                  for n in r["neighbours"]]
-    init = "" if acc["init"] is None else (f" (at init {acc['init']:.2f}%"
-                                           + (f", before BN re-estimation {acc['init_before_bn']:.2f}%"
-                                              if r.get("bn_reestimated") else "") + ")")
-    lines.append(f"accuracy {acc['final']:.2f}% after {r['settings']['iters']} steps{init}")
-    lines.append(f"size {r['params'] / 1e6:.3f} M params ({100 * r['params_ratio']:.1f}% of {r['base']['params'] / 1e6:.2f} M), "
-                 f"{r['macs'] / 1e6:.2f} M MACs ({100 * r['macs_ratio']:.1f}% of {r['base']['macs'] / 1e6:.1f} M)")
-    verdict = "within budget" if lat["within_budget"] else "OVER BUDGET"
-    lines.append(f"latency {lat['value_ms']:.3f} ms {lat['statistic']} ({lat['source']}, {lat['model']}) vs budget "
-                 f"{lat['budget_ms']:g} ms {lat['budget_statistic']}: {verdict}")
-    lines.append(f"wrote {out}/ in {t.get('total', 0):.1f} s" + (f"; added to zoo as {r['zoo']['added'][:12]}"
-                                                                  if r["zoo"].get("added") else ""))
-    return lines

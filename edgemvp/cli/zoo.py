@@ -6,60 +6,28 @@ import sys
 from pathlib import Path
 
 import click
+import torch
 
+from edgemvp.cli.common import CA_OPTION, TOKEN_OPTION, ZOO_OPTION, Bar, Context, defaults, pass_ctx
 from edgemvp.cli.types import Number, Seed
-from edgemvp.cli import Context, _Bar, pass_ctx
-from edgemvp.errors import EdgeMVPError, UsageError
+from edgemvp.errors import UsageError
+from edgemvp.models.base import cached_bases
+from edgemvp.pruners import PruneConfig
+from edgemvp.zoo.api import Location, zoo_folder, zoo_location
+from edgemvp.zoo.build import BuildReport, build
+from edgemvp.zoo.defaults import DEFAULT_ARCH, DEFAULT_DATASET, DEFAULT_ZOO, default_zoo_path, zoo_path
+from edgemvp.zoo.distributed import connect  # Ray itself is imported only when a build uses it
+from edgemvp.zoo.jobs import BuildSpec
 from edgemvp.zoo.limits import MAX_TASK_CLASSES, QUEUE
+from edgemvp.zoo.store import ZooStore, check_bundle_destination, check_bundle_entries, check_marker, read_bundle, \
+    repair_index
+
+BUILD, PRUNE = defaults(BuildSpec), defaults(PruneConfig)
+BUILD_TASKS = 12  # tasks of a 'zoo build' without --tasks (BuildSpec has no default; the default zoo has 10)
 
 
-def _zoo_folder(ctx: Context, zoo: str | None) -> Path:
-    """``--zoo``: a folder, or a zoo name under ``<cache>/zoos``; default: the default zoo."""
-    from edgemvp.paths import cache_dir
-    from edgemvp.zoo.defaults import default_zoo_path
-    from edgemvp.zoo.remote import is_url
-
-    if zoo is not None and is_url(zoo):
-        raise UsageError(f"this command works on a zoo folder; '{zoo}' is a zoo server (edgemvp prune and "
-                         "edgemvp zoo build take one)")
-    if zoo is None:
-        return default_zoo_path(ctx.cache)
-    path = Path(zoo)
-    named = cache_dir(ctx.cache) / "zoos" / zoo
-    return named if not path.exists() and named.exists() else path
-
-
-def _zoo_location(ctx: Context, zoo: str | None, token_file: Path | None, ca_file: Path | None = None):
-    """``--zoo`` of prune and build: a zoo server's address (with the client's token and CA), or a folder."""
-    from edgemvp.zoo.remote import ZooAddress, is_url, read_token
-
-    if zoo is not None and is_url(zoo):
-        return ZooAddress(zoo, read_token(token_file), ca_file=ca_file)
-    if ca_file is not None:
-        raise UsageError("--ca-file is for a zoo server (--zoo https://...), not a zoo folder")
-    return _zoo_folder(ctx, zoo)
-
-
-TOKEN_OPTION = click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
-                            help="File with the zoo server's bearer token [default: env EDGEMVP_ZOO_TOKEN].")
-CA_OPTION = click.option("--ca-file", type=click.Path(dir_okay=False, path_type=Path), envvar="EDGEMVP_ZOO_CA_FILE",
-                         help="CA certificates (PEM) of a zoo server with a private CA; the server's certificate "
-                              "is always verified [env EDGEMVP_ZOO_CA_FILE].")
-
-
-def _open(ctx: Context, zoo: str | None):
-    from edgemvp.zoo.store import ZooStore
-
-    return ZooStore.open(_zoo_folder(ctx, zoo))
-
-
-ZOO_OPTION = click.option("--zoo", "zoo", metavar="PATH|NAME",
-                          help="Zoo folder, or a name under <cache>/zoos [default: the default zoo].")
-
-
-def register(cli: click.Group) -> None:
-    """Add the ``zoo`` group to the top-level command group."""
-    cli.add_command(zoo)
+def _open(ctx: Context, zoo: str | None) -> ZooStore:
+    return ZooStore.open(zoo_folder(zoo, ctx.cache))
 
 
 @click.group()
@@ -68,19 +36,26 @@ def zoo() -> None:
 
 
 @zoo.command("build")
-@click.option("--arch", default="resnet18", show_default=True, help="Architecture of the cached base model.")
-@click.option("--dataset", default="fashion-mnist", show_default=True, help="Dataset of the base and the tasks.")
-@click.option("--tasks", "n_tasks", type=Number(1, 1_000_000, integer=True), default=12, show_default=True, help="Number of tasks.")
-@click.option("--classes-per-task", type=Number(2, 100_000, integer=True), default=5, show_default=True)
-@click.option("--pruner", default="ifp-activation", show_default=True,
+@click.option("--arch", default=DEFAULT_ARCH, show_default=True, help="Architecture of the cached base model.")
+@click.option("--dataset", default=DEFAULT_DATASET, show_default=True, help="Dataset of the base and the tasks.")
+@click.option("--tasks", "n_tasks", type=Number(1, 1_000_000, integer=True), default=BUILD_TASKS, show_default=True,
+              help="Number of tasks.")
+@click.option("--classes-per-task", type=Number(2, 100_000, integer=True), default=BUILD["classes_per_task"],
+              show_default=True)
+@click.option("--pruner", default=BUILD["pruner"], show_default=True,
               help="ifp-activation | ifp-taylor (CNNs), ahnp (ViT/DeiT), random (any).")
-@click.option("--iters", type=Number(1, 10_000_000, integer=True), default=1000, show_default=True, help="Optimiser steps J per task.")
-@click.option("--ratio", type=Number(0, 1, lo_open=True, hi_open=True), default=0.9, show_default=True, help="Fraction of units removed per group.")
-@click.option("--lr", type=Number(0, 10, lo_open=True), default=None, help="Peak learning rate [default: measured per family].")
-@click.option("--batch-size", type=Number(1, 65_536, integer=True), default=128, show_default=True)
-@click.option("--prune-every", type=Number(1, 10_000_000, integer=True), default=None, help="h: steps between pruning events [default: spread].")
-@click.option("--prune-fraction", type=Number(0, 1, lo_open=True, hi_open=True), default=0.2, show_default=True, help="p: share pruned per event.")
-@click.option("--seed", type=Seed(), default=0, show_default=True)
+@click.option("--iters", type=Number(1, 10_000_000, integer=True), default=PRUNE["iters"], show_default=True,
+              help="Optimiser steps J per task.")
+@click.option("--ratio", type=Number(0, 1, lo_open=True, hi_open=True), default=PRUNE["ratio"], show_default=True,
+              help="Fraction of units removed per group.")
+@click.option("--lr", type=Number(0, 10, lo_open=True), default=PRUNE["lr"],
+              help="Peak learning rate [default: measured per family].")
+@click.option("--batch-size", type=Number(1, 65_536, integer=True), default=PRUNE["batch_size"], show_default=True)
+@click.option("--prune-every", type=Number(1, 10_000_000, integer=True), default=PRUNE["prune_every"],
+              help="h: steps between pruning events [default: spread].")
+@click.option("--prune-fraction", type=Number(0, 1, lo_open=True, hi_open=True), default=PRUNE["prune_fraction"],
+              show_default=True, help="p: share pruned per event.")
+@click.option("--seed", type=Seed(), default=BUILD["seed"], show_default=True)
 @click.option("--within-parent", is_flag=True,
               help="Draw each task's classes from one parent of the dataset's hierarchy (e.g. an Omniglot alphabet).")
 @click.option("--workers", type=Number(1, 256, integer=True), default=1, show_default=True, help="Local worker processes.")
@@ -98,17 +73,12 @@ def zoo_build(ctx: Context, arch: str, dataset: str, n_tasks: int, classes_per_t
               seed: int, within_parent: bool, workers: int, ray_address: str | None, threads: int | None,
               zoo_dir: str | None, token_file: Path | None, ca_file: Path | None) -> None:
     """Prune the base model for N random tasks and store the results (rerun to resume)."""
-    from edgemvp.pruners import PruneConfig
-    from edgemvp.zoo.build import BuildSpec
-    from edgemvp.zoo.defaults import zoo_path
-    from edgemvp.zoo.store import check_marker
-
     if workers < 1:
         raise UsageError("--workers must be at least 1")
     cfg = PruneConfig(ratio=ratio, iters=iters, lr=lr, batch_size=batch_size, prune_every=prune_every,
                       prune_fraction=prune_fraction)
     spec = BuildSpec(arch, dataset, n_tasks, classes_per_task, pruner, cfg, seed, within_parent)
-    folder = _zoo_location(ctx, zoo_dir, token_file, ca_file) if zoo_dir else zoo_path(arch, dataset, ctx.cache)
+    folder = zoo_location(zoo_dir, ctx.cache, token_file, ca_file) if zoo_dir else zoo_path(arch, dataset, ctx.cache)
     if isinstance(folder, Path) and folder.exists() and any(folder.iterdir()):
         check_marker(folder)  # refuse a newer or foreign folder before any work
     report = _run_build(ctx, spec, folder, workers, ray_address, threads)
@@ -117,18 +87,14 @@ def zoo_build(ctx: Context, arch: str, dataset: str, n_tasks: int, classes_per_t
                f"{len(report.ids)} in this build ({report.seconds:.0f} s)")
 
 
-def _run_build(ctx: Context, spec, folder, workers: int = 1, ray_address: str | None = None,
-               threads: int | None = None):
-    from edgemvp.zoo.build import build
-
+def _run_build(ctx: Context, spec: BuildSpec, folder: Location, workers: int = 1, ray_address: str | None = None,
+               threads: int | None = None) -> BuildReport:
     local = workers == 1 and ray_address is None
     if ray_address is not None:  # a cluster that cannot be reached: its one line before any progress bar
-        from edgemvp.zoo.distributed import connect
-
         connect(ray_address)
-    with _Bar("zoo build", unit="task", position=0) as overall:
+    with Bar("zoo build", unit="task", position=0) as overall:
         def task_bar(job):
-            return _Bar(f"  {job.task.name}", position=1, leave=False)
+            return Bar(f"  {job.task.name}", position=1, leave=False)
 
         return build(spec, folder, ctx.cache, ctx.data, workers, ray_address, threads, overall=overall,
                      task_progress=task_bar if local else None)
@@ -138,8 +104,6 @@ def _run_build(ctx: Context, spec, folder, workers: int = 1, ray_address: str | 
 @pass_ctx
 def zoo_default(ctx: Context) -> None:
     """Build (or finish) the default zoo for the offline default from the cached base model."""
-    from edgemvp.zoo.defaults import DEFAULT_ZOO, default_zoo_path
-
     folder = default_zoo_path(ctx.cache)
     report = _run_build(ctx, DEFAULT_ZOO, folder)
     click.echo(f"default zoo {folder}: {len(report.ids)} entries ({report.built} built now, {report.seconds:.0f} s)")
@@ -188,10 +152,8 @@ def zoo_show(ctx: Context, entry_id: str, zoo: str | None) -> None:
 def zoo_verify(ctx: Context, zoo: str | None, repair: bool) -> None:
     """Check every entry's files against their sha256s and its index row against its manifest (exit 1 when any
     is corrupt or missing); --repair rebuilds the index."""
-    from edgemvp.zoo.store import repair_index
-
     if repair:
-        report = repair_index(_zoo_folder(ctx, zoo))
+        report = repair_index(zoo_folder(zoo, ctx.cache))
         if report.damaged_index:
             click.echo(f"moved the damaged index to {report.damaged_index}", err=True)
         for _, reason in report.corrupt:
@@ -220,8 +182,6 @@ def zoo_verify(ctx: Context, zoo: str | None, repair: bool) -> None:
 @pass_ctx
 def zoo_export(ctx: Context, bundle: Path, ids: tuple[str, ...], zoo: str | None, force: bool) -> None:
     """Write entries (all, or the given ids) into one bundle file (never inside a zoo)."""
-    from edgemvp.zoo.store import check_bundle_destination
-
     check_bundle_destination(bundle, force)  # before opening anything
     with _open(ctx, zoo) as store:
         n = store.export_bundle(bundle, [store.resolve(i) for i in ids] if ids else None, force)
@@ -234,15 +194,10 @@ def zoo_export(ctx: Context, bundle: Path, ids: tuple[str, ...], zoo: str | None
 @pass_ctx
 def zoo_import(ctx: Context, bundle: Path, zoo: str | None) -> None:
     """Add a bundle's entries to a zoo (every entry is verified before anything is written)."""
-    from edgemvp.zoo.store import ZooStore, read_bundle
-
-    from edgemvp.models.base import cached_bases
-    from edgemvp.zoo.store import check_bundle_entries
-
     items = read_bundle(bundle)  # refuse a bad bundle before creating anything
     bases = {b.weights_sha256: b for b in cached_bases(ctx.cache)}
     check_bundle_entries(items, bases)
-    with ZooStore.open(_zoo_folder(ctx, zoo), create=True) as store:
+    with ZooStore.open(zoo_folder(zoo, ctx.cache), create=True) as store:
         added, present = store.import_entries(items, bases, checked=True)
     click.echo(f"imported {added} entries ({present} already present)")
 
@@ -278,10 +233,9 @@ def zoo_serve(ctx: Context, zoo: str | None, host: str, port: int, token_file: P
               insecure_http: bool, max_upload_mb: int, vote_workers: int, threads: int, max_task_classes: int,
               queue: int) -> None:
     """Serve a zoo and the voter over HTTP(S) (FastAPI + uvicorn) for prunes from other machines."""
-    import torch
+    # FastAPI and uvicorn, the zoo server's dependencies, are imported only when serving
     import uvicorn
-
-    from edgemvp.zoo.server import check_listen, check_tls, create_app, is_loopback, load_token
+    from edgemvp.zoo.server import check_listen, check_tls, create_app, is_loopback, load_token  # FastAPI
 
     if not is_loopback(host) and not public:
         raise UsageError(f"--host {host} is reachable from other machines; pass --public (with --token-file) "
@@ -294,7 +248,7 @@ def zoo_serve(ctx: Context, zoo: str | None, host: str, port: int, token_file: P
                          "or pass --insecure-http")
     token = load_token(token_file) if token_file else None
     read_token = load_token(read_token_file, "--read-token-file") if read_token_file else None
-    folder = _zoo_folder(ctx, zoo)
+    folder = zoo_folder(zoo, ctx.cache)
     check_listen(host, port)
     app = create_app(folder, token, read_token, max_upload_mb << 20, ctx.cache, vote_workers=vote_workers,
                      max_task_classes=max_task_classes, queue=queue)

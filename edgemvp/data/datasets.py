@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from edgemvp._compat import ensure_torchvision_importable
 from edgemvp.data.idx import read_idx
 from edgemvp.data.transforms import Fit, fit_images
 from edgemvp.errors import UsageError, unknown
@@ -267,8 +268,6 @@ def _torchvision_download(factory: Callable[[], Any], what: str, how: str) -> An
 
 
 def _torchvision_datasets() -> Any:
-    from edgemvp._compat import ensure_torchvision_importable
-
     ensure_torchvision_importable()
     import torchvision.datasets as tvd
 
@@ -346,9 +345,7 @@ def load_digits(root: Path, download: bool) -> Dataset:
 
 def _omniglot_roots(root: Path) -> list[Path]:
     roots = [Path(os.environ[ENV_OMNIGLOT])] if os.environ.get(ENV_OMNIGLOT) else []
-    roots += [root / "omniglot-py", root / "omniglot"]
-    shared = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "omniglot"
-    return roots + [shared]
+    return roots + [root / "omniglot-py", root / "omniglot"]
 
 
 def _omniglot_members(root: Path) -> Iterator[tuple[str, str, str, Callable[[], bytes]]]:

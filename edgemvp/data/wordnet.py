@@ -481,62 +481,102 @@ def _wup_arrays(rows: Sequence[Closure], closures: Mapping[str, Closure]) -> np.
     names = sorted({h for c in rows for h in c.hypernyms}, key=lambda h: (-closures[h].min_depth, h))
     col = {h: k for k, h in enumerate(names)}
     u = len(names)  # column u stands for "none"
-    min_depth = np.array([closures[h].min_depth for h in names] + [-1], dtype=np.int64)
-    max_depth = np.array([closures[h].max_depth for h in names] + [0], dtype=np.int64)
-    up = np.full((m, u + 1), _FAR, dtype=np.int64)  # up[r, k]: edges from rows[r] up to hypernym k
-    for r, c in enumerate(rows):
-        up[r, [col[h] for h in c.hypernyms]] = list(c.hypernyms.values())
-    reach = up[:, :u] < _FAR
+    min_depth = np.array([closures[h].min_depth for h in names] + [-1], dtype=np.int64)  # [u + 1]
+    max_depth = np.array([closures[h].max_depth for h in names] + [0], dtype=np.int64)  # [u + 1]
+    up = _edges_up(rows, col, u)  # [m, u + 1]
+    reach = up[:, :u] < _FAR  # [m, u]
 
-    # the first lowest common hypernym of each pair: the smallest column both reach
-    first = np.full((m, m), _NONE, dtype=np.int32)
-    bounds = np.flatnonzero(np.diff(min_depth[:u], prepend=min_depth[0] + 1, append=min_depth[u - 1] - 1))
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        level = reach[:, lo:hi]
-        count = level.sum(axis=1)
-        slots = []  # slots[p][r]: the column of the (p+1)-th hypernym of row r at this level, or _NONE
-        seen = np.cumsum(level, axis=1)
-        for p in range(int(count.max())):
-            slots.append(np.where(count > p, lo + np.argmax(seen == p + 1, axis=1), _NONE).astype(np.int32))
-        a = slots[0]
-        np.minimum(first, np.where(a[:, None] == a[None, :], a[:, None], _NONE), out=first)
-        for p in range(1, len(slots)):  # rows with several hypernyms at this level: few
-            some = np.flatnonzero(count > p)
-            ap = slots[p][some][:, None]
-            best = np.full((len(some), m), _NONE, dtype=np.int32)
-            for q in range(len(slots)):
-                np.minimum(best, np.where(ap == slots[q][None, :], ap, _NONE), out=best)
-            first[some, :] = np.minimum(first[some, :], best)
-            first[:, some] = np.minimum(first[:, some], best.T)
+    first = _first_common_column(reach, min_depth)  # [m, m], _NONE where the pair shares no hypernym
     common = first != _NONE
-    first = np.where(common, first, u)
+    first = np.where(common, first, u)  # [m, m], column u where none
+    subsumer = _subsumer_columns(rows, col, up, min_depth, first)  # [m, m]
+    to = _edges_to_hypernyms(names, col, closures, up, reach)  # [m, u + 1]
 
-    # the subsumer: self when it is one of the lowest common hypernyms, else the first of them
-    own = np.array([col[c.name] for c in rows])
-    self_above = up[:, own].T < _FAR  # [i, j]: rows[i] is a hypernym of rows[j]
-    self_lowest = self_above & (min_depth[own][:, None] == min_depth[first])
-    subsumer = np.where(self_lowest, own[:, None], first)
-
-    # to[r, k] = shortest_path_distance(rows[r], hypernym k) = min over hypernyms x of k of up[r, x] + d(k, x)
-    width = max(len(closures[h].hypernyms) for h in names)
-    above = np.full((u, width), u, dtype=np.int64)
-    edges = np.zeros((u, width), dtype=np.int64)
-    for k, h in enumerate(names):
-        hyp = closures[h].hypernyms
-        above[k, :len(hyp)] = [col[x] for x in hyp]
-        edges[k, :len(hyp)] = list(hyp.values())
-    r_at, k_at = np.nonzero(reach)
-    to = np.full((m, u + 1), _FAR, dtype=np.int64)
-    to[r_at, k_at] = (up[r_at[:, None], above[k_at]] + edges[k_at]).min(axis=1)
-
-    depth = max_depth[subsumer] + 1
-    len1 = to[np.arange(m)[:, None], subsumer] + depth
-    len2 = to[np.arange(m)[None, :], subsumer] + depth
+    depth = max_depth[subsumer] + 1  # [m, m]
+    len1 = to[np.arange(m)[:, None], subsumer] + depth  # [m, m]
+    len2 = to[np.arange(m)[None, :], subsumer] + depth  # [m, m]
     with np.errstate(divide="ignore", invalid="ignore"):
         out = (2.0 * depth) / (len1 + len2)
     out[~common] = 0.0  # no common hypernym: nltk's None
     np.fill_diagonal(out, 1.0)
     return out
+
+
+def _edges_up(rows: Sequence[Closure], col: Mapping[str, int], u: int) -> np.ndarray:
+    """``up[r, k]``: edges from ``rows[r]`` up to hypernym column ``k`` (``_FAR`` where it is not one), [m, u + 1]."""
+    up = np.full((len(rows), u + 1), _FAR, dtype=np.int64)
+    for r, c in enumerate(rows):
+        up[r, [col[h] for h in c.hypernyms]] = list(c.hypernyms.values())
+    return up
+
+
+def _first_common_column(reach: np.ndarray, min_depth: np.ndarray) -> np.ndarray:
+    """The first lowest common hypernym of each pair: the smallest column both rows reach, level by level.
+
+    ``reach`` is [m, u] (columns ordered by ``(-min_depth, name)``), ``min_depth`` [u + 1]; returns [m, m]
+    int32, ``_NONE`` where a pair shares no hypernym.
+    """
+    m, u = reach.shape
+    first = np.full((m, m), _NONE, dtype=np.int32)
+    # bounds: the first column of each min_depth level, and u at the end
+    bounds = np.flatnonzero(np.diff(min_depth[:u], prepend=min_depth[0] + 1, append=min_depth[u - 1] - 1))
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        slots, count = _level_slots(reach[:, lo:hi], lo)
+        _merge_level(first, slots, count)
+    return first
+
+
+def _level_slots(level: np.ndarray, lo: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """A level's hypernyms per row: ``slots[p][r]`` is the column of the (p+1)-th hypernym of row r at this
+    level, or ``_NONE``; ``count[r]`` how many it has. ``level`` is [m, hi - lo], each slot [m]."""
+    count = level.sum(axis=1)  # [m]
+    slots = []
+    seen = np.cumsum(level, axis=1)  # [m, hi - lo]
+    for p in range(int(count.max())):
+        slots.append(np.where(count > p, lo + np.argmax(seen == p + 1, axis=1), _NONE).astype(np.int32))
+    return slots, count
+
+
+def _merge_level(first: np.ndarray, slots: list[np.ndarray], count: np.ndarray) -> None:
+    """Lower ``first`` [m, m] in place to the smallest column of this level that both rows of a pair reach."""
+    m = len(count)
+    a = slots[0]  # [m]
+    np.minimum(first, np.where(a[:, None] == a[None, :], a[:, None], _NONE), out=first)
+    for p in range(1, len(slots)):  # rows with several hypernyms at this level: few
+        some = np.flatnonzero(count > p)  # [s]
+        ap = slots[p][some][:, None]  # [s, 1]
+        best = np.full((len(some), m), _NONE, dtype=np.int32)  # [s, m]
+        for q in range(len(slots)):
+            np.minimum(best, np.where(ap == slots[q][None, :], ap, _NONE), out=best)
+        first[some, :] = np.minimum(first[some, :], best)
+        first[:, some] = np.minimum(first[:, some], best.T)
+
+
+def _subsumer_columns(rows: Sequence[Closure], col: Mapping[str, int], up: np.ndarray, min_depth: np.ndarray,
+                      first: np.ndarray) -> np.ndarray:
+    """The subsumer of each pair, [m, m]: self when it is one of the lowest common hypernyms, else the first."""
+    own = np.array([col[c.name] for c in rows])  # [m]
+    self_above = up[:, own].T < _FAR  # [m, m], [i, j]: rows[i] is a hypernym of rows[j]
+    self_lowest = self_above & (min_depth[own][:, None] == min_depth[first])  # [m, m]
+    return np.where(self_lowest, own[:, None], first)
+
+
+def _edges_to_hypernyms(names: Sequence[str], col: Mapping[str, int], closures: Mapping[str, Closure],
+                        up: np.ndarray, reach: np.ndarray) -> np.ndarray:
+    """``to[r, k] = shortest_path_distance(rows[r], hypernym k)``, [m, u + 1] (``_FAR`` where not reached):
+    the min over hypernyms x of k of ``up[r, x] + d(k, x)``."""
+    u = len(names)
+    width = max(len(closures[h].hypernyms) for h in names)
+    above = np.full((u, width), u, dtype=np.int64)  # [u, width]: hypernym columns of each column (u: padding)
+    edges = np.zeros((u, width), dtype=np.int64)  # [u, width]: edges up to each of them
+    for k, h in enumerate(names):
+        hyp = closures[h].hypernyms
+        above[k, :len(hyp)] = [col[x] for x in hyp]
+        edges[k, :len(hyp)] = list(hyp.values())
+    r_at, k_at = np.nonzero(reach)  # [n] each: the (row, column) pairs a row reaches
+    to = np.full((up.shape[0], u + 1), _FAR, dtype=np.int64)
+    to[r_at, k_at] = (up[r_at[:, None], above[k_at]] + edges[k_at]).min(axis=1)
+    return to
 
 
 _STORE: ClosureStore | None = None

@@ -45,7 +45,6 @@ import logging
 import os
 import tempfile
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -101,8 +100,6 @@ class CostConstants:
             UsageError: A field is missing, or (``versioned``) the constants were fitted for another cost model:
                 the same numbers mean something else under another formula.
         """
-        from edgemvp.errors import UsageError
-
         missing = [f.name for f in fields(cls) if f.name not in data]
         if missing:
             raise UsageError(f"cost-model constants lack {', '.join(missing)} (written by an older edgemvp? re-run "

@@ -6,7 +6,7 @@ model is fitted to (``calibration``: reference models with their latency on the 
 of those figures). The packaged profiles live in ``edgemvp/deploy/device_profiles/`` (the repository's top-level
 ``device_profiles`` points there); a user adds profiles with ``--profiles PATH`` or ``EDGEMVP_PROFILES``
 (files or folders, ``os.pathsep``-separated), and ``edgemvp devices calibrate`` writes fitted profiles to
-``<cache>/profiles``. Later folders override earlier ones by name: packaged < cache < env < ``--profiles``.
+``<cache>/profiles`` (:mod:`edgemvp.deploy.calibrate`). Later folders override earlier ones by name: packaged < cache < env < ``--profiles``.
 """
 from __future__ import annotations
 
@@ -14,14 +14,13 @@ import logging
 import os
 import platform
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-import yaml
-
 from edgemvp import checks
 from edgemvp.errors import UsageError, unknown
+from edgemvp.models.factory import ARCHS, FAMILIES, QuantMode
 from edgemvp.paths import cache_dir, read_regular
 from edgemvp.safeload import load_yaml
 
@@ -163,10 +162,10 @@ class ExportSettings:
 
 @dataclass(frozen=True)
 class QuantPreset:
-    """onnxruntime quantization: static QDQ for CNNs, dynamic for ViTs (by default)."""
+    """onnxruntime quantization per family; the defaults are the families' (static QDQ for CNNs, dynamic for ViTs)."""
 
-    cnn: Literal["static-qdq", "dynamic", "none"] = "static-qdq"
-    vit: Literal["static-qdq", "dynamic", "none"] = "dynamic"
+    cnn: QuantMode = FAMILIES["cnn"].int8_mode
+    vit: QuantMode = FAMILIES["vit"].int8_mode
     per_channel: bool = True
     calibration_samples: int = 256
 
@@ -325,8 +324,6 @@ def _runtime(f: _Fields) -> Runtime:
 
 
 def _model(f: _Fields) -> ReferenceModel:
-    from edgemvp.models.factory import ARCHS
-
     return ReferenceModel(f.choice("arch", tuple(ARCHS)), f.get("size", int, 224, lambda v: 8 <= v <= 4096),
                           f.get("channels", int, 3, lambda v: v in (1, 3)),
                           f.get("classes", int, 1000, lambda v: 1 < v <= 100_000),
@@ -395,7 +392,7 @@ def parse_profile(data: Any, source: str, path: Path | None = None) -> DevicePro
         export=ExportSettings(e.get("opset", int, 18, lambda v: 7 <= v <= 23),
                               e.get("input_size", int, None, lambda v: 8 <= v <= 4096),
                               e.choice("precision", PRECISIONS, "fp32")),
-        quantization=QuantPreset(q.choice("cnn", QUANT_MODES, "static-qdq"), q.choice("vit", QUANT_MODES, "dynamic"),
+        quantization=QuantPreset(q.choice("cnn", QUANT_MODES, QuantPreset.cnn), q.choice("vit", QUANT_MODES, QuantPreset.vit),
                                  q.get("per_channel", bool, True),
                                  q.get("calibration_samples", int, 256, lambda v: 0 < v <= 100_000)),
         budget=Budget(b.positive("latency_ms"), b.choice("statistic", STATISTICS, "p90"),
@@ -465,37 +462,6 @@ class ProfileRegistry:
         return [p for p in self.profiles.values() if p.is_current()]
 
 
-def write_calibrated(profile: DeviceProfile, references: list[Reference], constants: dict[str, float],
-                     source: Source, folder: Path, spread: Mapping[str, float] | None = None) -> Path:
-    """Write a copy of ``profile`` with measured references, fitted constants (and the measured spread of the
-    latency statistics) to ``folder``.
-
-    The copy keeps every other field of the original file, so it overrides the packaged profile by name.
-
-    Returns:
-        The written file.
-    """
-    from edgemvp.paths import atomic_write_bytes
-
-    if profile.path is None:
-        raise UsageError(f"profile '{profile.name}' has no file to copy")
-    data = load_yaml(profile.path, f"device profile {profile.path}")
-    cal = data.setdefault("calibration", {}) or {}
-    cal["sources"] = {**(cal.get("sources") or {}),
-                      source.key: {k: v for k, v in (("title", source.title), ("note", source.note)) if v}}
-    cal["references"] = [{"model": {"arch": r.model.arch, "size": r.model.size, "channels": r.model.channels,
-                                    "classes": r.model.classes, "ratio": r.model.ratio, "seed": r.model.seed},
-                          "latency_ms": round(r.latency_ms, 5), "statistic": r.statistic, "source": r.source,
-                          "precision": r.precision} for r in references]
-    cal["constants"] = {k: float(v) for k, v in constants.items()}
-    if spread:
-        cal["spread"] = {**{k: float(v) for k, v in spread.items()}, "source": source.key}
-    data["calibration"] = cal
-    out = profile_file(folder, profile.name)
-    atomic_write_bytes(out, yaml.safe_dump(data, sort_keys=False).encode())
-    return out
-
-
 def profile_file(folder: Path, name: str) -> Path:
     """``<folder>/<name>.yaml`` for a plain profile name, checked to stay inside ``folder``.
 
@@ -514,8 +480,6 @@ def profile_file(folder: Path, name: str) -> Path:
 
 def profile_summary(profile: DeviceProfile) -> dict[str, Any]:
     """A YAML-ready view of a loaded profile (``devices show``)."""
-    from dataclasses import asdict
-
     data = asdict(profile)
     data["path"] = str(profile.path) if profile.path else None
     data["detected_here"] = profile.is_current()

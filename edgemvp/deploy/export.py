@@ -2,28 +2,40 @@
 
 :func:`load_source` accepts a pruned run folder (``masks.json`` + ``weights.safetensors``), its weights file, or
 a base-model folder (``manifest.json`` + ``model.safetensors``). :func:`deploy` exports it with parity
-(:mod:`edgemvp.deploy.onnx`), optionally quantizes it to int8, measures or estimates latency on the target device
-(:mod:`edgemvp.deploy.latency`), and writes ``model.onnx`` (+ ``model.int8.onnx``) and ``export.json``.
+(:mod:`edgemvp.deploy.onnx`), optionally quantizes it to int8 (:mod:`edgemvp.deploy.quantize`), measures or
+estimates latency on the target device (:mod:`edgemvp.deploy.latency`), and writes ``model.onnx``
+(+ ``model.int8.onnx``) and ``export.json``; it returns the same report typed, as an :class:`ExportReport`.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
+import torch
 import torch.nn as nn
+from safetensors import safe_open
 
-from edgemvp.data.tasks import TaskSpec
+from edgemvp.data.datasets import get_dataset
+from edgemvp.data.loader import eval_batches
+from edgemvp.data.tasks import NAMED_TASKS, TaskSpec, task_name, task_view
 from edgemvp.deploy.devices import DeviceProfile
+from edgemvp.deploy.latency import LatencyReport, latency, make_session
+from edgemvp.deploy.onnx import ExportConfig, ExportResult, check_onnx, export_model, run_onnx
+from edgemvp.deploy.quantize import quantize_model
 from edgemvp.errors import UsageError
-from edgemvp.deploy.onnx import ExportConfig, check_onnx, export_model, quantize_model, run_onnx
-from edgemvp.models.factory import get_arch
+from edgemvp.models.base import MANIFEST, WEIGHTS, BaseManifest
+from edgemvp.models.factory import create_model, get_arch, load_into
+from edgemvp.models.weights import load_weights, sha256_file
 from edgemvp.paths import atomic_write_bytes
 from edgemvp.safeload import load_json, read_text
+from edgemvp.shrink import MASKS_FILE, WEIGHTS_FILE, load_pruned
 from edgemvp.spec import InputSpec
+from edgemvp.versions import tool_versions
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +69,9 @@ def load_source(path: str | os.PathLike[str]) -> ExportSource:
     Raises:
         UsageError: Anything else, or invalid files.
     """
-    from edgemvp.models.base import MANIFEST, WEIGHTS, BaseManifest
-    from edgemvp.shrink import MASKS_FILE, WEIGHTS_FILE, load_pruned
-
     path = Path(path)
     folder = path.parent if path.is_file() else path
     if (folder / MASKS_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
-        from safetensors import safe_open
-
         model, masks = load_pruned(folder)  # validates the header; the spec is read from it below
         with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as fh:
             spec = InputSpec.from_dict(json.loads(fh.metadata()["input_spec"]))
@@ -74,9 +81,6 @@ def load_source(path: str | os.PathLike[str]) -> ExportSource:
             raise UsageError(f"run report {report}: not a JSON object (not an edgemvp report)")
         return ExportSource(model, masks.arch, spec, folder, None, _report_task(data))
     if (folder / MANIFEST).is_file() and (folder / WEIGHTS).is_file():
-        from edgemvp.models.factory import create_model, load_into
-        from edgemvp.models.weights import load_weights
-
         manifest = BaseManifest.from_json(read_text(folder / MANIFEST), str(folder / MANIFEST))
         model = create_model(manifest.arch, len(manifest.classes), manifest.input_spec)
         load_into(model, load_weights(folder / WEIGHTS, manifest.weights_sha256), str(folder / WEIGHTS))
@@ -89,8 +93,6 @@ def load_source(path: str | os.PathLike[str]) -> ExportSource:
 
 def _report_task(data: dict) -> TaskSpec | None:
     """The task a run report names: its dataset and classes (any task, named or ad hoc), else a named task."""
-    from edgemvp.data.tasks import NAMED_TASKS, task_name
-
     name, dataset, classes = data.get("task"), data.get("dataset"), data.get("classes")
     if (isinstance(dataset, str) and isinstance(classes, list) and classes
             and all(isinstance(c, str) for c in classes)):
@@ -122,12 +124,6 @@ def task_data(src: ExportSource, task: TaskSpec, data_root: str | os.PathLike[st
     Raises:
         UsageError: The model's outputs do not cover the task's classes, or the data is missing.
     """
-    import torch
-
-    from edgemvp.data.datasets import get_dataset
-    from edgemvp.data.loader import eval_batches
-    from edgemvp.data.tasks import task_view
-
     if src.classes is None:
         columns = tuple(range(len(task.classes)))
     else:
@@ -149,50 +145,133 @@ def task_accuracy(session, data: TaskData) -> tuple[float, np.ndarray]:
     return 100.0 * float((pred == data.test_y).mean()), pred
 
 
+@dataclass(frozen=True)
+class Int8File:
+    """The int8 copy of an export: its file, quantization mode, size and digest."""
+
+    path: str
+    mode: str
+    file_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`deploy` made, as written to ``export.json`` (:meth:`to_dict` is that file's content).
+
+    Attributes:
+        source: The folder the model was read from.
+        arch: Its architecture.
+        device: The device profile's name.
+        export: The fp32 export: file, exporter, opset, input shape, parity, size, digest.
+        task: The task's name, when one was given.
+        versions: Installed versions of the packages that affect models and exports.
+        latency: A figure per precision: ``fp32``, and ``int8`` when an int8 copy was made.
+        accuracy: With a task: top-1 accuracy (%) per precision and, with int8, the int8 model's top-1 agreement
+            with fp32 (``top1_agreement``, %); None without a task.
+        int8: The int8 copy, when one was made.
+    """
+
+    source: str
+    arch: str
+    device: str
+    export: ExportResult
+    task: str | None
+    versions: Mapping[str, str]
+    latency: Mapping[str, LatencyReport]
+    accuracy: Mapping[str, float] | None = None
+    int8: Int8File | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: the content of ``export.json`` (``accuracy`` and ``int8`` only when there are any)."""
+        data: dict[str, Any] = {"source": self.source, "arch": self.arch, "device": self.device,
+                                "export": self.export.to_dict(), "task": self.task, "versions": dict(self.versions),
+                                "latency": {k: v.to_dict() for k, v in self.latency.items()}}
+        if self.accuracy is not None:
+            data["accuracy"] = dict(self.accuracy)
+        if self.int8 is not None:
+            data["int8"] = asdict(self.int8)
+        return data
+
+    def to_json(self) -> bytes:
+        """The bytes of ``export.json``."""
+        return json.dumps(self.to_dict(), indent=1).encode()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExportReport:
+        """Inverse of :meth:`to_dict`."""
+        return cls(data["source"], data["arch"], data["device"], ExportResult.from_dict(data["export"]), data["task"],
+                   dict(data["versions"]), {k: LatencyReport(**v) for k, v in data["latency"].items()},
+                   dict(data["accuracy"]) if "accuracy" in data else None,
+                   Int8File(**data["int8"]) if "int8" in data else None)
+
+    def relocated(self, old: str | os.PathLike[str], new: str | os.PathLike[str]) -> ExportReport:
+        """The same report naming ``new`` wherever it names ``old`` (files exported in a staging folder).
+
+        The text of ``export.json`` is rewritten, so every path under ``old`` is renamed, whichever field holds it.
+        """
+        return ExportReport.from_dict(json.loads(json.dumps(self.to_dict(), indent=1).replace(str(old), str(new))))
+
+    def summary_lines(self) -> list[str]:
+        """What ``edgemvp export`` prints: the export and its parity, then latency (and accuracy) per precision."""
+        exp, parity, accuracy = self.export, self.export.parity, self.accuracy or {}
+        lines = [f"{exp.path}: {exp.exporter} opset {exp.opset}, {exp.file_bytes / 2**20:.2f} MB, parity "
+                 f"max abs diff {parity.max_abs_diff:.2g}, top-1 {100 * parity.top1_agreement:.1f}%"]
+        for precision, lat in self.latency.items():
+            acc = accuracy.get(precision)
+            lines.append(f"  {precision:5s} {lat.value_ms:.3f} ms {lat.statistic} ({lat.source})"
+                         + (f", accuracy {acc:.2f}%" if acc is not None else ""))
+        if "top1_agreement" in accuracy:
+            lines.append(f"  int8 top-1 agreement with fp32: {accuracy['top1_agreement']:.2f}%")
+        return lines
+
+
 def deploy(src: ExportSource, profile: DeviceProfile, out_dir: Path, int8: bool = False, task: TaskSpec | None = None,
            cfg: ExportConfig = ExportConfig(), cache: str | os.PathLike[str] | None = None,
-           data_root: str | os.PathLike[str] | None = None, runs: int = 100, force_measure: bool = False) -> dict:
+           data_root: str | os.PathLike[str] | None = None, runs: int = 100,
+           force_measure: bool = False) -> ExportReport:
     """Export (with parity), optionally quantize, and report latency (and accuracy when the task is known).
 
     Returns:
         The report, also written to ``<out_dir>/export.json``.
     """
-    from edgemvp.deploy.latency import latency, make_session
-    from edgemvp.versions import tool_versions
-
     if profile.export.input_size not in (None, src.spec.size):
         raise UsageError(f"wrong input shape: the model takes {src.spec.size} px, device '{profile.name}' expects "
                          f"{profile.export.input_size} px")
     result = export_model(src.model, src.arch, src.spec, out_dir / "model.onnx", replace(cfg, opset=profile.export.opset))
-    report: dict = {"source": str(src.folder), "arch": src.arch, "device": profile.name, "export": result.to_dict(),
-                    "task": task.name if task else None, "versions": tool_versions()}
-    report["latency"] = {"fp32": latency(result.path, profile, force_measure, cache, runs).to_dict()}
+    versions = tool_versions()
+    lat = {"fp32": latency(result.path, profile, force_measure, cache, runs)}
     data = task_data(src, task, data_root, profile.quantization.calibration_samples) if task else None
+    accuracy = None
     if data is not None:
-        report["accuracy"] = {"fp32": task_accuracy(make_session(result.path, profile.runtime), data)[0]}
+        accuracy = {"fp32": task_accuracy(make_session(result.path, profile.runtime), data)[0]}
+    int8_file = None
     if int8:
-        report.update(_int8(src, profile, Path(result.path), out_dir / "model.int8.onnx", data, cache, runs, report,
-                            force_measure))
-    atomic_write_bytes(out_dir / REPORT, json.dumps(report, indent=1).encode())
+        int8_file, lat["int8"], int8_accuracy = _int8(src, profile, Path(result.path), out_dir / "model.int8.onnx",
+                                                      data, cache, runs, force_measure)
+        if accuracy is not None:
+            accuracy.update(int8_accuracy)
+    report = ExportReport(str(src.folder), src.arch, profile.name, result, task.name if task else None, versions, lat,
+                          accuracy, int8_file)
+    atomic_write_bytes(out_dir / REPORT, report.to_json())
     return report
 
 
 def _int8(src: ExportSource, profile: DeviceProfile, fp32: Path, out: Path, data: TaskData | None,
-          cache: str | os.PathLike[str] | None, runs: int, report: dict, force_measure: bool = False) -> dict:
-    from edgemvp.deploy.latency import latency, make_session
-    from edgemvp.models.weights import sha256_file
-
+          cache: str | os.PathLike[str] | None, runs: int, force_measure: bool = False
+          ) -> tuple[Int8File, LatencyReport, dict[str, float]]:
+    """Quantize and check the int8 copy; its file, latency and (with task data) accuracy and agreement with fp32."""
     preset = profile.quantization
     mode = preset.cnn if get_arch(src.arch).family == "cnn" else preset.vit
     if mode == "none":
         raise UsageError(f"device '{profile.name}' has int8 quantization off for {src.arch}")
     quantize_model(fp32, out, mode, preset.per_channel, data.calibration if data else None)
     check_onnx(out)
-    extra = {"int8": {"path": str(out), "mode": mode, "file_bytes": out.stat().st_size, "sha256": sha256_file(out)}}
-    report["latency"]["int8"] = latency(out, profile, force_measure, cache, runs).to_dict()
+    file = Int8File(str(out), mode, out.stat().st_size, sha256_file(out))
+    lat = latency(out, profile, force_measure, cache, runs)
+    accuracy: dict[str, float] = {}
     if data is not None:
         acc8, pred8 = task_accuracy(make_session(out, profile.runtime), data)
         _, pred32 = task_accuracy(make_session(fp32, profile.runtime), data)
-        report["accuracy"]["int8"] = acc8
-        report["accuracy"]["top1_agreement"] = 100.0 * float((pred8 == pred32).mean())
-    return extra
+        accuracy = {"int8": acc8, "top1_agreement": 100.0 * float((pred8 == pred32).mean())}
+    return file, lat, accuracy

@@ -3,13 +3,13 @@
 Every figure is a :class:`LatencyReport` labelled ``measured`` or ``estimated``. A device measures for real when
 edgemvp runs on it (its profile's ``detect`` block matches; ``host`` always does) or when asked (``measure=True``);
 otherwise its cost model, fitted to the profile's reference latencies, estimates (see :mod:`edgemvp.deploy.costmodel`).
+The budget gate is :mod:`edgemvp.deploy.budget`; measuring a device's suite to fit it, :mod:`edgemvp.deploy.calibrate`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -18,12 +18,18 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 
 from edgemvp.deploy.costmodel import (COST_MODEL_VERSION, CostConstants, FitResult, OpTable, estimate_ms, fit_constants,
-                               op_table, prior_constants)
+                                      op_table, prior_constants)
 from edgemvp.deploy.devices import DeviceProfile, ReferenceModel, Runtime
-from edgemvp.errors import BudgetExceeded, EdgeMVPError, UsageError
+from edgemvp.deploy.onnx import ExportConfig, export_raw
+from edgemvp.errors import UsageError
+from edgemvp.masks import random_masks
+from edgemvp.models.factory import create_model
 from edgemvp.paths import atomic_write_bytes, cache_dir
+from edgemvp.shrink import shrink
+from edgemvp.spec import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 
 logger = logging.getLogger(__name__)
 
@@ -170,14 +176,6 @@ def reference_table(ref: ReferenceModel, cache: str | os.PathLike[str] | None = 
 
 def build_reference_onnx(ref: ReferenceModel, out: Path) -> Path:
     """Export a reference model to ``out`` with the default exporter (no parity check: weights are random)."""
-    import torch
-
-    from edgemvp.deploy.onnx import ExportConfig, export_raw
-    from edgemvp.masks import random_masks
-    from edgemvp.models.factory import create_model
-    from edgemvp.shrink import shrink
-    from edgemvp.spec import IMAGENET_MEAN, IMAGENET_STD, InputSpec
-
     spec = InputSpec(ref.channels, ref.size, IMAGENET_MEAN[:ref.channels], IMAGENET_STD[:ref.channels])
     torch.manual_seed(ref.seed)
     model = create_model(ref.arch, ref.classes, spec)
@@ -259,118 +257,3 @@ def latency(path: str | os.PathLike[str], profile: DeviceProfile, force_measure:
     if force_measure or profile.is_current():
         return measure(path, profile, runs=runs, required_providers=force_measure and not profile.is_current())
     return estimate(path, profile, cache)
-
-
-def over_budget(report: LatencyReport, profile: DeviceProfile, budget_ms: float | None = None,
-                size_mb: float | None = None) -> str | None:
-    """Why a model is over the device's budget (model size, then latency), or None when it is within.
-
-    Args:
-        report: Its latency figure.
-        profile: The device.
-        budget_ms: Overrides the profile's latency budget.
-        size_mb: The model file's size, checked against the profile's size budget when given.
-    """
-    size = size_over_budget(profile, size_mb) if size_mb is not None else None
-    budget = budget_ms if budget_ms is not None else profile.budget.latency_ms
-    if not (math.isfinite(budget) and budget > 0):
-        raise UsageError(f"latency budget must be a positive finite number of ms, got {budget}")
-    if not math.isfinite(report.value_ms):
-        raise EdgeMVPError(f"latency of {report.model} is not a finite number ({report.value_ms}); cannot gate it")
-    if report.statistic != profile.budget.statistic:
-        raise UsageError(f"latency is a {report.statistic} figure and the budget of '{profile.name}' is "
-                         f"{profile.budget.statistic}: unlike statistics are not compared")
-    return size or (f"over budget: {report.label()} > {budget:g} ms" if report.value_ms > budget else None)
-
-
-def size_over_budget(profile: DeviceProfile, size_mb: float) -> str | None:
-    """``over budget: model size ...`` when a file is larger than the profile allows, else None."""
-    limit = profile.budget.model_size_mb
-    if limit is not None and size_mb > limit:
-        return f"over budget: model size {size_mb:.1f} MB > {limit:g} MB ({profile.name})"
-    return None
-
-
-def enforce_budget(report: LatencyReport, profile: DeviceProfile, budget_ms: float | None = None) -> float:
-    """Compare a latency figure with the budget.
-
-    Returns:
-        The budget in ms.
-
-    Raises:
-        BudgetExceeded: ``over budget: 12.3 ms p90 (estimated, jetson-nano cost model) > 10.0 ms``.
-    """
-    reason = over_budget(report, profile, budget_ms)
-    if reason:
-        raise BudgetExceeded(reason)
-    return budget_ms if budget_ms is not None else profile.budget.latency_ms
-
-
-MEASURED_SOURCE = "measured-here"
-
-
-def calibrate(profile: DeviceProfile, cache: str | os.PathLike[str] | None = None, runs: int = 50,
-              force: bool = False) -> tuple[Path, FitResult]:
-    """Measure the profile's calibration suite on this machine, fit the constants, write a user profile.
-
-    Args:
-        profile: The device; edgemvp must run on it (or ``force``).
-        cache: Cache folder; the profile is written to ``<cache>/profiles/<name>.yaml``.
-        runs: Timed runs per suite model (the median is kept).
-        force: Measure even when the profile's ``detect`` block does not match this machine.
-
-    Returns:
-        The written profile file and the fit (its errors are on the suite itself).
-    """
-    import platform
-
-    from edgemvp.deploy.devices import Reference, Source, user_profile_dir, write_calibrated
-
-    if not (force or profile.is_current()):
-        raise UsageError(f"device '{profile.name}' is not detected on this machine; calibrate measures on the device "
-                         "itself (use --force to measure here anyway)")
-    if not profile.calibration.suite:
-        raise UsageError(f"{profile.path}: field 'calibration.suite' lists no models to measure")
-    refs, tables, ratios = [], [], []
-    for model in profile.calibration.suite:
-        with tempfile.TemporaryDirectory() as tmp:
-            onnx_path = build_reference_onnx(model, Path(tmp) / "ref.onnx")
-            report = measure(onnx_path, profile, runs=runs, statistic="p50")
-            tables.append(op_table(onnx_path))
-        refs.append(Reference(model, report.value_ms, "p50", MEASURED_SOURCE, report.precision))
-        ratios.append({k: v / report.value_ms for k, v in report.stats.items()})
-        logger.info("%s: %.3f ms p50", model.key(), report.value_ms)
-    spread = {k: round(float(np.median([r[k] for r in ratios])), 4) for k in ratios[0]}
-    hw = profile.hardware
-    fit = fit_constants(tables, [r.latency_ms for r in refs], prior_constants(hw), hw.channel_block)
-    source = Source(MEASURED_SOURCE, f"measured by 'edgemvp devices calibrate {profile.name}' on {platform.node()} "
-                    f"({platform.machine()}, {hw.cores} cores) on {time.strftime('%Y-%m-%d')}",
-                    note=f"median of {runs} runs per model, batch 1, {profile.runtime.threads or 'default'} threads")
-    path = write_calibrated(profile, refs, fit.constants.to_record(), source, user_profile_dir(cache), spread)
-    return path, fit
-
-
-def check_model(path: str | os.PathLike[str], profile: DeviceProfile, budget_ms: float | None = None,
-                force_measure: bool = False, cache: str | os.PathLike[str] | None = None, runs: int = 100) -> str:
-    """Validate an ONNX file for a device and hold it to the device's budget (``edgemvp check``).
-
-    Returns:
-        ``within budget: <figure> <= <budget> ms`` with the figure's statistic and source.
-
-    Raises:
-        UsageError: Not ONNX, truncated, failing the checker, or an input shape the device does not take.
-        BudgetExceeded: Over the latency (or model size) budget.
-    """
-    from edgemvp.deploy.onnx import check_onnx, image_input_shape
-
-    model = check_onnx(path)
-    shape = image_input_shape(model, str(path))
-    want = profile.export.input_size
-    if want is not None and shape[2] != want:
-        raise UsageError(f"{path}: wrong input shape {tuple(shape)}: device '{profile.name}' expects {want} px")
-    too_big = size_over_budget(profile, Path(path).stat().st_size / 2 ** 20)  # before any latency work
-    if too_big:
-        raise BudgetExceeded(too_big)
-    report = latency(path, profile, force_measure, cache, runs)
-    budget = enforce_budget(report, profile, budget_ms)
-    return f"within budget: {report.label()} <= {budget:g} ms"

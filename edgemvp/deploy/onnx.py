@@ -1,14 +1,13 @@
-"""ONNX export with a proof of equivalence, and int8 quantization.
+"""ONNX export with a proof of equivalence.
 
 :func:`export_model` exports a PyTorch model with an explicitly chosen exporter (``dynamo``: torch.export +
 onnxscript, the default; ``torchscript``: the legacy tracer, used as a documented fallback when the dynamo
 exporter fails), at opset 18 unless asked otherwise, with a dynamic batch axis only, as a single file. The file
 must pass ``onnx.checker`` (full check) and a parity check against PyTorch on seeded inputs: max abs difference
-of the logits and top-1 agreement within the arch's tolerances (:data:`TOLERANCES`). An export that fails parity
-is refused with the numbers and never lands at its destination.
+of the logits and top-1 agreement within the arch's tolerance (:attr:`edgemvp.models.factory.ArchSpec.tolerance`).
+An export that fails parity is refused with the numbers and never lands at its destination.
 
-:func:`quantize_model` makes an int8 copy with onnxruntime: static QDQ with a calibration reader over task
-images for CNNs, dynamic (weights only) for ViTs.
+int8 copies are made by :mod:`edgemvp.deploy.quantize`.
 """
 from __future__ import annotations
 
@@ -19,13 +18,14 @@ import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from edgemvp.errors import EdgeMVPError, UsageError
+from edgemvp.models.factory import get_arch
 from edgemvp.models.weights import sha256_file
 from edgemvp.spec import InputSpec
 
@@ -47,13 +47,6 @@ class Tolerance:
 
     atol: float
     min_top1: float = 1.0
-
-
-# Per-arch tolerances (optimum-style): ViT attention and GELU accumulate a little more float error than ResNets.
-TOLERANCES: dict[str, Tolerance] = {
-    "resnet18": Tolerance(1e-3), "resnet50": Tolerance(1e-3),
-    "vit_tiny": Tolerance(2e-3), "deit_tiny": Tolerance(2e-3), "deit_small": Tolerance(2e-3),
-}
 
 
 @dataclass(frozen=True)
@@ -118,6 +111,12 @@ class ExportResult:
         data = asdict(self)
         data["parity"]["passed"] = self.parity.passed
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExportResult:
+        """Inverse of :meth:`to_dict` (``parity.passed`` is recomputed from the numbers)."""
+        parity = ParityResult(**{k: v for k, v in data["parity"].items() if k != "passed"})
+        return cls(**{**data, "input_shape": tuple(data["input_shape"]), "parity": parity})
 
 
 def export_raw(model: nn.Module, spec: InputSpec, out: Path, cfg: ExportConfig = ExportConfig()) -> str:
@@ -262,16 +261,14 @@ def export_model(model: nn.Module, arch: str, spec: InputSpec, out: Path, cfg: E
         ParityError: Outputs differ beyond the arch's tolerances (the message has the numbers).
         UsageError: The produced file fails ``onnx.checker``.
     """
-    from edgemvp.models.factory import get_arch
-
-    get_arch(arch)
+    tol = Tolerance(get_arch(arch).tolerance)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         staged = Path(tmp) / out.name
         exporter = export_raw(model, spec, staged, cfg)
         onnx_model = check_onnx(staged)
-        parity = check_parity(model, staged, spec, TOLERANCES[arch], cfg.parity_samples, cfg.seed)
+        parity = check_parity(model, staged, spec, tol, cfg.parity_samples, cfg.seed)
         if not parity.passed:
             raise ParityError(f"export refused: ONNX outputs differ from PyTorch: {parity.summary()}")
         result = ExportResult(str(out), arch, exporter, opset_of(onnx_model), image_input_shape(onnx_model, str(out)),
@@ -279,53 +276,3 @@ def export_model(model: nn.Module, arch: str, spec: InputSpec, out: Path, cfg: E
         os.replace(staged, out)
     logger.info("exported %s with %s at opset %d: %s", out, exporter, result.opset, parity.summary())
     return result
-
-
-class _Reader:
-    """onnxruntime's calibration data reader over an array of inputs, in batches."""
-
-    def __init__(self, name: str, x: np.ndarray, batch: int = 32) -> None:
-        self._batches: Iterator[np.ndarray] = iter([x[i:i + batch] for i in range(0, len(x), batch)])
-        self.name = name
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        return None if batch is None else {self.name: batch}
-
-    def rewind(self) -> None:  # the calibrator reads once
-        return None
-
-
-def quantize_model(fp32: Path, out: Path, mode: str, per_channel: bool = True,
-                   calibration: np.ndarray | None = None) -> Path:
-    """Write an int8 copy of an fp32 ONNX file with onnxruntime quantization.
-
-    Args:
-        fp32: The checked fp32 file.
-        out: Destination of the int8 file.
-        mode: ``static-qdq`` (QDQ format, activations calibrated with min-max on ``calibration``) or ``dynamic``
-            (weights int8, activations quantized at run time).
-        per_channel: Per-output-channel weight scales.
-        calibration: Model inputs ``(N, C, S, S)`` float32 for static quantization.
-
-    Raises:
-        UsageError: Unknown mode, or static quantization without calibration data.
-    """
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
-                                          quantize_dynamic, quantize_static)
-
-    if mode not in ("static-qdq", "dynamic"):
-        raise UsageError(f"unknown quantization mode '{mode}'; valid modes: dynamic, static-qdq")
-    if mode == "static-qdq" and (calibration is None or not len(calibration)):
-        raise UsageError("static int8 quantization needs calibration images: give --task (or --dataset and --classes)")
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)  # fold BatchNorm, infer shapes
-        if mode == "dynamic":
-            quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=per_channel)
-        else:
-            reader = _Reader(INPUT_NAME, calibration.astype(np.float32))
-            quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax)
-    return out

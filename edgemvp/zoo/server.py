@@ -60,6 +60,7 @@ from edgemvp.models.base import WEIGHTS as BASE_WEIGHTS
 from edgemvp.models.base import BaseManifest, base_folder, cached_bases, load_base
 from edgemvp.models.weights import sha256_bytes
 from edgemvp.paths import check_token, read_secret
+from edgemvp.versions import tool_versions
 from edgemvp.mvp.similarity import Hierarchy
 from edgemvp.mvp.rank import Ranking, nearest
 from edgemvp.mvp.voter import VoteSpec
@@ -559,8 +560,6 @@ def create_app(zoo_path: str | os.PathLike[str], token: str | None = None, read_
 
 
 def _version() -> str:
-    from edgemvp.versions import tool_versions
-
     return tool_versions()["edgemvp"]
 
 
