@@ -76,15 +76,17 @@ def _shrink_vit(model: nn.Module, masks: Masks, space: UnitSpace, current: Masks
         if len(removed):
             qkv_cut = space.cuts_by_key[f"{heads.name}.qkv.weight"][0]
             proj_cut = space.cuts_by_key[f"{heads.name}.proj.weight"][0]
+            # qkv.weight (3 * H * d, D) -> (3 * H' * d, D): rows of the removed heads in each of q, k, v
             tp.prune_linear_out_channels(attn.qkv, space.tensor_index(qkv_cut, removed, have).tolist())
+            # proj.weight (D, H * d) -> (D, H' * d): the columns those heads wrote
             tp.prune_linear_in_channels(attn.proj, space.tensor_index(proj_cut, removed, have).tolist())
             attn.num_heads = len(masks.kept[heads.name])
             attn.attn_dim = attn.num_heads * attn.head_dim  # timm reshapes the attention output to attn_dim
         mlp_unit = space.by_name[f"blocks.{i}.mlp"]
         removed_nodes, _ = _positions(masks, current, mlp_unit.name, mlp_unit.size)
         if removed_nodes:
-            tp.prune_linear_out_channels(mlp.fc1, removed_nodes)
-            tp.prune_linear_in_channels(mlp.fc2, removed_nodes)
+            tp.prune_linear_out_channels(mlp.fc1, removed_nodes)  # fc1.weight (M, D) -> (M', D)
+            tp.prune_linear_in_channels(mlp.fc2, removed_nodes)  # fc2.weight (D, M) -> (D, M')
 
 
 def shrink(model: nn.Module, masks: Masks, current: Masks | None = None) -> nn.Module:

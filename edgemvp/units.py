@@ -87,9 +87,10 @@ class UnitSpace:
             size: Units the tensor currently holds (default: the unpruned count; less in a shrunk model).
         """
         unit = self.by_name[cut.unit]
-        rows = (kept[:, None] * unit.width + torch.arange(unit.width)).reshape(-1)
-        block = (unit.size if size is None else size) * unit.width
-        return torch.cat([rows + r * block for r in range(cut.repeat)])
+        # a unit spans `width` consecutive rows (a head: head_dim rows; a channel or MLP node: 1)
+        rows = (kept[:, None] * unit.width + torch.arange(unit.width)).reshape(-1)  # (kept * width,)
+        block = (unit.size if size is None else size) * unit.width  # rows of one repeat (q, k or v)
+        return torch.cat([rows + r * block for r in range(cut.repeat)])  # (repeat * kept * width,)
 
 
 def _is_out_fn(dg: tp.DependencyGraph, fn: object) -> bool:

@@ -45,6 +45,13 @@ def test_no_import_cycle_counting_function_level_imports() -> None:
     assert graph_script.cycles(graph) == []
 
 
+def test_the_method_imports_nothing_from_the_zoo() -> None:
+    graph, _ = _graph()
+    edges = [(m, t) for m, ts in graph.items() if m.startswith("edgemvp.mvp") or m == "edgemvp.manifest"
+             for t in ts if t.startswith("edgemvp.zoo")]
+    assert edges == []
+
+
 def test_function_level_imports_only_avoid_optional_dependencies() -> None:
     _, local = _graph()
     bad = []

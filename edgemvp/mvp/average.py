@@ -63,11 +63,11 @@ def average_state(fallback: StateDict, contributions: Sequence[Contribution], he
         if not base.is_floating_point():
             out[key] = base.clone()
             continue
-        total = torch.zeros(base.shape, dtype=torch.float64)
-        count = torch.zeros(base.shape, dtype=torch.int64)
+        total = torch.zeros(base.shape, dtype=torch.float64)  # same shape as the target's tensor
+        count = torch.zeros(base.shape, dtype=torch.int64)  # neighbours that have each element
         for c in contributions:
-            value, have = c.state[key].double(), c.present[key]
-            if key in heads:
+            value, have = c.state[key].double(), c.present[key]  # as `base`, but a head has the neighbour's rows
+            if key in heads:  # head (its classes, width): its row for each target class it shares
                 for target_row, row in c.rows.items():
                     total[target_row] += torch.where(have[row], value[row], 0.0)
                     count[target_row] += have[row]
@@ -97,7 +97,7 @@ def neighbour_contribution(entry: ZooEntry, full_shapes: Mapping[str, torch.Size
     shapes = dict(full_shapes)
     for key in head:  # the neighbour's head has its own task's rows
         shapes[key] = torch.Size((len(m.task.classes),) + tuple(full_shapes[key][1:]))
-    full, present = expand_state(state, m.masks, shapes)
+    full, present = expand_state(state, m.masks, shapes)  # unpruned shapes; present: the elements it kept
     rows = {}
     if m.task.dataset == target_dataset:
         theirs = {c: i for i, c in enumerate(m.task.classes)}
