@@ -38,7 +38,7 @@ from edgemvp.deploy.export import ExportSource, deploy
 from edgemvp.errors import UsageError
 from edgemvp.manifest import BaseRef, EntryManifest
 from edgemvp.masks import Masks
-from edgemvp.models.base import BaseManifest
+from edgemvp.models.base import BaseManifest, base_rows
 from edgemvp.models.factory import FAMILIES, create_model, get_arch
 from edgemvp.models.weights import sha256_file
 from edgemvp.mvp.average import target_model
@@ -55,7 +55,7 @@ from edgemvp.shrink import WEIGHTS_FILE, params_and_macs, save_pruned
 from edgemvp.train import (OptimConfig, Progress, accuracy, batchnorm_statistics_matter, default_device,
                            reestimate_batchnorm, train_steps)
 from edgemvp.versions import tool_versions
-from edgemvp.zoo.api import Location, Zoo, open_zoo
+from edgemvp.zoo.api import DEFAULT_MIN_SIMILARITY, Location, Zoo, open_zoo
 from edgemvp.zoo.local import LocalZoo
 
 logger = logging.getLogger(__name__)
@@ -98,6 +98,10 @@ class PruneRequest:
         lr: Peak learning rate of the fine-tune (and of the single-task pruner for ``ifp``); ``None`` takes
             the family default (:class:`edgemvp.models.factory.FamilySpec`).
         train_per_class: Use at most this many training images per class (a fixed seeded subsample).
+        head_from_base: Start each target class from the base's classifier row for it where the base has one
+            (for an ImageNet base: a class whose synset is an ImageNet class); off for the ablation.
+        min_similarity: Without ``zoo`` (and ``arch``, ``base_dataset``), a task not of the offline default's
+            dataset votes from the cached zoo nearest to it, which must reach this Wu-Palmer similarity.
     """
 
     task: TaskSpec
@@ -125,6 +129,8 @@ class PruneRequest:
     runs: int = 100
     lr: float | None = None
     train_per_class: int | None = None
+    head_from_base: bool = True
+    min_similarity: float = DEFAULT_MIN_SIMILARITY
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -146,7 +152,8 @@ class PruneRequest:
 
     def vote_spec(self) -> VoteSpec:
         """The voter's part of the request (``mvp``, ``transfer`` and ``random``)."""
-        return VoteSpec(self.task, self.method, self.neighbours, self.ratio, self.temperature, self.seed)
+        return VoteSpec(self.task, self.method, self.neighbours, self.ratio, self.temperature, self.seed,
+                        self.head_from_base)
 
     def output_dir(self, profile: DeviceProfile) -> Path:
         return self.out if self.out is not None else Path("export") / f"{self.task.name}-{profile.name}"
@@ -241,7 +248,8 @@ def _method_model(req: PruneRequest, zoo: Zoo, ranking: Ranking | None, batches,
         return zoo.initialise(req.vote_spec(), ranking)
     base, task = zoo.base, req.task
     name = get_arch(base.arch).recipes.single_task_pruner
-    full = target_model(zoo.base_model(), base.classes, base.dataset, task.dataset, task.classes, req.seed)
+    rows = base_rows(base, task, zoo.cache) if req.head_from_base else ("",) * len(task.classes)
+    full = target_model(zoo.base_model(), base.classes, base.dataset, task.dataset, task.classes, req.seed, rows)
     cfg = PruneConfig(ratio=req.ratio, iters=req.iters, batch_size=req.batch_size, lr=req.lr, seed=req.seed)
     out = get_pruner(name, get_arch(base.arch).family)(full, base.arch, batches, cfg, base.weights_sha256, None,
                                                        stages.progress(f"{name} J={req.iters}"))
@@ -324,7 +332,7 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
     dataset = get_dataset(req.task.dataset, data_root)  # missing data: one line saying how to get it
     clock.lap("setup")
     with open_zoo(req.zoo, req.arch, req.base_dataset, cache, data_root, writable=req.add_to_zoo, say=stages.say,
-                  progress=stages.progress) as zoo:
+                  progress=stages.progress, task=req.task, min_similarity=req.min_similarity) as zoo:
         if isinstance(zoo, LocalZoo):
             zoo.base_model()  # a damaged cached base: its one line before any note or work (loaded once anyway)
         clock.lap("base_and_zoo")

@@ -25,7 +25,7 @@ class BaseSummary:
     arch: str
     dataset: str
     weights_sha256: str
-    test_acc: float
+    test_acc: float | None  # None: a stock pre-trained checkpoint
     params: int
     macs: int
     input_spec: InputSpec

@@ -17,6 +17,9 @@ from edgemvp.models.factory import ARCHS, FAMILIES
 ALL_ARCHS = sorted(ARCHS)
 ONE_PER_FAMILY = [next(name for name, spec in ARCHS.items() if spec.family == family) for family in FAMILIES
                   if any(spec.family == family for spec in ARCHS.values())]  # the first registered of each
+# the fast suite's set where every arch costs tens of seconds: one per family and the depthwise (mobile) CNN;
+# the other archs run in `make test-all`
+TYPICAL_ARCHS = ONE_PER_FAMILY + [name for name in ARCHS if name.startswith("efficientnet")][:1]
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

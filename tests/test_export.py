@@ -14,12 +14,12 @@ from edgemvp.errors import UsageError
 from edgemvp.deploy.onnx import ExportConfig, ParityError, check_onnx, export_model, run_onnx, seeded_inputs
 from edgemvp.deploy.quantize import quantize_model
 from tests.deploy_helpers import SMALL, tiny_model
+from tests.helpers import ALL_ARCHS, ONE_PER_FAMILY, TYPICAL_ARCHS
 
 
 @pytest.mark.parametrize("arch, ratio, exporter", [
-    ("resnet18", 0.9, "dynamo"), ("vit_tiny", 0.9, "dynamo"),
-    ("resnet18", 0.0, "torchscript"), ("vit_tiny", 0.0, "torchscript"),
-])
+    pytest.param(arch, 0.9, "dynamo", marks=() if arch in TYPICAL_ARCHS else pytest.mark.slow) for arch in ALL_ARCHS
+] + [(arch, 0.0, "torchscript") for arch in ONE_PER_FAMILY])
 def test_export_passes_checker_and_parity(arch: str, ratio: float, exporter: str, tmp_path: Path) -> None:
     result = export_model(tiny_model(arch, ratio), arch, SMALL, tmp_path / "m.onnx",
                           ExportConfig(exporter=exporter, parity_samples=256))

@@ -262,3 +262,15 @@ def test_auto_skips_batchnorm_reestimation_that_fine_tuning_would_replace(tiny_b
     # both runs move their statistics by the same batch statistics: what differs is 0.9^66 of where they started
     for k in stats:
         assert torch.allclose(a[k] - b[k], 0.9 ** 66 * (start_auto[k] - start_on[k]), atol=1e-5), k
+
+
+def test_without_zoo_a_task_of_another_dataset_votes_from_the_cached_zoo_that_fits(tiny_bases, digits_zoo,
+                                                                                   tmp_path) -> None:
+    cache = tmp_path / "cache"
+    (cache / "zoos").mkdir(parents=True)
+    (cache / "bases").symlink_to(Path(tiny_bases) / "bases")
+    (cache / "zoos" / "resnet18--digits").symlink_to(digits_zoo)
+    result = run(_request(None, tmp_path / "run", iters=3), cache)
+    r = result.report
+    assert Path(r["zoo"]["path"]) == Path(digits_zoo).resolve() and r["base"]["dataset"] == "digits"
+    assert not (cache / "bases" / "resnet18--fashion-mnist").exists()  # never the offline default's base

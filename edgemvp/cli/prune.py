@@ -59,6 +59,12 @@ PRUNE_OPTIONS = (
                  help="Peak fine-tune learning rate (and the pruner's for --method ifp) [default: the family's]."),
     click.option("--train-per-class", type=Number(1, 10**9, integer=True),
                  help="Use at most this many training images per class."),
+    click.option("--head-from-base/--no-head-from-base", default=REQUEST["head_from_base"], show_default=True,
+                 help="Start a class from the base's classifier row for it (an ImageNet base: classes whose "
+                      "synset is an ImageNet class)."),
+    click.option("--min-similarity", type=Number(0, 1), default=REQUEST["min_similarity"], show_default=True,
+                 help="Without --zoo, a task of another dataset than the offline default's votes from the cached "
+                      "zoo nearest to it by Wu-Palmer, which must reach this."),
     click.option("--bn-reestimate", type=click.Choice(list(BN_REESTIMATE)),
                  default=BN_WORDS[REQUEST["bn_reestimate"]], show_default=True,
                  help="Recompute BatchNorm statistics on the target before fine-tuning; auto: only when --iters is "
@@ -78,7 +84,8 @@ def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str 
               hierarchy: Path | None, temperature: float,
               ratio: float, seed: int, int8: bool, budget_ms: float | None, measure: bool, out: Path | None,
               add_to_zoo: bool, arch: str | None, base_dataset: str | None, lr: float | None,
-              train_per_class: int | None, bn_reestimate: str, no_bn_reestimate: bool, runs: int,
+              train_per_class: int | None, head_from_base: bool, min_similarity: float, bn_reestimate: str,
+              no_bn_reestimate: bool, runs: int,
               ca_file: Path | None, profiles: tuple[Path, ...]) -> None:
     """Prune the base model for a new task by voting from the nearest zoo tasks; export and check it."""
     if no_bn_reestimate and bn_reestimate == "on":
@@ -91,7 +98,8 @@ def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str 
     req = PruneRequest(spec, device, location, arch, base_dataset, method, iters,
                        neighbours, similarity, hierarchy, temperature, ratio, seed, bn_reestimate=bn,
                        int8=int8, budget_ms=budget_ms, measure=measure, out=out, add_to_zoo=add_to_zoo, runs=runs,
-                       lr=lr, train_per_class=train_per_class)
+                       lr=lr, train_per_class=train_per_class, head_from_base=head_from_base,
+                       min_similarity=min_similarity)
     result = _run(ctx, req, profiles)
     for line in result.summary.summary_lines(result.out):
         click.echo(line)

@@ -38,6 +38,8 @@ def zoo() -> None:
 @zoo.command("build")
 @click.option("--arch", default=DEFAULT_ARCH, show_default=True, help="Architecture of the cached base model.")
 @click.option("--dataset", default=DEFAULT_DATASET, show_default=True, help="Dataset of the base and the tasks.")
+@click.option("--base", default=None, help="A cached base of another name, e.g. imagenet-1k-64px ('edgemvp bases "
+              "add'); tasks of --dataset are pruned from it [default: the base of --dataset].")
 @click.option("--tasks", "n_tasks", type=Number(1, 1_000_000, integer=True), default=BUILD_TASKS, show_default=True,
               help="Number of tasks.")
 @click.option("--classes-per-task", type=Number(2, 100_000, integer=True), default=BUILD["classes_per_task"],
@@ -64,11 +66,11 @@ def zoo() -> None:
 @click.option("--threads", type=Number(1, 1024, integer=True), default=None, help="torch threads per task (entries depend on it).")
 @click.option("--zoo", "zoo_dir", metavar="PATH|URL", default=None,
               help="Zoo folder, or a zoo server (http://HOST:PORT: entries are built here and uploaded) "
-                   "[default: <cache>/zoos/<arch>--<dataset>].")
+                   "[default: <cache>/zoos/<arch>--<base or dataset>].")
 @TOKEN_OPTION
 @CA_OPTION
 @pass_ctx
-def zoo_build(ctx: Context, arch: str, dataset: str, n_tasks: int, classes_per_task: int, pruner: str, iters: int,
+def zoo_build(ctx: Context, arch: str, dataset: str, base: str | None, n_tasks: int, classes_per_task: int, pruner: str, iters: int,
               ratio: float, lr: float | None, batch_size: int, prune_every: int | None, prune_fraction: float,
               seed: int, within_parent: bool, workers: int, ray_address: str | None, threads: int | None,
               zoo_dir: str | None, token_file: Path | None, ca_file: Path | None) -> None:
@@ -77,8 +79,9 @@ def zoo_build(ctx: Context, arch: str, dataset: str, n_tasks: int, classes_per_t
         raise UsageError("--workers must be at least 1")
     cfg = PruneConfig(ratio=ratio, iters=iters, lr=lr, batch_size=batch_size, prune_every=prune_every,
                       prune_fraction=prune_fraction)
-    spec = BuildSpec(arch, dataset, n_tasks, classes_per_task, pruner, cfg, seed, within_parent)
-    folder = zoo_location(zoo_dir, ctx.cache, token_file, ca_file) if zoo_dir else zoo_path(arch, dataset, ctx.cache)
+    spec = BuildSpec(arch, dataset, n_tasks, classes_per_task, pruner, cfg, seed, within_parent, base)
+    folder = (zoo_location(zoo_dir, ctx.cache, token_file, ca_file) if zoo_dir
+              else zoo_path(arch, spec.base_dataset, ctx.cache))
     if isinstance(folder, Path) and folder.exists() and any(folder.iterdir()):
         check_marker(folder)  # refuse a newer or foreign folder before any work
     report = _run_build(ctx, spec, folder, workers, ray_address, threads)

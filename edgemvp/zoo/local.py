@@ -110,7 +110,7 @@ class LocalZoo:
 
     def initialise(self, spec: VoteSpec, ranking: Ranking | None) -> Initial:
         """See :func:`edgemvp.mvp.voter.initialise`."""
-        return initialise(self.store, self.base_model(), self.base, spec, ranking)
+        return initialise(self.store, self.base_model(), self.base, spec, ranking, self.cache)
 
     def put(self, manifest: EntryManifest, weights: bytes, build_seconds: float | None = None) -> str:
         """Store an entry (see :meth:`ZooStore.put`)."""

@@ -259,6 +259,8 @@ class RemoteZoo:
                                 "neighbours": spec.neighbours, "ratio": spec.ratio,
                                 "temperature": spec.temperature, "seed": spec.seed,
                                 "base_sha256": self.base.weights_sha256}
+        if not spec.head_from_base:  # sent only when off: a server of an earlier version keeps working
+            body["head_from_base"] = False
         if ranking is not None:  # the client's ranking (LEEP here, or the server's Wu-Palmer): send the nearest
             order = nearest(ranking.scores, spec.count)
             body["neighbour_ids"] = [ranking.ids[i] for i in order]

@@ -129,6 +129,7 @@ class VoteBody(_Body):
     temperature: float = Field(0.25, ge=1e-6, le=1e6)
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="drawn at random when absent; returned")
     base_sha256: Sha256 | None = None
+    head_from_base: bool = Field(True, description="start a class from the base's classifier row for it")
 
 
 # --- the service ---------------------------------------------------------------------------------------------
@@ -282,7 +283,7 @@ class ZooService:
         """The voter's answer as safetensors bytes, and the seed used."""
         seed = body.seed if body.seed is not None else secrets.randbelow(2**32)
         task = self.task(body.task)
-        spec = VoteSpec(task, body.method, body.neighbours, body.ratio, body.temperature, seed)
+        spec = VoteSpec(task, body.method, body.neighbours, body.ratio, body.temperature, seed, body.head_from_base)
         with self.voting.enter(), self.zoo(body.base_sha256) as zoo:  # a slot first, then a connection
             ids, tasks = zoo.task_table()
             ranking = None
