@@ -45,11 +45,16 @@ from tqdm import tqdm  # noqa: E402
 
 from edgemvp.data.datasets import get_dataset  # noqa: E402
 from edgemvp.data.tasks import TaskSpec, random_tasks, task_name  # noqa: E402
-from edgemvp.masks import Masks  # noqa: E402
-from edgemvp.models.base import find_base  # noqa: E402
+from edgemvp.data.loader import eval_batches, train_batches  # noqa: E402
+from edgemvp.data.tasks import task_view  # noqa: E402
+from edgemvp.masks import Masks, full_masks  # noqa: E402
+from edgemvp.models.base import base_rows, find_base  # noqa: E402
 from edgemvp.models.factory import create_model, get_arch  # noqa: E402
+from edgemvp.models.pretrained import add_pretrained_base  # noqa: E402
+from edgemvp.mvp.average import target_model  # noqa: E402
 from edgemvp.mvp.rank import Ranking  # noqa: E402
-from edgemvp.pipeline import PruneRequest, fit, rank  # noqa: E402
+from edgemvp.pipeline import Fitted, PruneRequest, fit, rank  # noqa: E402
+from edgemvp.train import accuracy, default_device, train_steps  # noqa: E402
 from edgemvp.pretrain import PretrainConfig, pretrain  # noqa: E402
 from edgemvp.pruners import PruneConfig  # noqa: E402
 from edgemvp.pruners.base import event_interval, final_keep, next_keep, pruning_events  # noqa: E402
@@ -97,6 +102,7 @@ class Method:
     seeds: int = 3
     bn: bool | None = True  # BatchNorm re-estimation: on, off, or None (the library's default: auto)
     tau: float | None = None  # None: the temperature chosen on zoo tasks
+    head: bool = True  # a class starts from the base's classifier row for it (an ImageNet base: by synset)
 
 
 IFP1000 = Method("IFP@1000", "ifp", 1000, group=None, seeds=1)
@@ -129,6 +135,9 @@ class Testbed:
     val_tasks: int = 3
     select: tuple[str, ...] = ("ifp", "random", "transfer", "mvp")
     zoo_name: str | None = None  # the zoo's folder name (default paper-<key>)
+    base: str | None = None  # a stock pre-trained base (e.g. imagenet-1k-64px) instead of pre-training on dataset
+    weights: str = "package"  # where that base's checkpoint comes from (edgemvp bases add --weights)
+    size: int | None = None  # that base's input size
 
 
 FASHION = Testbed(
@@ -192,29 +201,34 @@ class Bed:
 def prepare(tb: Testbed, cache: Path, bars: bool) -> Bed:
     """Base and zoo (built or found in the cache), targets' dataset and the hierarchy file."""
     src = TESTBEDS[tb.zoo_from] if tb.zoo_from else tb
-    folder = zoo_path(src.arch, src.dataset, cache, src.zoo_name or f"paper-{src.key}")
+    base_name = src.base or src.dataset
+    folder = zoo_path(src.arch, base_name, cache, src.zoo_name or f"paper-{src.key}")
     if CACHED_ONLY:
-        if find_base(src.arch, src.dataset, cache) is None or not (folder / "zoo.json").exists():
+        if find_base(src.arch, base_name, cache) is None or not (folder / "zoo.json").exists():
             raise NotCached(f"{src.key}: base or zoo")
         from edgemvp.zoo.store import ZooStore
 
         with ZooStore.open(folder) as store:
             if len(store) < src.zoo_tasks:
                 raise NotCached(f"{src.key}: zoo has {len(store)} of {src.zoo_tasks} entries")
-    if find_base(src.arch, src.dataset, cache) is None:
+    if find_base(src.arch, base_name, cache) is None and src.base is not None:
+        print(f"[{tb.key}] adding the {src.arch} base {src.base} ({src.weights})", flush=True)
+        add_pretrained_base(src.arch, src.weights, src.size, cache)
+    elif find_base(src.arch, base_name, cache) is None:
         print(f"[{tb.key}] pre-training {src.arch} on {src.dataset} ({src.pretrain.epochs} epochs)", flush=True)
         with tqdm(desc=f"pretrain {src.arch}", unit="step", disable=not bars) as bar:
             pretrain(src.arch, src.dataset, src.pretrain, cache, progress=bar)
-    base = find_base(src.arch, src.dataset, cache)
-    print(f"[{tb.key}] base {src.arch}/{src.dataset}: {base.test_acc:.2f}% ({base.weights_sha256[:12]})", flush=True)
+    base = find_base(src.arch, base_name, cache)
+    acc = "pre-trained" if base.test_acc is None else f"{base.test_acc:.2f}%"
+    print(f"[{tb.key}] base {src.arch}/{base_name}: {acc} ({base.weights_sha256[:12]})", flush=True)
     cfg = PruneConfig(ratio=0.9, iters=src.zoo_iters)
     spec = BuildSpec(src.arch, src.dataset, src.zoo_tasks, 5, src.zoo_pruner, cfg, seed=0,
-                     within_parent=src.within_parent)
+                     within_parent=src.within_parent, base=src.base)
     with tqdm(desc=f"zoo {src.key}", unit="task", disable=not bars) as overall:
         report = build(spec, folder, cache, overall=overall)
     print(f"[{tb.key}] zoo {folder}: {len(report.ids)} entries ({report.built} built now, {report.seconds:.0f} s)",
           flush=True)
-    local = LocalZoo.open(folder, src.arch, src.dataset, cache)
+    local = LocalZoo.open(folder, src.arch, base_name, cache)
     store = local.store
     ids = list(report.ids)
     tasks = [(e.manifest.task.dataset, e.manifest.task.classes) for e in map(store.get, ids)]
@@ -289,7 +303,7 @@ def run_key(bed: Bed, task: TaskSpec, m: Method, per_class: int | None, seed: in
              "dataset": task.dataset, "method": m.method, "iters": m.iters, "neighbours": m.neighbours,
              "similarity": similarity_kind(bed, m) if m.method in ("mvp", "transfer") else None, "bn": m.bn,
              "tau": tau if m.method == "mvp" else None, "per_class": per_class, "seed": seed, "lr": lr,
-             "threads": torch.get_num_threads()}
+             "threads": torch.get_num_threads(), **({} if m.head else {"head": False})}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -307,8 +321,9 @@ def run_one(bed: Bed, task: TaskSpec, m: Method, per_class: int | None, seed: in
     kind = similarity_kind(bed, m)
     rk, rank_s, rank_cpu = (ranking(bed, task, kind, per_class, seed) if m.method in ("mvp", "transfer")
                             else (None, 0.0, 0.0))
-    req = PruneRequest(task, "host", zoo=bed.zoo, method=m.method, iters=m.iters, neighbours=m.neighbours,
-                       temperature=tau, seed=seed, bn_reestimate=m.bn, lr=lr, train_per_class=per_class)
+    req = PruneRequest(task, "host", zoo=bed.zoo, method="random" if m.method == "dense" else m.method,
+                       iters=m.iters, neighbours=m.neighbours, temperature=tau, seed=seed, bn_reestimate=m.bn, lr=lr,
+                       train_per_class=per_class, head_from_base=m.head)
     laps: dict[str, float] = {}
     cpu_laps: dict[str, float] = {}
     clock = [time.perf_counter(), time.process_time()]
@@ -319,7 +334,7 @@ def run_one(bed: Bed, task: TaskSpec, m: Method, per_class: int | None, seed: in
         cpu_laps[name] = cpu_laps.get(name, 0.0) + now[1] - clock[1]
         clock[:] = now
 
-    fitted = fit(req, bed.local, rk, bed.dataset, lap=lap)
+    fitted = dense_fit(req, bed, lap) if m.method == "dense" else fit(req, bed.local, rk, bed.dataset, lap=lap)
     # the method's cost: ranking + building the sub-network + BN re-estimation + training (not the test evals);
     # CPU seconds (all threads) as well, as they are less disturbed by other jobs on the machine
     wall = rank_s + sum(v for k, v in laps.items() if not k.startswith("evaluate"))
@@ -341,6 +356,28 @@ def run_one(bed: Bed, task: TaskSpec, m: Method, per_class: int | None, seed: in
     tmp.write_text(json.dumps(row))
     tmp.replace(path)
     return _spent(path, row)
+
+
+def dense_fit(req: PruneRequest, bed: Bed, lap) -> Fitted:
+    """The upper bound: the whole base (not pruned) with the target's head, fine-tuned ``req.iters`` steps."""
+    base, task = bed.base, req.task
+    rows = base_rows(base, task, bed.cache) if req.head_from_base else ("",) * len(task.classes)
+    model = target_model(bed.local.base_model(), base.classes, base.dataset, task.dataset, task.classes, req.seed,
+                         rows)
+    spec, train = base.input_spec, req.train_view(bed.dataset)
+    torch.manual_seed(req.seed)
+    batches = train_batches(train, spec, req.batch_size, req.seed)
+    lap("init")
+    test = task_view(task, bed.dataset, "test")
+    device = default_device()
+    init = round(accuracy(model, eval_batches(test, spec), device), 3)
+    lap("evaluate_init")
+    train_steps(model, batches, req.iters, req.finetune_optim(bed.family), device, None, deterministic=True)
+    lap("finetune")
+    model = model.cpu().eval()
+    final = round(accuracy(model, eval_batches(test, spec), torch.device("cpu")), 3)
+    lap("evaluate")
+    return Fitted(model, full_masks(base.arch), [], {}, {"init": init, "init_before_bn": init, "final": final})
 
 
 def _spent(path: Path, row: dict) -> dict:
@@ -376,6 +413,8 @@ def train_flops(bed: Bed, m: Method, fitted, rk: Ranking | None, per_class: int 
     n_train = 5 * per_class if per_class else None
     b = min(batch, n_train) if n_train else batch
     full = {u.name: u.size for u in unit_space(bed.tb.arch).units}
+    if m.method == "dense":
+        return 6.0 * b * m.iters * _macs_at(bed, tuple(full.items()), classes)
     if m.method == "ifp":
         cfg = PruneConfig(ratio=0.9, iters=m.iters)
         if bed.family == "vit":
@@ -452,7 +491,7 @@ def run_testbed(tb: Testbed, cache: Path, bars: bool, lr_from: dict | None = Non
     tgts = targets(bed)
     print(f"[{tb.key}] targets: " + "; ".join(", ".join(t.classes) for t in tgts), flush=True)
     out: dict = {}
-    zoo_tb = TESTBEDS[tb.zoo_from or tb.key]
+    zoo_tb = TESTBEDS.get(tb.zoo_from or tb.key, tb)
     for regime, per_class in tb.regimes:
         n_sel = len(LR_GRID[bed.family]) * len(tb.select) + (len(TAU_GRID) if "mvp" in tb.select else 0)
         with tqdm(total=n_sel * tb.val_tasks, desc=f"{regime}: choose lr/tau on zoo tasks", disable=not bars) as bar:

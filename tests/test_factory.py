@@ -34,7 +34,7 @@ def test_rgb_224_vit_uses_16px_patches() -> None:
 
 
 def test_unknown_arch_lists_valid() -> None:
-    with pytest.raises(UsageError, match="unknown arch 'resnet19'; valid archs: deit_small, deit_tiny, resnet18"):
+    with pytest.raises(UsageError, match="unknown arch 'resnet19'; valid archs: deit_small, deit_tiny, efficientnet_lite0, resnet18"):
         create_model("resnet19", 5, GREY32)
 
 
