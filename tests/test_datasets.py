@@ -136,3 +136,24 @@ def test_augment_is_seeded_and_only_shifts() -> None:
         found = any(torch.equal(a[i, 0, 2:10, 2:10], padded[i, 0, dy + 2:dy + 10, dx + 2:dx + 10])
                     for dy in range(5) for dx in range(5))
         assert found
+
+
+def test_imagenet_layout_gives_wnid_classes_that_are_synsets(tmp_path: Path) -> None:
+    from edgemvp.data.tasks import resolve_task
+    from edgemvp.mvp.rank import rank_by_taxonomy
+
+    for split, n in (("train", 4), ("val", 2)):
+        write_imagefolder(tmp_path / "in1k" / split, {"n02085620": n, "n02123045": n, "n04133789": n})
+    ds = get_dataset(f"imagenet:{tmp_path / 'in1k'}")
+    assert ds.name == f"imagenet:{(tmp_path / 'in1k').resolve()}" and ds.classes[0] == "n02085620"
+    assert (len(ds.train), len(ds.test)) == (12, 6)
+    task = resolve_task(None, ds.name, "n02085620,n02123045")  # Chihuahua, tabby cat
+    assert task.synsets == ("n02085620", "n02123045")
+    dog_cat = rank_by_taxonomy(["a", "b"], [(ds.name, ("n02085620", "n04133789")), (ds.name, ("n04133789",))], task)
+    assert dog_cat.scores[0] > dog_cat.scores[1]  # a task sharing the Chihuahua is nearer than a sandal alone
+    (tmp_path / "bad" / "train" / "dog").mkdir(parents=True)
+    (tmp_path / "bad" / "val").mkdir()
+    write_imagefolder(tmp_path / "bad" / "train", {"dog": 2, "cat": 2})
+    write_imagefolder(tmp_path / "bad" / "val", {"dog": 1, "cat": 1})
+    with pytest.raises(UsageError, match="class folder 'cat' is not a WordNet id"):
+        get_dataset(f"imagenet:{tmp_path / 'bad'}")

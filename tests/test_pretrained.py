@@ -71,8 +71,10 @@ def test_lite0_file_in_the_foreign_layout_becomes_a_base(tmp_path: Path) -> None
     assert m.train["layout"] == "efficientnet-pytorch" and m.train["pretrained_cfg"]["interpolation"] == "bicubic"
     model, again = load_base("efficientnet_lite0", "imagenet-1k-64px", tmp_path / "c")
     assert again == m and torch.equal(model.state_dict()["blocks.1.0.bn2.weight"], state["_blocks.1._bn1.weight"])
-    with pytest.raises(UsageError, match="cached already"):
-        add_pretrained_base("efficientnet_lite0", str(tmp_path / "lite0.pth"), size=64, cache=tmp_path / "c")
+    assert add_pretrained_base("efficientnet_lite0", str(tmp_path / "lite0.pth"), size=64, cache=tmp_path / "c") == m
+    torch.save(foreign_lite0(4), tmp_path / "other.pth")  # another checkpoint under the same base name
+    with pytest.raises(UsageError, match="cached already from file:lite0.pth"):
+        add_pretrained_base("efficientnet_lite0", str(tmp_path / "other.pth"), size=64, cache=tmp_path / "c")
 
 
 def test_hub_path_with_a_local_file_for_the_download_resnet18_224(tmp_path: Path) -> None:

@@ -163,3 +163,28 @@ def test_cli_list_show_verify_export_import(tiny_bases, tmp_path: Path) -> None:
     assert verify.returncode == 1 and f"zoo entry {ids[1][:12]}" in verify.stderr
     missing = _cli(tiny_bases, "zoo", "show", "abc", "--zoo", str(zoo))
     assert missing.returncode == 2 and "no zoo entry with id abc" in missing.stderr
+
+
+def test_build_from_a_file_of_named_past_tasks(tiny_bases, tmp_path: Path) -> None:
+    from edgemvp.data.tasks import load_task_list
+
+    (tmp_path / "past.yaml").write_text("tasks:\n  - {dataset: digits, classes: [0, 1, 2], name: digits-low}\n"
+                                        "  - {dataset: digits, classes: ['7', '8', '9']}\n")
+    tasks = load_task_list(tmp_path / "past.yaml")
+    assert [(t.name, t.classes) for t in tasks] == [("digits-low", ("0", "1", "2")),
+                                                    (tasks[1].name, ("7", "8", "9"))]
+    spec = BuildSpec("resnet18", "digits", len(tasks), pruner="random", config=PruneConfig(iters=2, batch_size=16),
+                     task_list=tasks)
+    report = build(spec, tmp_path / "zoo", tiny_bases, threads=2)
+    with ZooStore.open(tmp_path / "zoo") as store:
+        assert [store.get(i).manifest.task.name for i in report.ids] == ["digits-low", tasks[1].name]
+    for text, message in (("tasks: []", "non-empty 'tasks:' list"),
+                          ("tasks:\n  - {dataset: digits}", "needs 'dataset' (text) and 'classes'"),
+                          ("tasks:\n  - {dataset: digits, classes: [0, 1]}\n  - {dataset: digits, classes: [1, 0]}",
+                           "repeats the classes"),
+                          ("tasks:\n  - {dataset: digits, classes: [0, 11]}", "11")):
+        (tmp_path / "bad.yaml").write_text(text)
+        r = edgemvp("--cache-dir", str(tiny_bases), "zoo", "build", "--dataset", "digits", "--tasks-file",
+                    str(tmp_path / "bad.yaml"), "--zoo", str(tmp_path / "zoo2"))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, (text, r.stderr)
+    assert not (tmp_path / "zoo2").exists()

@@ -22,6 +22,7 @@ def datasets_list() -> None:
     for source in list_datasets():
         click.echo(f"{source.name:15s} {source.summary}")
     click.echo(f"{'imagefolder:PATH':15s} your own <class>/<image> tree (or train/ and test/ subtrees)")
+    click.echo(f"{'imagenet:PATH':15s} ImageNet layout: train/ and val/ of wnid-named class folders (classes are synsets)")
 
 
 @click.group()

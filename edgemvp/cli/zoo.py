@@ -10,6 +10,7 @@ import torch
 
 from edgemvp.cli.common import CA_OPTION, TOKEN_OPTION, ZOO_OPTION, Bar, Context, defaults, pass_ctx
 from edgemvp.cli.types import Number, Seed
+from edgemvp.data.tasks import load_task_list
 from edgemvp.errors import UsageError
 from edgemvp.models.base import cached_bases
 from edgemvp.pruners import PruneConfig
@@ -40,6 +41,8 @@ def zoo() -> None:
 @click.option("--dataset", default=DEFAULT_DATASET, show_default=True, help="Dataset of the base and the tasks.")
 @click.option("--base", default=None, help="A cached base of another name, e.g. imagenet-1k-64px ('edgemvp bases "
               "add'); tasks of --dataset are pruned from it [default: the base of --dataset].")
+@click.option("--tasks-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A YAML file of named past tasks ({tasks: [{dataset, classes, name}]}) instead of random ones.")
 @click.option("--tasks", "n_tasks", type=Number(1, 1_000_000, integer=True), default=BUILD_TASKS, show_default=True,
               help="Number of tasks.")
 @click.option("--classes-per-task", type=Number(2, 100_000, integer=True), default=BUILD["classes_per_task"],
@@ -70,7 +73,7 @@ def zoo() -> None:
 @TOKEN_OPTION
 @CA_OPTION
 @pass_ctx
-def zoo_build(ctx: Context, arch: str, dataset: str, base: str | None, n_tasks: int, classes_per_task: int, pruner: str, iters: int,
+def zoo_build(ctx: Context, arch: str, dataset: str, base: str | None, tasks_file: Path | None, n_tasks: int, classes_per_task: int, pruner: str, iters: int,
               ratio: float, lr: float | None, batch_size: int, prune_every: int | None, prune_fraction: float,
               seed: int, within_parent: bool, workers: int, ray_address: str | None, threads: int | None,
               zoo_dir: str | None, token_file: Path | None, ca_file: Path | None) -> None:
@@ -79,7 +82,9 @@ def zoo_build(ctx: Context, arch: str, dataset: str, base: str | None, n_tasks: 
         raise UsageError("--workers must be at least 1")
     cfg = PruneConfig(ratio=ratio, iters=iters, lr=lr, batch_size=batch_size, prune_every=prune_every,
                       prune_fraction=prune_fraction)
-    spec = BuildSpec(arch, dataset, n_tasks, classes_per_task, pruner, cfg, seed, within_parent, base)
+    task_list = load_task_list(tasks_file, ctx.data) if tasks_file is not None else None
+    spec = BuildSpec(arch, dataset, len(task_list) if task_list else n_tasks, classes_per_task, pruner, cfg, seed,
+                     within_parent, base, task_list)
     folder = (zoo_location(zoo_dir, ctx.cache, token_file, ca_file) if zoo_dir
               else zoo_path(arch, spec.base_dataset, ctx.cache))
     if isinstance(folder, Path) and folder.exists() and any(folder.iterdir()):

@@ -198,6 +198,8 @@ def list_datasets() -> list[DatasetSource]:
 
 _LOADED: dict[tuple[str, str], Dataset] = {}
 IMAGEFOLDER = "imagefolder:"
+IMAGENET = "imagenet:"  # an ImageNet-layout tree: train/ and val/ with one folder per wnid (torchvision, timm)
+FOLDER_PREFIXES = (IMAGEFOLDER, IMAGENET)
 
 
 def canonical_name(name: str) -> str:
@@ -208,16 +210,17 @@ def canonical_name(name: str) -> str:
     Raises:
         UsageError: ``imagefolder:`` without a path.
     """
-    if not name.startswith(IMAGEFOLDER):
+    prefix = next((p for p in FOLDER_PREFIXES if name.startswith(p)), None)
+    if prefix is None:
         return name
-    raw = name[len(IMAGEFOLDER):].strip()
+    raw = name[len(prefix):].strip()
     if not raw:
-        raise UsageError("imagefolder: needs a path (imagefolder:/data/my-images)")
+        raise UsageError(f"{prefix} needs a path ({prefix}/data/my-images)")
     try:
-        return IMAGEFOLDER + str(Path(raw).expanduser().resolve())
+        return prefix + str(Path(raw).expanduser().resolve())
     except (OSError, RuntimeError, ValueError) as exc:  # ValueError: an embedded NUL
         shown = repr(raw[:120])
-        raise UsageError(f"imagefolder: {shown}: not a usable path ({exc})") from exc
+        raise UsageError(f"{prefix} {shown}: not a usable path ({exc})") from exc
 
 
 def get_dataset(name: str, root: str | os.PathLike[str] | None = None, download: bool | None = None) -> Dataset:
@@ -241,10 +244,12 @@ def get_dataset(name: str, root: str | os.PathLike[str] | None = None, download:
         allow = online_allowed() if download is None else download
         if name.startswith(IMAGEFOLDER):
             _LOADED[key] = load_imagefolder(Path(name[len(IMAGEFOLDER):]))
+        elif name.startswith(IMAGENET):
+            _LOADED[key] = load_imagenet(Path(name[len(IMAGENET):]))
         elif name in _SOURCES:
             _LOADED[key] = _SOURCES[name].loader(folder, allow)
         else:
-            raise unknown("dataset", name, [*_SOURCES, "imagefolder:<path>"])
+            raise unknown("dataset", name, [*_SOURCES, "imagefolder:<path>", "imagenet:<path>"])
     return _LOADED[key]
 
 
@@ -533,6 +538,26 @@ def load_imagefolder(folder: Path, seed: int = 0) -> Dataset:
     except OSError as exc:  # a name too long, a folder not readable: one line, not a traceback
         shown = str(folder) if len(str(folder)) <= 120 else str(folder)[:117] + "..."
         raise UsageError(f"imagefolder: {shown}: cannot be read ({exc.strerror or exc})") from exc
+
+
+def load_imagenet(folder: Path) -> Dataset:
+    """An ImageNet-layout tree (``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``, torchvision's and timm's):
+    an image folder whose class names are WordNet ids, so every class is a synset (:class:`TaskSpec`).
+
+    Raises:
+        UsageError: Not that layout (no train/ and val/, or a class folder not named by a wnid).
+    """
+    folder = Path(canonical_name(IMAGENET + str(folder))[len(IMAGENET):])
+    if not ((folder / "train").is_dir() and (folder / "val").is_dir()):
+        raise UsageError(f"imagenet: {folder} needs train/ and val/ folders of wnid-named class folders")
+    ds = load_imagefolder(folder)
+    bad = next((c for c in ds.classes if not WNID.fullmatch(c)), None)
+    if bad is not None:
+        raise UsageError(f"imagenet: {folder}: class folder '{bad[:40]}' is not a WordNet id (n + 8 digits)")
+    return Dataset(IMAGENET + str(folder), ds.classes, ds.train, ds.test, ds.channels, ds.hflip)
+
+
+WNID = re.compile(r"n\d{8}")
 
 
 def _load_imagefolder(folder: Path, seed: int) -> Dataset:

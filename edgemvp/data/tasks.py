@@ -7,14 +7,17 @@ Ad-hoc tasks are ``--dataset D --classes a,b,c``; zoo builds draw seeded random 
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from edgemvp.data.datasets import Dataset, get_dataset
+from edgemvp.data.datasets import IMAGENET, Dataset, get_dataset
 from edgemvp.data.loader import LabeledView
 from edgemvp.data.wordnet import synset_map
 from edgemvp.errors import UsageError, unknown
+from edgemvp.safeload import load_json, load_yaml
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class TaskSpec:
             raise UsageError(f"task '{self.name}' lists a class twice")
         if not self.synsets:
             known = synset_map(self.dataset)
+            if self.dataset.startswith(IMAGENET):  # ImageNet's classes are WordNet ids: synsets free
+                known = {c: c for c in self.classes}
             object.__setattr__(self, "synsets", tuple(known.get(c) for c in self.classes))
 
 
@@ -78,6 +83,45 @@ def resolve_task(name: str | None = None, dataset: str | None = None, classes: s
     wanted = [c.strip() for c in classes.split(",") if c.strip()]
     picked = tuple(ds.classes[ds.class_index(c)] for c in wanted)
     return TaskSpec(task_name(ds.name, picked), ds.name, picked)
+
+
+def load_task_list(path: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None
+                   ) -> tuple[TaskSpec, ...]:
+    """A team's past tasks from a YAML (or JSON) file, read with bounds::
+
+        tasks:
+          - {dataset: fashion-mnist, classes: [T-shirt/top, Trouser, Pullover, Dress, Coat]}
+          - {dataset: digits, classes: ["0", "1", "2"], name: digits-low}
+
+    Class names are checked against each dataset (its spelling is kept).
+
+    Raises:
+        UsageError: Unreadable or malformed file, an unknown dataset or class, or the same task twice.
+    """
+    source = str(path)
+    data = load_json(path, source) if str(path).endswith(".json") else load_yaml(path, source)
+    items = data.get("tasks") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not items:
+        raise UsageError(f"{source}: needs a non-empty 'tasks:' list of {{dataset, classes}}")
+    out: list[TaskSpec] = []
+    for i, item in enumerate(items):
+        classes = item.get("classes") if isinstance(item, dict) else None
+        if not (isinstance(item, dict) and isinstance(item.get("dataset"), str) and isinstance(classes, list)
+                and all(isinstance(c, (str, int)) for c in classes)):
+            raise UsageError(f"{source}: task {i + 1} needs 'dataset' (text) and 'classes' (a list)")
+        task = resolve_task(None, item["dataset"], ",".join(str(c) for c in classes), data_root)
+        name = item.get("name")
+        if name is not None:
+            if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
+                raise UsageError(f"{source}: task {i + 1}: name must be 1-64 of [a-z0-9_.-]")
+            task = TaskSpec(name, task.dataset, task.classes)
+        if any(t.dataset == task.dataset and set(t.classes) == set(task.classes) for t in out):
+            raise UsageError(f"{source}: task {i + 1} repeats the classes of an earlier task")
+        out.append(task)
+    return tuple(out)
+
+
+TASK_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 
 def random_tasks(dataset: Dataset, count: int, classes_per_task: int, seed: int,

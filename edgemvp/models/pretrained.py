@@ -99,6 +99,14 @@ def pretrained_cfg(spec: ArchSpec, hub_name: str | None = None) -> dict[str, Any
                                      "num_classes", "hf_hub_id")}
 
 
+def _same_source(base: BaseManifest, source: WeightSource, arch: str) -> bool:
+    """Whether a cached base came from this source (a file or package: by its checkpoint's sha256)."""
+    if source.kind == "hub":
+        return base.train.get("source") == source.describe()
+    path = package_file(get_arch(arch)) if source.kind == "package" else Path(source.ref)
+    return base.train.get("checkpoint_sha256") == sha256_file(path)
+
+
 def base_name(size: int, cfg: dict[str, Any]) -> str:
     """The base's name (its "dataset" in the cache): the label space, with the size when not timm's."""
     return LABEL_SPACE if size == cfg["input_size"][-1] else f"{LABEL_SPACE}-{size}px"
@@ -141,10 +149,12 @@ def add_pretrained_base(arch: str, weights: str = "hub", size: int | None = None
         force: Replace a cached base of the same name.
 
     Returns:
-        The stored manifest (``test_acc`` None: not measured here).
+        The stored manifest (``test_acc`` None: not measured here); the cached one when the same source is
+        cached at that size already.
 
     Raises:
-        UsageError: Bad source, weights that do not fit, or a cached base of that name without ``force``.
+        UsageError: Bad source, weights that do not fit, or a base of that name cached from another source
+            without ``force``.
     """
     info = get_arch(arch)
     source = parse_source(arch, weights)
@@ -153,8 +163,12 @@ def add_pretrained_base(arch: str, weights: str = "hub", size: int | None = None
     if not 8 <= size <= 4096:
         raise UsageError(f"--size must be within [8, 4096], got {size}")
     name = base_name(size, cfg)
-    if not force and find_base(arch, name, cache) is not None:
-        raise UsageError(f"the {arch} base '{name}' is cached already (use --force to replace it)")
+    existing = None if force else find_base(arch, name, cache)
+    if existing is not None and _same_source(existing, source, arch):
+        return existing  # the same checkpoint at the same size: nothing to do
+    if existing is not None:
+        raise UsageError(f"the {arch} base '{name}' is cached already from {existing.train.get('source')} "
+                         "(use --force to replace it)")
     spec = InputSpec(3, size, tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"]))
     model, layout, checkpoint_sha = _checkpoint(source, arch, spec, hub_overlay)
     classes = tuple(ImageNetInfo().label_names())

@@ -49,6 +49,8 @@ class BuildSpec:
             alphabet), so that tasks have near neighbours by taxonomy.
         base: The cached base's name when it is not ``dataset``'s own, e.g. a pre-trained ``imagenet-1k-64px``
             (:mod:`edgemvp.models.pretrained`); the tasks' images are converted to its input (channels, size).
+        task_list: Named past tasks (of any datasets, :func:`edgemvp.data.tasks.load_task_list`) instead of
+            ``tasks`` random draws.
     """
 
     arch: str
@@ -60,6 +62,7 @@ class BuildSpec:
     seed: int = 0
     within_parent: bool = False
     base: str | None = None
+    task_list: tuple[TaskSpec, ...] | None = None
 
     @property
     def base_dataset(self) -> str:
@@ -107,18 +110,22 @@ def plan(spec: BuildSpec, base: BaseManifest, data_root: str | os.PathLike[str] 
     Raises:
         UsageError: Too few classes in the dataset for the task size, or too few distinct tasks.
     """
-    dataset = get_dataset(spec.dataset, data_root)
-    held_out = tuple(t.classes for t in NAMED_TASKS.values() if t.dataset == dataset.name)
+    if spec.task_list is not None:
+        tasks = list(spec.task_list)
+    else:
+        dataset = get_dataset(spec.dataset, data_root)
+        held_out = tuple(t.classes for t in NAMED_TASKS.values() if t.dataset == dataset.name)
+        tasks = random_tasks(dataset, spec.tasks, spec.classes_per_task, spec.seed, exclude=held_out,
+                             within_parent=spec.within_parent)
     jobs = []
-    for task in random_tasks(dataset, spec.tasks, spec.classes_per_task, spec.seed, exclude=held_out,
-                             within_parent=spec.within_parent):
+    for task in tasks:
         task_seed = int(hashlib.sha256(f"{spec.seed}:{task.name}".encode()).hexdigest()[:8], 16)
         cfg = replace(spec.config, seed=task_seed)
-        ident = {"format": JOB_FORMAT, "base": base.weights_sha256, "dataset": dataset.name,
+        ident = {"format": JOB_FORMAT, "base": base.weights_sha256, "dataset": task.dataset,
                  "classes": list(task.classes), "pruner": spec.pruner, "config": cfg.to_dict()}
         key = sha256_bytes(json.dumps(ident, sort_keys=True).encode())
-        jobs.append(Job(task, spec.arch, dataset.name, base.weights_sha256, spec.pruner, cfg, key,
-                        None if spec.base is None else base.dataset))
+        jobs.append(Job(task, spec.arch, task.dataset, base.weights_sha256, spec.pruner, cfg, key,
+                        None if spec.base is None and task.dataset == base.dataset else base.dataset))
     return jobs
 
 
