@@ -157,3 +157,19 @@ def test_imagenet_layout_gives_wnid_classes_that_are_synsets(tmp_path: Path) -> 
     write_imagefolder(tmp_path / "bad" / "val", {"dog": 1, "cat": 1})
     with pytest.raises(UsageError, match="class folder 'cat' is not a WordNet id"):
         get_dataset(f"imagenet:{tmp_path / 'bad'}")
+
+
+def test_crop_pct_and_bicubic_follow_the_input_spec(tmp_path: Path) -> None:
+    x = torch.zeros(1, 1, 40, 60, dtype=torch.uint8)
+    x[:, :, 10:30, 10:50] = 200  # a bright box in the middle
+    plain = fit_images(x, 32, "resize-crop")
+    cropped = fit_images(x, 32, "resize-crop", crop_pct=0.5)  # shorter side to 64, then the central 32
+    assert plain.shape == cropped.shape == (1, 1, 32, 32)
+    assert cropped.float().mean() > plain.float().mean()  # zoomed into the box
+    assert not torch.equal(fit_images(x, 32, "resize", interpolation="bicubic"), fit_images(x, 32, "resize"))
+    spec = InputSpec(3, 64, (0.5,) * 3, (0.25,) * 3)
+    assert "crop_pct" not in spec.to_dict() and "interpolation" not in spec.to_dict()  # older ids unchanged
+    timm_like = InputSpec(3, 64, (0.5,) * 3, (0.25,) * 3, 0.875, "bicubic")
+    assert InputSpec.from_dict(timm_like.to_dict()) == timm_like
+    with pytest.raises(ValueError, match="interpolation"):
+        InputSpec(3, 64, (0.5,) * 3, (0.25,) * 3, 0.875, "lanczos")

@@ -69,6 +69,7 @@ def test_lite0_file_in_the_foreign_layout_becomes_a_base(tmp_path: Path) -> None
     assert (m.dataset, m.test_acc, len(m.classes), m.classes[0]) == ("imagenet-1k-64px", None, 1000, "n01440764")
     assert (m.input_spec.channels, m.input_spec.size) == (3, 64) and m.input_spec.mean == IMAGENET_MEAN
     assert m.train["layout"] == "efficientnet-pytorch" and m.train["pretrained_cfg"]["interpolation"] == "bicubic"
+    assert (m.input_spec.crop_pct, m.input_spec.interpolation) == (0.875, "bicubic")  # timm's eval transform
     model, again = load_base("efficientnet_lite0", "imagenet-1k-64px", tmp_path / "c")
     assert again == m and torch.equal(model.state_dict()["blocks.1.0.bn2.weight"], state["_blocks.1._bn1.weight"])
     assert add_pretrained_base("efficientnet_lite0", str(tmp_path / "lite0.pth"), size=64, cache=tmp_path / "c") == m

@@ -80,8 +80,9 @@ class ImageSplit(ABC):
         return len(self.labels)
 
     @abstractmethod
-    def load(self, idx: np.ndarray, size: int) -> torch.Tensor:
-        """Images ``idx`` as uint8 ``(B, C, size, size)``."""
+    def load(self, idx: np.ndarray, size: int, crop_pct: float = 1.0, interpolation: str = "bilinear"
+             ) -> torch.Tensor:
+        """Images ``idx`` as uint8 ``(B, C, size, size)`` (see :func:`edgemvp.data.transforms.fit_images`)."""
 
 
 class ArraySplit(ImageSplit):
@@ -95,13 +96,16 @@ class ArraySplit(ImageSplit):
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
         self.fit = fit
-        self._fitted: dict[int, torch.Tensor] = {}
+        self._fitted: dict[tuple[int, float, str], torch.Tensor] = {}
 
-    def load(self, idx: np.ndarray, size: int) -> torch.Tensor:
-        if size not in self._fitted:
+    def load(self, idx: np.ndarray, size: int, crop_pct: float = 1.0, interpolation: str = "bilinear"
+             ) -> torch.Tensor:
+        key = (size, crop_pct, interpolation)
+        if key not in self._fitted:
             raw = torch.from_numpy(self.images).permute(0, 3, 1, 2)
-            self._fitted[size] = torch.cat([fit_images(chunk, size, self.fit) for chunk in raw.split(4096)])
-        return self._fitted[size][torch.as_tensor(idx, dtype=torch.long)]
+            self._fitted[key] = torch.cat([fit_images(chunk, size, self.fit, crop_pct, interpolation)
+                                           for chunk in raw.split(4096)])
+        return self._fitted[key][torch.as_tensor(idx, dtype=torch.long)]
 
 
 class FileSplit(ImageSplit):
@@ -112,18 +116,20 @@ class FileSplit(ImageSplit):
         self.labels = np.asarray(labels, dtype=np.int64)
         self._mode = "L" if channels == 1 else "RGB"
         self.fit = fit
-        self._memo: dict[tuple[int, int], torch.Tensor] = {}
+        self._memo: dict[tuple[int, float, str, int], torch.Tensor] = {}
 
-    def _one(self, i: int, size: int) -> torch.Tensor:
-        key = (size, i)
+    def _one(self, i: int, size: int, crop_pct: float, interpolation: str) -> torch.Tensor:
+        key = (size, crop_pct, interpolation, i)
         if key not in self._memo:
             img = np.asarray(self._get(i).convert(self._mode), dtype=np.uint8)
             img = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
-            self._memo[key] = fit_images(torch.from_numpy(img.copy())[None], size, self.fit)[0]
+            self._memo[key] = fit_images(torch.from_numpy(img.copy())[None], size, self.fit, crop_pct,
+                                         interpolation)[0]
         return self._memo[key]
 
-    def load(self, idx: np.ndarray, size: int) -> torch.Tensor:
-        return torch.stack([self._one(int(i), size) for i in np.asarray(idx)])
+    def load(self, idx: np.ndarray, size: int, crop_pct: float = 1.0, interpolation: str = "bilinear"
+             ) -> torch.Tensor:
+        return torch.stack([self._one(int(i), size, crop_pct, interpolation) for i in np.asarray(idx)])
 
 
 @dataclass

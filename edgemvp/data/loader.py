@@ -48,7 +48,7 @@ def train_batches(view: LabeledView, spec: InputSpec, batch_size: int, seed: int
         order = torch.randperm(n, generator=gen)
         for start in range(0, n - batch_size + 1, batch_size):
             pick = order[start : start + batch_size].numpy()
-            x = view.split.load(view.indices[pick], spec.size)
+            x = view.split.load(view.indices[pick], spec.size, spec.crop_pct, spec.interpolation)
             if augmented:
                 x = augment(x, gen, view.hflip, pad=max(1, spec.size // 16))
             yield to_input(x, spec), targets[pick]
@@ -60,7 +60,8 @@ def eval_batches(view: LabeledView, spec: InputSpec, batch_size: int = 512
     targets = torch.from_numpy(view.targets)
     for start in range(0, len(view), batch_size):
         sl = slice(start, start + batch_size)
-        yield to_input(view.split.load(view.indices[sl], spec.size), spec), targets[sl]
+        x = view.split.load(view.indices[sl], spec.size, spec.crop_pct, spec.interpolation)
+        yield to_input(x, spec), targets[sl]
 
 
 def balanced_sample(view: LabeledView, spec: InputSpec, samples: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:

@@ -18,7 +18,8 @@ _LUMA = (0.299, 0.587, 0.114)
 PAD_MARGIN = 8  # a larger input (e.g. 64 px for an ImageNet base) is filled by resizing, not left mostly black
 
 
-def fit_images(x: torch.Tensor, size: int, mode: Fit) -> torch.Tensor:
+def fit_images(x: torch.Tensor, size: int, mode: Fit, crop_pct: float = 1.0,
+               interpolation: str = "bilinear") -> torch.Tensor:
     """Bring uint8 images to ``size`` x ``size``.
 
     Args:
@@ -26,7 +27,10 @@ def fit_images(x: torch.Tensor, size: int, mode: Fit) -> torch.Tensor:
         size: Target side in pixels.
         mode: ``pad`` centres images a few pixels smaller on a zero canvas (Fashion-MNIST's 28 px in 32, the
             MNIST convention; at most :data:`PAD_MARGIN` px short on a side) and resizes others, ``resize`` stretches
-            to the square, ``resize-crop`` resizes the shorter side and centre-crops (natural photos).
+            to the square, ``resize-crop`` resizes the shorter side to ``size / crop_pct`` and centre-crops
+            ``size`` (natural photos; timm's eval transform).
+        crop_pct: See ``resize-crop``.
+        interpolation: ``bilinear`` or ``bicubic`` (antialiased).
 
     Returns:
         uint8 ``(B, C, size, size)``.
@@ -38,16 +42,16 @@ def fit_images(x: torch.Tensor, size: int, mode: Fit) -> torch.Tensor:
         top, left = (size - h) // 2, (size - w) // 2
         return F.pad(x, (left, size - w - left, top, size - h - top))
     if mode == "resize-crop":
-        scale = size / min(h, w)
+        scale = size / crop_pct / min(h, w)
         nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        x = _resize(x, nh, nw)
+        x = _resize(x, nh, nw, interpolation)
         top, left = (nh - size) // 2, (nw - size) // 2
         return x[:, :, top : top + size, left : left + size]
-    return _resize(x, size, size)
+    return _resize(x, size, size, interpolation)
 
 
-def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    y = F.interpolate(x.float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+def _resize(x: torch.Tensor, h: int, w: int, interpolation: str = "bilinear") -> torch.Tensor:
+    y = F.interpolate(x.float(), size=(h, w), mode=interpolation, antialias=True, align_corners=False)
     return y.round_().clamp_(0, 255).to(torch.uint8)
 
 

@@ -107,6 +107,11 @@ def _same_source(base: BaseManifest, source: WeightSource, arch: str) -> bool:
     return base.train.get("checkpoint_sha256") == sha256_file(path)
 
 
+def _interpolation(name: str | None) -> str:
+    """timm's interpolation name as one the data path has (bicubic, else bilinear)."""
+    return "bicubic" if name == "bicubic" else "bilinear"
+
+
 def base_name(size: int, cfg: dict[str, Any]) -> str:
     """The base's name (its "dataset" in the cache): the label space, with the size when not timm's."""
     return LABEL_SPACE if size == cfg["input_size"][-1] else f"{LABEL_SPACE}-{size}px"
@@ -169,7 +174,8 @@ def add_pretrained_base(arch: str, weights: str = "hub", size: int | None = None
     if existing is not None:
         raise UsageError(f"the {arch} base '{name}' is cached already from {existing.train.get('source')} "
                          "(use --force to replace it)")
-    spec = InputSpec(3, size, tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"]))
+    spec = InputSpec(3, size, tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"]),
+                     float(cfg.get("crop_pct") or 1.0), _interpolation(cfg.get("interpolation")))
     model, layout, checkpoint_sha = _checkpoint(source, arch, spec, hub_overlay)
     classes = tuple(ImageNetInfo().label_names())
     settings = {"pretrained": True, "source": source.describe(), "checkpoint_sha256": checkpoint_sha,
