@@ -906,6 +906,83 @@ def init_cases() -> list[Case]:
     ]
 
 
+def bases_add_cases() -> list[Case]:
+    """``bases add`` (a stock pre-trained checkpoint as a base) with files that are not safe weights of the arch,
+    and bad sources and sizes; nothing may be cached."""
+    a = "bases-add"
+    watch = (f"{CASE}/cache/bases",)
+    files_ = {
+        "pickle": ("a pickle whose loading runs code", "evil.pt", lambda fx: pickle_payload()),
+        "torch-zip": ("a torch.save zip named .safetensors", "w.safetensors", lambda fx: torch_zip()),
+        "resnet-for-lite0": ("the fixture resnet18's weights for efficientnet_lite0", "w.safetensors",
+                             lambda fx: (fx.base_dir / "model.safetensors").read_bytes()),
+        "truncated": ("a safetensors file cut in half", "w.safetensors",
+                      lambda fx: (fx.base_dir / "model.safetensors").read_bytes()[:1 << 20]),
+        "empty": ("an empty .safetensors file", "w.safetensors", b""),
+        "header-lies": ("a safetensors header declaring a 10**12-element tensor", "w.safetensors",
+                        safetensors_header({"_conv_stem.weight": {"dtype": "F32", "shape": [10**6, 10**6],
+                                                                  "data_offsets": [0, 4 * 10**12]}})),
+        "text": ("a text file named .pth", "w.pth", "not a checkpoint\n"),
+    }
+    cases = [cli(a, k, f"bases add efficientnet_lite0 --weights {d}",
+                 ("bases", "add", "efficientnet_lite0", "--weights", f"{CASE}/{name}", "--size", "32"),
+                 prepare=files({name: content}), cache="empty", watch=watch, timeout=WORK)
+             for k, (d, name, content) in files_.items()]
+    specials = {
+        "dev-zero": ("a symlink to /dev/zero", lambda d, fx: link(d / "w.safetensors", "/dev/zero")),
+        "fifo": ("a named pipe", lambda d, fx: fifo(d / "w.safetensors")),
+        "directory": ("a folder", lambda d, fx: (d / "w.safetensors").mkdir()),
+        "sparse-10g": ("a 10 GiB sparse file", lambda d, fx: sparse(d / "w.safetensors")),
+    }
+    cases += [cli(a, k, f"bases add --weights {d}", ("bases", "add", "efficientnet_lite0", "--weights",
+                                                       f"{CASE}/w.safetensors"), prepare=step, cache="empty",
+                  watch=watch) for k, (d, step) in specials.items()]
+    argv = {"hub-offline": ("resnet18", "--weights", "hub"), "hub-other-arch": ("resnet50", "--weights", "hub:resnet18"),
+            "package-unknown": ("resnet18", "--weights", "package"), "arch-unknown": ("nosuch", "--weights", "hub"),
+            "weights-empty": ("efficientnet_lite0", "--weights", ""), "size-zero": ("resnet18", "--size", "0"),
+            "size-huge": ("resnet18", "--size", str(10**30)), "size-word": ("resnet18", "--size", "abc"),
+            "weights-long": ("efficientnet_lite0", "--weights", LONG)}
+    return cases + [cli(a, k, f"bases add {' '.join(cut(x, 30) for x in v)}", ("bases", "add", *v), cache="empty",
+                        watch=watch) for k, v in argv.items()]
+
+
+def tasks_file_cases() -> list[Case]:
+    """``zoo build --tasks-file`` with hostile or malformed task lists; no zoo may be written."""
+    t = "tasks-file"
+    watch = (f"{CASE}/newzoo", f"{CASE}/cache/zoos")
+    lists = {
+        "alias-bomb": ("a YAML alias bomb", alias_bomb()),
+        "deep": ("nested 10,000 deep", deep()),
+        "not-a-mapping": ("a list at the top", "- dataset: digits\n"),
+        "empty-list": ("an empty tasks list", "tasks: []\n"),
+        "no-classes": ("a task without classes", "tasks:\n  - {dataset: digits}\n"),
+        "classes-dicts": ("classes that are mappings", "tasks:\n  - {dataset: digits, classes: [{a: 1}, {b: 2}]}\n"),
+        "dataset-unknown": ("an unknown dataset", "tasks:\n  - {dataset: nosuch, classes: [a, b]}\n"),
+        "dataset-traversal": ("an image-folder dataset that does not exist",
+                              "tasks:\n  - {dataset: 'imagefolder:../../etc', classes: [a, b]}\n"),
+        "class-unknown": ("a class the dataset lacks", "tasks:\n  - {dataset: digits, classes: [0, nosuch]}\n"),
+        "repeat": ("the same task twice", "tasks:\n  - {dataset: digits, classes: [0, 1]}\n"
+                                          "  - {dataset: digits, classes: [1, 0]}\n"),
+        "name-traversal": ("a name with a path", "tasks:\n  - {dataset: digits, classes: [0, 1], name: ../x}\n"),
+        "non-utf8": ("not UTF-8", NON_UTF8),
+        "garbage": ("not YAML", "tasks: [unclosed\n"),
+    }
+    cases = [cli(t, k, f"zoo build --tasks-file with {d}", options(("zoo", "build"), BUILD,
+                                                                    {"--tasks-file": f"{CASE}/past.yaml"}),
+                 prepare=files({"past.yaml": content}), watch=watch) for k, (d, content) in lists.items()]
+    return cases + [
+        cli(t, "missing", "zoo build --tasks-file missing", options(("zoo", "build"), BUILD,
+                                                                   {"--tasks-file": f"{CASE}/none.yaml"}), watch=watch),
+        cli(t, "dev-zero", "zoo build --tasks-file a symlink to /dev/zero", options(("zoo", "build"), BUILD, {
+            "--tasks-file": f"{CASE}/past.yaml"}), prepare=lambda d, fx: link(d / "past.yaml", "/dev/zero"),
+            watch=watch),
+        cli(t, "min-similarity-negative", "prune --min-similarity -1", options(("prune",), PRUNE, {
+            "--min-similarity": "-1"}), prepare=copy("bzoo", "zoo"), protect=(f"{CASE}/zoo",)),
+        cli(t, "min-similarity-nan", "prune --min-similarity nan", options(("prune",), PRUNE, {
+            "--min-similarity": "nan"}), prepare=copy("bzoo", "zoo"), protect=(f"{CASE}/zoo",)),
+    ]
+
+
 def imagefolder_cases() -> list[Case]:
     """``imagefolder:<path>`` datasets with missing, empty, corrupt or hostile trees."""
     f = "imagefolder"
@@ -2202,8 +2279,8 @@ def server_cases() -> list[Case]:
 
 def all_cases() -> list[Case]:
     """Every case, in report order."""
-    tables = (global_cases, names_cases, wordnet_cases, bases_cases, pretrain_cases, init_cases, imagefolder_cases,
-              build_cases, prune_cases, out_cases, hierarchy_cases, url_cases, store_cases, verify_cases, show_cases,
+    tables = (global_cases, names_cases, wordnet_cases, bases_cases, bases_add_cases, pretrain_cases, init_cases,
+              imagefolder_cases, build_cases, tasks_file_cases, prune_cases, out_cases, hierarchy_cases, url_cases, store_cases, verify_cases, show_cases,
               export_bundle_cases, import_cases, serve_cases, devices_cases, check_cases, export_cases, server_cases)
     cases = [case for table in tables for case in table()]
     ids = [c.id for c in cases]

@@ -112,6 +112,8 @@ def test_cli_bases_add_and_list(tmp_path: Path) -> None:
     assert r.returncode == 0 and "imagenet-1k-32px" in r.stdout and "pre-trained file:w.pt" in r.stdout
     r = edgemvp(*cache, "bases", "add", "efficientnet_lite0", "--weights", "nothing-here")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not hub, package or a weights file" in r.stderr
+    r = edgemvp(*cache, "bases", "add", "efficientnet_lite0", "--weights", "x" * 100_000)  # too long for a path
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not hub, package or a weights file" in r.stderr
 
 
 def test_image_folder_task_with_no_fitting_zoo_is_one_line_and_exit_2_without_training(tmp_path: Path) -> None:

@@ -66,9 +66,15 @@ def parse_source(arch: str, text: str) -> WeightSource:
         if spec.weights_package is None:
             raise UsageError(f"no weights package is known for {arch}; use --weights hub or a local file")
         return WeightSource("package", spec.weights_package.dist)
-    if not Path(text).is_file():
-        raise UsageError(f"--weights: '{text}' is not hub, package or a weights file")
-    return WeightSource("file", str(Path(text).resolve()))
+    try:
+        found = Path(text).is_file()
+        resolved = str(Path(text).resolve())
+    except (OSError, ValueError, RuntimeError):  # a name too long for the file system, a NUL, a link loop
+        found = False
+    if not found:
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise UsageError(f"--weights: '{shown}' is not hub, package or a weights file")
+    return WeightSource("file", resolved)
 
 
 def package_file(spec: ArchSpec) -> Path:
