@@ -54,7 +54,8 @@ def _shrink_cnn(model: nn.Module, masks: Masks, space: UnitSpace, current: Masks
     todo = {u.name: _positions(masks, current, u.name, u.size)[0] for u in space.units}
     if not any(todo.values()):
         return
-    example = torch.zeros(1, _first_conv(model).in_channels, 32, 32)
+    conv = _first_conv(model)  # the trace runs where the model is (IFP shrinks in place on the training device)
+    example = torch.zeros(1, conv.in_channels, 32, 32, device=conv.weight.device)
     was_training = model.training
     model.eval()  # tracing in train mode would move BatchNorm running statistics
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
@@ -155,13 +156,13 @@ def expand_state(shrunk: StateDict, masks: Masks, full_shapes: dict[str, torch.S
     space = unit_space(masks.arch)
     full, present = {}, {}
     for key, tensor in shrunk.items():
-        mark = torch.ones(tensor.shape, dtype=torch.bool)
+        mark = torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
         for cut in sorted(space.cuts_by_key.get(key, ()), key=lambda c: c.dim):
-            idx = space.tensor_index(cut, masks.index(cut.unit))
+            idx = space.tensor_index(cut, masks.index(cut.unit)).to(tensor.device)
             shape = list(tensor.shape)
             shape[cut.dim] = full_shapes[key][cut.dim]
-            tensor = torch.zeros(shape, dtype=tensor.dtype).index_copy_(cut.dim, idx, tensor)
-            mark = torch.zeros(shape, dtype=torch.bool).index_copy_(cut.dim, idx, mark)
+            tensor = torch.zeros(shape, dtype=tensor.dtype, device=tensor.device).index_copy_(cut.dim, idx, tensor)
+            mark = torch.zeros(shape, dtype=torch.bool, device=tensor.device).index_copy_(cut.dim, idx, mark)
         if tuple(tensor.shape) != tuple(full_shapes[key]):
             raise UsageError(f"{key}: shape {tuple(tensor.shape)} does not expand to {tuple(full_shapes[key])}")
         full[key], present[key] = tensor, mark

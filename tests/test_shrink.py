@@ -210,3 +210,33 @@ def test_uninitialised_skeleton_has_the_same_layout_and_computes_the_same_after_
     load_into(skeleton, a, "test")
     x = torch.randn(3, 1, 16, 16)
     assert torch.equal(initialised(x), skeleton.eval()(x))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0"])
+def test_shrink_traces_on_the_models_device(arch: str) -> None:
+    """IFP shrinks in place on the training device (issue 24): the trace must run there, not on the CPU.
+
+    The ``meta`` device stands in for CUDA: a CPU-made example tensor fails exactly as it does on a GPU.
+    """
+    spec = InputSpec(3, 32, (0.5,) * 3, (0.5,) * 3)
+    space = unit_space(arch)
+    masks = Masks(arch, {u.name: tuple(range(0, u.size, 2)) for u in space.units}, "0" * 64)
+    with torch.device("meta"):
+        model = create_model(arch, 5, spec)
+    shrink(model, masks)
+    assert all(p.device.type == "meta" for p in model.parameters())
+    with torch.device("cpu"):
+        reference = shrink(create_model(arch, 5, spec), masks)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+
+
+def test_expand_state_keeps_the_tensors_device() -> None:
+    spec = InputSpec(3, 32, (0.5,) * 3, (0.5,) * 3)
+    full = create_model("resnet18", 5, spec)
+    masks = random_masks("resnet18", 0.5, 0)
+    small = shrink(create_model("resnet18", 5, spec), masks)
+    shapes = {k: tuple(v.shape) for k, v in full.state_dict().items()}
+    meta = {k: torch.empty_like(v, device="meta") for k, v in small.state_dict().items()}
+    out, present = expand_state(meta, masks, shapes)
+    assert all(v.device.type == "meta" for v in out.values()) and all(v.device.type == "meta" for v in present.values())
