@@ -5,6 +5,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 import numpy as np
 import torch
 
@@ -14,7 +15,7 @@ from edgemvp.data.loader import LabeledView, eval_batches, train_batches
 from edgemvp.models.base import BaseManifest, base_folder, save_base
 from edgemvp.models.factory import FAMILIES, create_model, get_arch
 from edgemvp.spec import IMAGENET_MEAN, IMAGENET_STD, InputSpec
-from edgemvp.train import OptimConfig, Progress, accuracy, default_device, train_steps
+from edgemvp.train import OptimConfig, Progress, accuracy, choose_cpu_mode, default_device, train_steps
 from edgemvp.versions import tool_versions
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ class PretrainConfig:
 
     The defaults were chosen by measurement for resnet18 on Fashion-MNIST at 32 px on a 2-core CPU
     (docs/results.md): batch 256, SGD + Nesterov, peak lr 0.2 after a short warm-up, cosine to zero, label
-    smoothing 0.1, random 2 px shifts (+ flip where it keeps labels), bf16 autocast where the CPU has it.
+    smoothing 0.1, random 2 px shifts (+ flip where it keeps labels); on a CPU, bf16 or fp32 and the memory
+    format by a cached probe of this machine (:func:`edgemvp.train.choose_cpu_mode`).
     """
 
     epochs: float = 5.0
@@ -65,7 +67,8 @@ def input_spec_for(dataset: Dataset, size: int, init: str = "none", sample: int 
 
 def pretrain(arch: str, dataset_name: str, cfg: PretrainConfig = PretrainConfig(),
              cache: str | os.PathLike[str] | None = None, data_root: str | os.PathLike[str] | None = None,
-             progress: Progress | None = None, device: torch.device | None = None) -> BaseManifest:
+             progress: Progress | None = None, device: torch.device | None = None,
+             say: Callable[[str], None] | None = None) -> BaseManifest:
     """Train ``arch`` on every class of a dataset and store it as the cached base for (arch, dataset).
 
     Args:
@@ -76,6 +79,8 @@ def pretrain(arch: str, dataset_name: str, cfg: PretrainConfig = PretrainConfig(
         data_root: Data folder.
         progress: Receives one update per step (see :func:`pretrain_steps`).
         device: Defaults to CUDA when available.
+        say: Receives one line: on a CPU, the precision and memory format the probe chose
+            (:func:`edgemvp.train.choose_cpu_mode`; with ``cfg.amp`` only).
 
     Returns:
         The stored manifest, with the test accuracy on all classes.
@@ -90,15 +95,25 @@ def pretrain(arch: str, dataset_name: str, cfg: PretrainConfig = PretrainConfig(
     train = LabeledView(dataset.train, np.arange(len(dataset.train)), dataset.train.labels, dataset.hflip)
     test = LabeledView(dataset.test, np.arange(len(dataset.test)), dataset.test.labels)
     steps = pretrain_steps(len(train), cfg)
+    device = device or default_device()
+    cpu_mode = None
+    if device.type == "cpu" and cfg.amp:  # bf16 or fp32, channels-last or not: whatever is fastest here
+        cpu_mode = choose_cpu_mode(model, (min(cfg.batch_size, len(train)), spec.channels, cfg.size, cfg.size),
+                                   len(dataset.classes), cache)
+        logger.info("%s", cpu_mode.describe())
+        if say is not None:
+            say(f"base: {cpu_mode.describe()}")
     start = time.perf_counter()
     batches = train_batches(train, spec, cfg.batch_size, cfg.seed)
     optim = cfg.optim or PRETRAIN_OPTIM[get_arch(arch).family]
-    train_steps(model, batches, steps, optim, device, progress, amp=cfg.amp)
+    train_steps(model, batches, steps, optim, device, progress, amp=cfg.amp, cpu_mode=cpu_mode)
     train_s = time.perf_counter() - start
     acc = accuracy(model, eval_batches(test, spec), device)
     logger.info("%s on %s: %.2f%% test accuracy after %d steps (%.0f s)", arch, dataset.name, acc, steps, train_s)
     settings = {**asdict(cfg), "optim": asdict(optim), "steps": steps, "train_seconds": round(train_s, 1),
-                "device": str(device or default_device())}
+                "device": str(device)}
+    if cpu_mode is not None:
+        settings["cpu_mode"] = {"name": cpu_mode.name, "seconds_per_step": cpu_mode.seconds}
     manifest = BaseManifest(arch, dataset.name, spec, dataset.classes, round(acc, 3), "", settings, tool_versions())
     return save_base(model.cpu(), manifest, base_folder(arch, dataset.name, cache))
 

@@ -85,7 +85,7 @@ print("ok")
 """
 
 
-def _cpu_key() -> str:
+def cpu_key() -> str:
     """The CPU as far as kernels care: model name and ISA flags (Linux), else the platform's description."""
     try:
         info = Path("/proc/cpuinfo").read_text(errors="replace")
@@ -97,7 +97,7 @@ def _cpu_key() -> str:
 
 
 def _verdict_file(threads: int) -> Path:
-    name = f"onednn-train-v{PROBE_VERSION}-torch{torch.__version__}-{_cpu_key()}-t{threads}.json"
+    name = f"onednn-train-v{PROBE_VERSION}-torch{torch.__version__}-{cpu_key()}-t{threads}.json"
     return cache_dir() / "probes" / name.replace("+", "_")
 
 

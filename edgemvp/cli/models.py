@@ -66,7 +66,7 @@ def pretrain(ctx: Context, arch: str, dataset: str, epochs: float, batch_size: i
     if lr is not None:
         cfg = replace(cfg, optim=replace(PRETRAIN_OPTIM[get_arch(arch).family], lr=lr))
     with Bar(f"pretrain {arch}") as bar:
-        manifest = run_pretrain(arch, dataset, cfg, ctx.cache, ctx.data, progress=bar)
+        manifest = run_pretrain(arch, dataset, cfg, ctx.cache, ctx.data, progress=bar, say=click.echo)
     click.echo(f"{arch} on {manifest.dataset}: test accuracy {manifest.test_acc:.2f}% on "
                f"{len(manifest.classes)} classes in {manifest.train['train_seconds']:.0f} s "
                f"(sha256 {manifest.weights_sha256[:12]})")

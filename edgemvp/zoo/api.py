@@ -107,7 +107,7 @@ def ensure_default_base(cache: str | os.PathLike[str] | None, data_root: str | o
     if find_base(DEFAULT_ARCH, DEFAULT_DATASET, cache) is None:
         say(f"base: pre-training {DEFAULT_ARCH} on {DEFAULT_DATASET} (first use; cached afterwards)")
         done = pretrain(DEFAULT_ARCH, DEFAULT_DATASET, PretrainConfig(), cache, data_root,
-                        progress=progress(f"pretrain {DEFAULT_ARCH}", "step"))
+                        progress=progress(f"pretrain {DEFAULT_ARCH}", "step"), say=say)
         say(f"base: test accuracy {done.test_acc:.2f}% on {len(done.classes)} classes in "
             f"{done.train['train_seconds']:.0f} s")
 
