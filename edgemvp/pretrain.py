@@ -100,7 +100,7 @@ def pretrain(arch: str, dataset_name: str, cfg: PretrainConfig = PretrainConfig(
     if device.type == "cpu" and cfg.amp:  # bf16 or fp32, channels-last or not: whatever is fastest here
         cpu_mode = choose_cpu_mode(model, (min(cfg.batch_size, len(train)), spec.channels, cfg.size, cfg.size),
                                    len(dataset.classes), cache)
-        logger.info("%s", cpu_mode.describe())
+        (logger.debug if say is not None else logger.info)("%s", cpu_mode.describe())
         if say is not None:
             say(f"base: {cpu_mode.describe()}")
     start = time.perf_counter()

@@ -126,7 +126,8 @@ def mask_dense(model: nn.Module, masks: Masks) -> nn.Module:
         unit = space.by_name[cut.unit]
         removed = torch.tensor(_removed(masks, unit.name, unit.size), dtype=torch.long)
         if len(removed):
-            state[cut.key].data.index_fill_(cut.dim, space.tensor_index(cut, removed), 0.0)
+            tensor = state[cut.key].data
+            tensor.index_fill_(cut.dim, space.tensor_index(cut, removed).to(tensor.device), 0.0)
     return model
 
 
@@ -136,7 +137,7 @@ def contract_state(full: StateDict, masks: Masks) -> StateDict:
     out = {}
     for key, tensor in full.items():
         for cut in sorted(space.cuts_by_key.get(key, ()), key=lambda c: c.dim):
-            tensor = tensor.index_select(cut.dim, space.tensor_index(cut, masks.index(cut.unit)))
+            tensor = tensor.index_select(cut.dim, space.tensor_index(cut, masks.index(cut.unit)).to(tensor.device))
         out[key] = tensor
     return out
 
@@ -245,5 +246,6 @@ def load_pruned(folder: str | os.PathLike[str], expected_sha256: str | None = No
 
 def params_and_macs(model: nn.Module, spec: InputSpec) -> tuple[int, int]:
     """Parameter count and multiply-accumulates of one forward pass at batch 1 (torch-pruning's counter)."""
-    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(spec.shape(1)))
+    example = torch.zeros(spec.shape(1), device=next(model.parameters()).device)
+    macs, params = tp.utils.count_ops_and_params(model, example)
     return int(params), int(macs)

@@ -361,7 +361,7 @@ def predict_logits(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
     outs, labels = [], []
     for x, y in batches:
         with _autocast(device, amp=device.type == "cuda"):
-            outs.append(model(x.to(device)).float().cpu())
+            outs.append(model(x.to(device, non_blocking=True)).float().cpu())
         labels.append(y)
     return torch.cat(outs), torch.cat(labels)
 
@@ -411,9 +411,10 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterator[tuple[torch.Tensor,
         m.momentum = None  # cumulative moving average: every batch counts equally
     model.train()
     try:
-        for _ in range(steps):
-            x, _ = next(batches)
-            model(x.to(device))
+        with torch.no_grad():  # statistics only: no graph
+            for _ in range(steps):
+                x, _ = next(batches)
+                model(x.to(device, non_blocking=True))
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum

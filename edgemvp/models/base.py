@@ -213,10 +213,12 @@ def _seeded_linear_init(layer: nn.Module, seed: int) -> None:
     """
     if not isinstance(layer, nn.Linear):
         return
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # a CPU generator: drawn on the CPU, copied to the layer's device
     with torch.no_grad():
-        nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=gen)
+        weight = torch.empty(layer.weight.shape, dtype=layer.weight.dtype)
+        layer.weight.copy_(nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=gen))
         if layer.bias is not None:
             fan_in = layer.weight.shape[1]
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-            nn.init.uniform_(layer.bias, -bound, bound, generator=gen)
+            bias = torch.empty(layer.bias.shape, dtype=layer.bias.dtype)
+            layer.bias.copy_(nn.init.uniform_(bias, -bound, bound, generator=gen))

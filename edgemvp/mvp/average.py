@@ -63,10 +63,12 @@ def average_state(fallback: StateDict, contributions: Sequence[Contribution], he
         if not base.is_floating_point():
             out[key] = base.clone()
             continue
-        total = torch.zeros(base.shape, dtype=torch.float64)  # same shape as the target's tensor
-        count = torch.zeros(base.shape, dtype=torch.int64)  # neighbours that have each element
+        device = base.device  # the target model's device; neighbours' tensors (read from disk) are moved there
+        total = torch.zeros(base.shape, dtype=torch.float64, device=device)  # same shape as the target's tensor
+        count = torch.zeros(base.shape, dtype=torch.int64, device=device)  # neighbours that have each element
         for c in contributions:
-            value, have = c.state[key].double(), c.present[key]  # as `base`, but a head has the neighbour's rows
+            # as `base`, but a head has the neighbour's rows
+            value, have = c.state[key].to(device, torch.float64), c.present[key].to(device)
             if key in heads:  # head (its classes, width): its row for each target class it shares
                 for target_row, row in c.rows.items():
                     total[target_row] += torch.where(have[row], value[row], 0.0)
@@ -145,5 +147,6 @@ def averaged_model(base: nn.Module, base_classes: tuple[str, ...], base_dataset:
     for e in neighbours:
         c = neighbour_contribution(e, shapes, head, target_dataset, target_classes)
         contributions.append(Contribution(contract_state(c.state, masks), contract_state(c.present, masks), c.rows))
-    averaged = average_state(contract_state(fallback, masks), contributions, head)
-    return rebuild_pruned(arch, len(target_classes), spec, masks, averaged, "averaged neighbours")
+    averaged = average_state(contract_state(fallback, masks), contributions, head)  # on the base's device
+    device = next(iter(fallback.values())).device
+    return rebuild_pruned(arch, len(target_classes), spec, masks, averaged, "averaged neighbours").to(device)

@@ -355,7 +355,9 @@ def leep(source_probs: np.ndarray, labels: np.ndarray, num_labels: int | None = 
 def model_probs(model: torch.nn.Module, x: torch.Tensor, batch: int = 256) -> np.ndarray:
     """Softmax outputs of a model in float64 (log-softmax computed in float64 from the logits)."""
     model.eval()
-    out = [torch.log_softmax(model(x[i:i + batch]).double(), dim=1).exp() for i in range(0, len(x), batch)]
+    device = next(model.parameters()).device
+    out = [torch.log_softmax(model(x[i:i + batch].to(device)).double(), dim=1).exp().cpu()
+           for i in range(0, len(x), batch)]
     return torch.cat(out).numpy()
 
 

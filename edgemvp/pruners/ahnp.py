@@ -15,7 +15,7 @@ from edgemvp.masks import Masks, full_masks
 from edgemvp.pruners.base import (Batches, PruneConfig, PruneOutcome, event_interval, final_keep, next_keep,
                                   prune_positions, pruning_events, register_pruner)
 from edgemvp.shrink import shrink
-from edgemvp.train import Progress, StepHook, train_steps
+from edgemvp.train import Progress, StepHook, default_device, train_steps
 from edgemvp.units import unit_space
 
 
@@ -25,8 +25,9 @@ class _ScoreHook(StepHook):
     def __init__(self, model: nn.Module, arch: str, cfg: PruneConfig, phase_steps: int) -> None:
         self.cfg = cfg
         self.units = {u.name: u for u in unit_space(arch).units}
-        self.scores = {n: nn.Parameter(torch.ones(u.size)) for n, u in self.units.items()}
-        self.alive = {n: torch.ones(u.size, dtype=torch.bool) for n, u in self.units.items()}
+        device = next(model.parameters()).device
+        self.scores = {n: nn.Parameter(torch.ones(u.size, device=device)) for n, u in self.units.items()}
+        self.alive = {n: torch.ones(u.size, dtype=torch.bool, device=device) for n, u in self.units.items()}
         self.finals = final_keep(arch, cfg.ratio)
         events = pruning_events({n: u.size for n, u in self.units.items()}, self.finals, cfg.prune_fraction)
         self.every = event_interval(cfg, phase_steps, events)
@@ -73,7 +74,7 @@ class _ScoreHook(StepHook):
             keep = next_keep(len(alive), self.finals[name], self.cfg.prune_fraction)
             if keep < len(alive):
                 score = self.scores[name].detach().abs().cpu()[alive]
-                survivors = alive[prune_positions(score, keep)]
+                survivors = alive[torch.as_tensor(prune_positions(score, keep), device=alive.device)]
                 self.alive[name] = torch.zeros_like(self.alive[name]).index_fill_(0, survivors, True)
         self.events += 1
 
@@ -98,14 +99,15 @@ def ahnp(model: nn.Module, arch: str, batches: Batches, cfg: PruneConfig, base_s
     """Prune a ViT/DeiT (the base with the task's head) with AHNP; see the module docstring."""
     finetune = cfg.iters // 2 if cfg.finetune_iters is None else cfg.finetune_iters
     phase = cfg.iters - finetune
-    hook = _ScoreHook(model, arch, cfg, phase)
+    device = device or default_device()
+    hook = _ScoreHook(model.to(device), arch, cfg, phase)  # its scores live where the model trains
     losses = train_steps(model, batches, phase, cfg.optim("vit"), device, progress, cfg.amp,
                          hook=hook, deterministic=True)
     while not hook.done:  # the last event may fall after the phase when h does not divide it
         hook.threshold()
     hook.fold(model)
     masks = hook.masks(base_sha256, arch)
-    shrink(model.cpu(), masks)
+    shrink(model, masks)  # on the device it trained on
     if finetune:
         losses += train_steps(model, batches, finetune, cfg.optim("vit"), device, progress, cfg.amp,
                               deterministic=True)

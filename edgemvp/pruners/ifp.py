@@ -64,7 +64,7 @@ class _IFPHook(StepHook):
         return all(len(self.masks.kept[u]) <= f for u, f in self.finals.items())
 
     def _add(self, unit: str, value: torch.Tensor) -> None:
-        value = value.detach().float().cpu()
+        value = value.detach().float()  # on the model's device: no host sync per forward pass
         self.scores[unit] = value if unit not in self.scores else self.scores[unit] + value
 
     def _make_hook(self, unit: str):
@@ -89,7 +89,7 @@ class _IFPHook(StepHook):
         kept = {}
         for unit, have in self.masks.kept.items():
             keep = next_keep(len(have), self.finals[unit], self.cfg.prune_fraction)
-            score = self.scores.get(unit, torch.zeros(len(have)))
+            score = self.scores[unit].cpu() if unit in self.scores else torch.zeros(len(have))
             kept[unit] = tuple(have[p] for p in prune_positions(score, keep)) if keep < len(have) else have
         new = Masks(self.masks.arch, kept, self.masks.base_sha256)
         shrink(self.model, new, current=self.masks)

@@ -16,7 +16,7 @@ def random_prune(model: nn.Module, arch: str, batches: Batches, cfg: PruneConfig
                  device: torch.device | None = None, progress: Progress | None = None) -> PruneOutcome:
     """Keep a seeded uniformly random (1 - r) of every group, shrink, then fine-tune for ``cfg.iters`` steps."""
     masks = random_masks(arch, cfg.ratio, cfg.seed, base_sha256=base_sha256)
-    shrink(model.cpu(), masks)
+    shrink(model, masks)
     family = get_arch(arch).family
     losses = train_steps(model, batches, cfg.iters, cfg.optim(family), device, progress, cfg.amp, deterministic=True)
     return PruneOutcome(model.eval(), masks, losses, 1)
