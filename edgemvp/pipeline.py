@@ -251,7 +251,8 @@ def _method_model(req: PruneRequest, zoo: Zoo, ranking: Ranking | None, batches,
     rows = base_rows(base, task, zoo.cache) if req.head_from_base else ("",) * len(task.classes)
     full = target_model(zoo.base_model(), base.classes, base.dataset, task.dataset, task.classes, req.seed, rows)
     cfg = PruneConfig(ratio=req.ratio, iters=req.iters, batch_size=req.batch_size, lr=req.lr, seed=req.seed)
-    out = get_pruner(name, get_arch(base.arch).family)(full, base.arch, batches, cfg, base.weights_sha256, None,
+    out = get_pruner(name, get_arch(base.arch).family)(full, base.arch, batches, cfg, base.weights_sha256,
+                                                       default_device(),
                                                        stages.progress(f"{name} J={req.iters}"))
     return Initial(out.model, out.masks, [], {"pruner": {"name": name, "config": cfg.to_dict()}})
 
@@ -279,14 +280,14 @@ def fit(req: PruneRequest, zoo: Zoo, ranking: Ranking | None, dataset: Dataset, 
     family, spec = get_arch(zoo.base.arch).family, zoo.base.input_spec
     train = req.train_view(dataset)
     torch.manual_seed(req.seed)
-    batches = train_batches(train, spec, req.batch_size, req.seed)
+    device = default_device()
+    batches = train_batches(train, spec, req.batch_size, req.seed, pin_memory=device.type == "cuda")
     init = _method_model(req, zoo, ranking, batches, stages)
     model = init.model
     # fine-tuning starts from the same RNG state wherever the initial model was made (here or on a server)
     torch.manual_seed(req.seed)
     lap("init")
     test = task_view(req.task, dataset, "test")
-    device = default_device()
     acc: dict[str, float | None] = {"init": None, "init_before_bn": None}
     if req.method != "ifp":
         acc["init_before_bn"] = round(accuracy(model, eval_batches(test, spec), device), 3)
@@ -308,8 +309,8 @@ def fit(req: PruneRequest, zoo: Zoo, ranking: Ranking | None, dataset: Dataset, 
             train_steps(model, batches, req.iters, req.finetune_optim(family), device,
                         stages.progress(f"fine-tune J={req.iters}"), deterministic=True)
         lap("finetune")
+    acc["final"] = round(accuracy(model, eval_batches(test, spec), device), 3)
     model = model.cpu().eval()
-    acc["final"] = round(accuracy(model, eval_batches(test, spec), torch.device("cpu")), 3)
     lap("evaluate")
     return Fitted(model, init.masks, init.neighbours, init.info, acc)
 

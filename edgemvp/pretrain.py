@@ -104,7 +104,7 @@ def pretrain(arch: str, dataset_name: str, cfg: PretrainConfig = PretrainConfig(
         if say is not None:
             say(f"base: {cpu_mode.describe()}")
     start = time.perf_counter()
-    batches = train_batches(train, spec, cfg.batch_size, cfg.seed)
+    batches = train_batches(train, spec, cfg.batch_size, cfg.seed, pin_memory=device.type == "cuda")
     optim = cfg.optim or PRETRAIN_OPTIM[get_arch(arch).family]
     train_steps(model, batches, steps, optim, device, progress, amp=cfg.amp, cpu_mode=cpu_mode)
     train_s = time.perf_counter() - start

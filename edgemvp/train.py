@@ -329,6 +329,10 @@ def train_steps(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Te
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
     losses: list[float] = []
     progress.reset(total=steps)
+    images, started = 0, time.perf_counter()
+    # CUDA: cuDNN picks its fastest kernels per shape (training shapes are fixed between IFP events)
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = device.type == "cuda" or benchmark
     with _conv_workaround(model, verdict):
         for step, (x, y) in zip(range(steps), batches):
             for group in opt.param_groups:
@@ -346,8 +350,11 @@ def train_steps(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Te
                 model.to(device=device, memory_format=memory)
                 opt = build_optimizer(model, cfg, hook.param_groups())
             progress.update(1)
+            images += len(y)
             if len(losses) % 10 == 0:
-                progress.set_postfix(loss=f"{sum(losses[-10:]) / 10:.3f}")
+                rate = images / max(time.perf_counter() - started, 1e-9)
+                progress.set_postfix(loss=f"{sum(losses[-10:]) / 10:.3f}", img_s=f"{rate:.0f}")
+    torch.backends.cudnn.benchmark = benchmark
     model.to(memory_format=torch.contiguous_format)
     return losses
 

@@ -67,17 +67,30 @@ def augment(x: torch.Tensor, generator: torch.Generator, hflip: bool, pad: int) 
     Returns:
         Augmented uint8 ``(B, C, S, S)``.
     """
+    return apply_augment(x, *draw_augment(len(x), generator, hflip, pad), pad)
+
+
+def draw_augment(batch: int, generator: torch.Generator, hflip: bool, pad: int
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The random part of :func:`augment`: crop offsets ``(B, 2)`` and flips ``(B,)`` (None where not used), in
+    the order :func:`augment` draws them, so a loader can draw them in one process and apply them in another."""
+    offsets = torch.randint(0, 2 * pad + 1, (batch, 2), generator=generator) if pad > 0 else None
+    flips = torch.rand(batch, generator=generator) < 0.5 if hflip else None
+    return offsets, flips
+
+
+def apply_augment(x: torch.Tensor, offsets: torch.Tensor | None, flips: torch.Tensor | None, pad: int
+                  ) -> torch.Tensor:
+    """The deterministic part of :func:`augment`: crop at ``offsets`` after zero padding, flip where ``flips``."""
     b, _, s, _ = x.shape
-    if pad > 0:
+    if offsets is not None:
         padded = F.pad(x, (pad, pad, pad, pad))
-        offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
         span = torch.arange(s)
         rows = (offsets[:, :1] + span)[:, :, None]  # (B, S, 1)
         cols = (offsets[:, 1:] + span)[:, None, :]  # (B, 1, S)
         x = padded.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows, cols].permute(0, 3, 1, 2)
-    if hflip:
-        flip = torch.rand(b, generator=generator) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if flips is not None:
+        x = torch.where(flips[:, None, None, None], x.flip(-1), x)
     return x
 
 

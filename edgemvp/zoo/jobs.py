@@ -24,7 +24,7 @@ from edgemvp.models.factory import get_arch
 from edgemvp.models.weights import sha256_bytes, weights_bytes
 from edgemvp.pruners import PruneConfig, get_pruner
 from edgemvp.shrink import params_and_macs, pruned_metadata
-from edgemvp.train import Progress, accuracy
+from edgemvp.train import Progress, accuracy, default_device
 from edgemvp.versions import tool_versions
 from edgemvp.manifest import BaseRef, EntryManifest
 
@@ -150,11 +150,13 @@ def run_job(job: Job, cache: str | os.PathLike[str] | None, data_root: str | os.
     spec, cfg = manifest.input_spec, job.config
     model = task_model(base, manifest.classes, base_rows(manifest, job.task), seed=cfg.seed)
     torch.manual_seed(cfg.seed)
-    batches = train_batches(task_view(job.task, dataset, "train"), spec, cfg.batch_size, cfg.seed)
+    device = default_device()
+    batches = train_batches(task_view(job.task, dataset, "train"), spec, cfg.batch_size, cfg.seed,
+                            pin_memory=device.type == "cuda")
     pruner = get_pruner(job.pruner, get_arch(job.arch).family)
-    out = pruner(model, job.arch, batches, cfg, manifest.weights_sha256, None, progress)
+    out = pruner(model, job.arch, batches, cfg, manifest.weights_sha256, device, progress)
+    acc = accuracy(out.model.eval(), eval_batches(task_view(job.task, dataset, "test"), spec), device)
     model = out.model.cpu().eval()
-    acc = accuracy(model, eval_batches(task_view(job.task, dataset, "test"), spec), torch.device("cpu"))
     params, macs = params_and_macs(model, spec)
     weights = weights_bytes(model.state_dict(), pruned_metadata(out.masks, spec, len(job.task.classes)))
     tail = out.losses[-20:] or [float("nan")]
