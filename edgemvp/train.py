@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgemvp import checks
+from edgemvp.paths import atomic_write_bytes, cache_dir
 from edgemvp.probe import cpu_key, onednn_training
 
 logger = logging.getLogger(__name__)
@@ -166,37 +167,9 @@ def _mode_name(bf16: bool, channels_last: bool) -> str:
 CPU_MODE_VERSION = 1
 
 
-def choose_cpu_mode(model: nn.Module, batch_shape: Sequence[int], num_classes: int, cache: object = None,
-                    warmup: int = 3, steps: int = 3) -> CpuMode:
-    """Measure which precision and memory format train ``model`` fastest on this CPU, and cache the choice.
-
-    bf16 autocast pays on some CPUs with native bf16 and loses on others: on a 2-core AMD EPYC (AVX512-BF16)
-    a resnet18 step at 32 px took 0.22 s in bf16 against 0.35 s in fp32, on a 2-core Intel Xeon (AMX) 0.94 s
-    against 0.61 s. So the candidates (fp32 and, where oneDNN reports native bf16, bf16; each in channels-last
-    and contiguous) are timed on copies of the model with a synthetic batch of the training shape, one step of
-    each in turn (so that they share the machine's noise; bf16 kernels need two steps to warm up): ``warmup``
-    untimed and ``steps`` timed steps each. The fastest median wins; a candidate within 5% of it that comes
-    earlier (fp32 before bf16, channels-last before contiguous) wins the tie. The global RNG is left as it was. The choice is cached in ``<cache>/probes/`` by CPU (model name and ISA
-    flags), torch version, thread count, model (class and parameter shapes) and batch shape, so it is
-    measured once per machine and workload. Only for runs that need not be bit-exact (pre-training);
-    deterministic runs stay fp32/channels-last.
-    """
-    from edgemvp.paths import atomic_write_bytes, cache_dir
-
-    shapes = ";".join(f"{n}:{tuple(p.shape)}" for n, p in model.state_dict().items())
-    threads = torch.get_num_threads()
-    key = hashlib.sha256(f"{type(model).__name__}|{shapes}|{tuple(batch_shape)}|{num_classes}|{threads}"
-                         f"|{torch.__version__}|{cpu_key()}".encode()).hexdigest()[:16]
-    path = cache_dir(cache) / "probes" / f"cpu-mode-v{CPU_MODE_VERSION}-{key}.json"
-    try:
-        saved = json.loads(path.read_text())
-        return CpuMode(bool(saved["bf16"]), bool(saved["channels_last"]),
-                       {str(k): float(v) for k, v in saved["seconds"].items()}, cached=True)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
-    verdict = onednn_training(threads) if any(p.ndim == 4 for p in model.parameters()) else "sound"
-    layouts = [False] if verdict == "unsound" or not any(p.ndim == 4 for p in model.parameters()) else [True, False]
-    candidates = [(bf16, cl) for bf16 in ([False, True] if cpu_supports_bf16() else [False]) for cl in layouts]
+def _time_candidates(model: nn.Module, candidates: list[tuple[bool, bool]], verdict: str,
+                     batch_shape: Sequence[int], num_classes: int, warmup: int, steps: int) -> list[list[float]]:
+    """Seconds of each timed step of each (bf16, channels-last) candidate, on copies of ``model``."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(*batch_shape, generator=gen)
     y = torch.randint(0, num_classes, (batch_shape[0],), generator=gen)
@@ -221,6 +194,39 @@ def choose_cpu_mode(model: nn.Module, batch_shape: Sequence[int], num_classes: i
                     opt.step()
                     if step >= warmup:
                         times[k].append(time.perf_counter() - start)
+    return times
+
+
+def choose_cpu_mode(model: nn.Module, batch_shape: Sequence[int], num_classes: int, cache: object = None,
+                    warmup: int = 3, steps: int = 3) -> CpuMode:
+    """Measure which precision and memory format train ``model`` fastest on this CPU, and cache the choice.
+
+    bf16 autocast pays on some CPUs with native bf16 and loses on others: on a 2-core AMD EPYC (AVX512-BF16)
+    a resnet18 step at 32 px took 0.22 s in bf16 against 0.35 s in fp32, on a 2-core Intel Xeon (AMX) 0.94 s
+    against 0.61 s. So the candidates (fp32 and, where oneDNN reports native bf16, bf16; each in channels-last
+    and contiguous) are timed on copies of the model with a synthetic batch of the training shape, one step of
+    each in turn (so that they share the machine's noise; bf16 kernels need two steps to warm up): ``warmup``
+    untimed and ``steps`` timed steps each. The fastest median wins; a candidate within 5% of it that comes
+    earlier (fp32 before bf16, channels-last before contiguous) wins the tie. The global RNG is left as it was. The choice is cached in ``<cache>/probes/`` by CPU (model name and ISA
+    flags), torch version, thread count, model (class and parameter shapes) and batch shape, so it is
+    measured once per machine and workload. Only for runs that need not be bit-exact (pre-training);
+    deterministic runs stay fp32/channels-last.
+    """
+    shapes = ";".join(f"{n}:{tuple(p.shape)}" for n, p in model.state_dict().items())
+    threads = torch.get_num_threads()
+    key = hashlib.sha256(f"{type(model).__name__}|{shapes}|{tuple(batch_shape)}|{num_classes}|{threads}"
+                         f"|{torch.__version__}|{cpu_key()}".encode()).hexdigest()[:16]
+    path = cache_dir(cache) / "probes" / f"cpu-mode-v{CPU_MODE_VERSION}-{key}.json"
+    try:
+        saved = json.loads(path.read_text())
+        return CpuMode(bool(saved["bf16"]), bool(saved["channels_last"]),
+                       {str(k): float(v) for k, v in saved["seconds"].items()}, cached=True)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    verdict = onednn_training(threads) if any(p.ndim == 4 for p in model.parameters()) else "sound"
+    layouts = [False] if verdict == "unsound" or not any(p.ndim == 4 for p in model.parameters()) else [True, False]
+    candidates = [(bf16, cl) for bf16 in ([False, True] if cpu_supports_bf16() else [False]) for cl in layouts]
+    times = _time_candidates(model, candidates, verdict, batch_shape, num_classes, warmup, steps)
     medians = [sorted(t)[len(t) // 2] for t in times]
     fastest = min(medians)
     # near ties (within 5%) go to the earlier candidate: fp32 before bf16, channels-last before contiguous
@@ -290,6 +296,30 @@ def _autocast(device: torch.device, amp: bool, native: bool | None = None) -> co
     return contextlib.nullcontext()
 
 
+def _precision(model: nn.Module, device: torch.device, amp: bool, deterministic: bool, cpu_mode: CpuMode | None
+               ) -> tuple[torch.memory_format, str, bool, bool | None]:
+    """Memory format, oneDNN verdict, autocast on or off, and native bf16 (None: oneDNN's report) of a run."""
+    memory, verdict = _layout(model, device)
+    amp = amp and not (deterministic and device.type == "cpu")
+    native = None
+    if cpu_mode is not None and device.type == "cpu" and not deterministic:
+        amp = native = cpu_mode.bf16
+        if not cpu_mode.channels_last:
+            memory = torch.contiguous_format
+    return memory, verdict, amp, native
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(device: torch.device) -> Iterator[None]:
+    """On CUDA, cuDNN picks its fastest kernels per shape (training shapes are fixed between IFP events)."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def train_steps(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int,
                 cfg: OptimConfig, device: torch.device | None = None, progress: Progress | None = None,
                 amp: bool = True, hook: StepHook | None = None, deterministic: bool = False,
@@ -317,23 +347,14 @@ def train_steps(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Te
     progress = _NoProgress() if progress is None else progress  # tqdm has no truth value
     hook = hook or StepHook()
     model.to(device).train()
-    memory, verdict = _layout(model, device)
-    amp = amp and not (deterministic and device.type == "cpu")
-    native = None
-    if cpu_mode is not None and device.type == "cpu" and not deterministic:
-        amp = native = cpu_mode.bf16
-        if not cpu_mode.channels_last:
-            memory = torch.contiguous_format
+    memory, verdict, amp, native = _precision(model, device, amp, deterministic, cpu_mode)
     model.to(memory_format=memory)
     opt = build_optimizer(model, cfg, hook.param_groups())
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
     losses: list[float] = []
     progress.reset(total=steps)
     images, started = 0, time.perf_counter()
-    # CUDA: cuDNN picks its fastest kernels per shape (training shapes are fixed between IFP events)
-    benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = device.type == "cuda" or benchmark
-    with _conv_workaround(model, verdict):
+    with _conv_workaround(model, verdict), _cudnn_benchmark(device):
         for step, (x, y) in zip(range(steps), batches):
             for group in opt.param_groups:
                 group["lr"] = group["peak_lr"] * lr_factor(cfg, step, steps)
@@ -354,7 +375,6 @@ def train_steps(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Te
             if len(losses) % 10 == 0:
                 rate = images / max(time.perf_counter() - started, 1e-9)
                 progress.set_postfix(loss=f"{sum(losses[-10:]) / 10:.3f}", img_s=f"{rate:.0f}")
-    torch.backends.cudnn.benchmark = benchmark
     model.to(memory_format=torch.contiguous_format)
     return losses
 
