@@ -3,7 +3,7 @@
 Generates (once) a folder of N JPEGs of 500 x 375 px in 10 class folders, then, each in its own process with an
 empty decoded-image cache, reads two epochs of 224-px training batches (augmented, as `zoo build` and `prune`
 read them) and reports images/s per epoch and the peak resident memory of the process and its loader workers
-(summed, sampled every 50 ms from /proc):
+(summed RSS and PSS, sampled every 50 ms from /proc/*/smaps_rollup):
 
 * ``old``: the loader before issue 24 (batches made in the training thread, every decoded image kept in a dict);
 * ``w0``, ``w1``, ``w2``: `edgemvp.data.loader.train_batches` with 0, 1 and 2 worker processes (decoded images
@@ -45,18 +45,21 @@ def make_folder(root: Path, images: int, seed: int = 0) -> None:
     done.write_text(str(images))
 
 
-def _tree_rss() -> int:
-    """Resident bytes of this process and its children (loader workers)."""
+def _tree_memory() -> tuple[int, int]:
+    """Resident bytes of this process and its children (loader workers), summed: RSS (shared pages such as
+    torch's libraries count once per process) and PSS (shared pages divided among their sharers)."""
     me = os.getpid()
-    total = 0
+    rss = pss = 0
     for pid in [me] + [int(p) for p in Path(f"/proc/{me}/task/{me}/children").read_text().split()]:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
         except OSError:
             pass
-    return total
+    return rss, pss
 
 
 def _old_batches(view, spec, batch_size: int, seed: int):
@@ -96,12 +99,13 @@ def child(folder: str, mode: str, size: int, batch: int, epochs: int) -> dict:
     ds = load_imagefolder(Path(folder))
     view = LabeledView(ds.train, np.arange(len(ds.train)), ds.train.labels, ds.hflip)
     spec = InputSpec(3, size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), crop_pct=0.875, interpolation="bicubic")
-    peak = [0]
+    peak = [0, 0]
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], _tree_rss())
+            rss, pss = _tree_memory()
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             time.sleep(0.05)
 
     threading.Thread(target=sample, daemon=True).start()
@@ -118,7 +122,7 @@ def child(folder: str, mode: str, size: int, batch: int, epochs: int) -> dict:
         rates.append(round(per_epoch * batch / (time.perf_counter() - start), 1))
     stop.set()
     return {"mode": mode, "images_per_s": rates, "peak_rss_mb": round(peak[0] / 2**20, 1),
-            "train_images": len(view)}
+            "peak_pss_mb": round(peak[1] / 2**20, 1), "train_images": len(view)}
 
 
 def main() -> None:

@@ -119,7 +119,56 @@ def test_ray_build_gives_the_same_entries(tiny_bases, tmp_path: Path) -> None:
     assert distributed.ids == local.ids and distributed.built == 4
 
 
+def test_a_ray_task_needs_none_of_the_drivers_paths(tiny_bases, tmp_path: Path, monkeypatch) -> None:
+    """A Ray task carries the base's bytes and resolves the dataset by name on its own machine: with a worker
+    cache that has no base (and a data folder of its own), it builds the entry a local build builds."""
+    from edgemvp.models.base import base_files, find_base
+    from edgemvp.models.weights import sha256_bytes
+    from edgemvp.zoo.distributed import _remote_job
+    from edgemvp.zoo.jobs import plan, run_job
+
+    small = BuildSpec("resnet18", "digits", tasks=1, classes_per_task=3, pruner="ifp-activation",
+                      config=PruneConfig(iters=4, batch_size=32), seed=0)
+    job = plan(small, find_base("resnet18", "digits", tiny_bases))[0]
+    local = run_job(job, tiny_bases, None, 2)
+    carried = base_files("resnet18", "digits", tiny_bases)
+    monkeypatch.setenv("EDGEMVP_CACHE", str(tmp_path / "worker-cache"))  # the worker's machine: no base here
+    monkeypatch.setenv("EDGEMVP_DATA", str(tmp_path / "worker-data"))
+    remote = _remote_job(job, carried, 2, None)
+    assert (remote.key, remote.manifest, remote.weights) == (local.key, local.manifest, local.weights)
+    assert not list(tmp_path.glob("worker-cache/bases/*"))  # the carried base lived in a private folder
+    with pytest.raises(Exception, match="does not match its sha256"):
+        _remote_job(job, (carried[0], carried[1][:-1] + b"x"), 2, None)
+    assert sha256_bytes(carried[1]) == find_base("resnet18", "digits", tiny_bases).weights_sha256
+
+
+@pytest.mark.slow  # a 2-node Ray cluster and 4 jobs: make test-all
+def test_ray_build_on_two_nodes_with_their_own_folders(tiny_bases, tmp_path: Path) -> None:
+    """Two Ray nodes whose cache and data folders are their own (not the driver's): the build finishes, both
+    nodes run tasks, and the entries are identical to a local build's."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    local = build(SPEC, tmp_path / "local", tiny_bases, threads=2)
+    nodes = {name: {"EDGEMVP_CACHE": str(tmp_path / name / "cache"), "EDGEMVP_DATA": str(tmp_path / name / "data")}
+             for name in ("a", "b")}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "env_vars": nodes["a"]})
+    cluster.add_node(num_cpus=2, env_vars=nodes["b"])
+    try:
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+        distributed = build(SPEC, tmp_path / "ray", tiny_bases, ray_address=cluster.address, threads=2,
+                            ray_resources=(2, 0))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert distributed.ids == local.ids and distributed.built == 4
+    for name in nodes:  # each node used its own cache (its probe verdicts), never holding the base
+        assert list((tmp_path / name / "cache" / "probes").glob("*.json")), name
+        assert not list((tmp_path / name / "cache").glob("bases/*"))
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--cpus-per-task", "2"], "are for Ray builds (--ray)"),
     (["--pruner", "magic"], "unknown pruner 'magic'"),
     (["--arch", "resnet9"], "unknown arch"),
     (["--ratio", "1.5"], "must be in (0, 1), got 1.5"),

@@ -67,6 +67,10 @@ def zoo() -> None:
 @click.option("--ray", "ray_address", metavar="local|auto|ADDRESS", default=None,
               help="Run each task as a Ray task: 'local' starts Ray here, 'auto' joins the running cluster.")
 @click.option("--threads", type=Number(1, 1024, integer=True), default=None, help="torch threads per task (entries depend on it).")
+@click.option("--cpus-per-task", type=Number(1, 1024, integer=True), default=None,
+              help="With --ray: CPUs each task asks for [default: --threads].")
+@click.option("--gpus-per-task", type=Number(0, 64), default=None,
+              help="With --ray: GPUs each task asks for [default: 1 where the cluster has GPUs, else 0].")
 @click.option("--zoo", "zoo_dir", metavar="PATH|URL", default=None,
               help="Zoo folder, or a zoo server (http://HOST:PORT: entries are built here and uploaded) "
                    "[default: <cache>/zoos/<arch>--<base or dataset>].")
@@ -76,10 +80,12 @@ def zoo() -> None:
 def zoo_build(ctx: Context, arch: str, dataset: str, base: str | None, tasks_file: Path | None, n_tasks: int, classes_per_task: int, pruner: str, iters: int,
               ratio: float, lr: float | None, batch_size: int, prune_every: int | None, prune_fraction: float,
               seed: int, within_parent: bool, workers: int, ray_address: str | None, threads: int | None,
-              zoo_dir: str | None, token_file: Path | None, ca_file: Path | None) -> None:
+              cpus_per_task: int | None, gpus_per_task: float | None, zoo_dir: str | None, token_file: Path | None, ca_file: Path | None) -> None:
     """Prune the base model for N random tasks and store the results (rerun to resume)."""
     if workers < 1:
         raise UsageError("--workers must be at least 1")
+    if (cpus_per_task is not None or gpus_per_task is not None) and ray_address is None:
+        raise UsageError("--cpus-per-task and --gpus-per-task are for Ray builds (--ray)")
     cfg = PruneConfig(ratio=ratio, iters=iters, lr=lr, batch_size=batch_size, prune_every=prune_every,
                       prune_fraction=prune_fraction)
     task_list = load_task_list(tasks_file, ctx.data) if tasks_file is not None else None
@@ -89,14 +95,15 @@ def zoo_build(ctx: Context, arch: str, dataset: str, base: str | None, tasks_fil
               else zoo_path(arch, spec.base_dataset, ctx.cache))
     if isinstance(folder, Path) and folder.exists() and any(folder.iterdir()):
         check_marker(folder)  # refuse a newer or foreign folder before any work
-    report = _run_build(ctx, spec, folder, workers, ray_address, threads)
+    report = _run_build(ctx, spec, folder, workers, ray_address, threads, (cpus_per_task, gpus_per_task))
     where = folder if isinstance(folder, Path) else folder.url
     click.echo(f"zoo {where}: {report.built} task(s) built, {report.skipped} already there, "
                f"{len(report.ids)} in this build ({report.seconds:.0f} s)")
 
 
 def _run_build(ctx: Context, spec: BuildSpec, folder: Location, workers: int = 1, ray_address: str | None = None,
-               threads: int | None = None) -> BuildReport:
+               threads: int | None = None, per_task: tuple[int | None, float | None] = (None, None)
+               ) -> BuildReport:
     local = workers == 1 and ray_address is None
     if ray_address is not None:  # a cluster that cannot be reached: its one line before any progress bar
         connect(ray_address)
@@ -105,7 +112,7 @@ def _run_build(ctx: Context, spec: BuildSpec, folder: Location, workers: int = 1
             return Bar(f"  {job.task.name}", position=1, leave=False)
 
         return build(spec, folder, ctx.cache, ctx.data, workers, ray_address, threads, overall=overall,
-                     task_progress=task_bar if local else None)
+                     task_progress=task_bar if local else None, ray_resources=per_task)
 
 
 @zoo.command("default")

@@ -25,7 +25,7 @@ from edgemvp.data.tasks import TaskSpec
 from edgemvp.data.wordnet import wnid
 from edgemvp.errors import EdgeMVPError, UsageError
 from edgemvp.models.factory import create_model, get_arch, load_into
-from edgemvp.models.weights import load_weights, save_weights
+from edgemvp.models.weights import load_weights, save_weights, sha256_bytes
 from edgemvp.paths import atomic_write_bytes, cache_dir
 from edgemvp.safeload import read_text
 from edgemvp.spec import InputSpec
@@ -140,6 +140,37 @@ def find_base(arch: str, dataset: str, cache: str | os.PathLike[str] | None = No
     if not path.is_file():
         return None
     return BaseManifest.from_json(read_text(path), str(path))
+
+
+def base_files(arch: str, dataset: str, cache: str | os.PathLike[str] | None = None) -> tuple[bytes, bytes]:
+    """A cached base's manifest and weights as bytes, their sha256 checked (what a Ray task carries)."""
+    manifest = find_base(arch, dataset, cache)
+    if manifest is None:
+        raise UsageError(f"no cached {arch} base of '{dataset}'")
+    folder = base_folder(arch, manifest.dataset, cache)
+    weights = (folder / WEIGHTS).read_bytes()
+    if sha256_bytes(weights) != manifest.weights_sha256:
+        raise UsageError(f"{folder / WEIGHTS}: sha256 mismatch with its manifest")
+    return manifest.to_json().encode(), weights
+
+
+def install_base(manifest_json: bytes, weights: bytes, cache: str | os.PathLike[str]) -> BaseManifest:
+    """Store a base received as bytes into ``cache`` (a worker's private cache), its sha256 checked first.
+
+    Raises:
+        UsageError: The weights do not match the manifest's sha256 (nothing is written).
+    """
+    manifest = BaseManifest.from_json(manifest_json.decode(), "the base sent by the driver")
+    if sha256_bytes(weights) != manifest.weights_sha256:
+        raise UsageError("the base sent by the driver does not match its sha256")
+    existing = find_base(manifest.arch, manifest.dataset, cache)
+    if existing is not None and existing.weights_sha256 == manifest.weights_sha256:
+        return existing
+    folder = base_folder(manifest.arch, manifest.dataset, cache)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / WEIGHTS, weights)
+    atomic_write_bytes(folder / MANIFEST, manifest_json)  # the manifest last: it marks a finished base
+    return manifest
 
 
 def cached_bases(cache: str | os.PathLike[str] | None = None) -> list[BaseManifest]:

@@ -49,7 +49,8 @@ class BuildReport:
 def build(spec: BuildSpec, zoo: str | os.PathLike[str] | ZooAddress, cache: str | os.PathLike[str] | None = None,
           data_root: str | os.PathLike[str] | None = None, workers: int = 1, ray_address: str | None = None,
           threads: int | None = None, overall: Progress | None = None,
-          task_progress: Callable[[Job], Progress] | None = None) -> BuildReport:
+          task_progress: Callable[[Job], Progress] | None = None,
+          ray_resources: tuple[int | None, float | None] = (None, None)) -> BuildReport:
     """Build (or resume) a zoo.
 
     Args:
@@ -64,6 +65,8 @@ def build(spec: BuildSpec, zoo: str | os.PathLike[str] | ZooAddress, cache: str 
         threads: torch threads per job (default: this process's count divided by ``workers``).
         overall: One update per finished task.
         task_progress: Makes a per-step progress object for a task (in-process builds only).
+        ray_resources: CPUs and GPUs each Ray task asks for (None: ``threads`` CPUs; 1 GPU where the cluster
+            has one). With CPUs given and no ``threads``, a task runs that many torch threads.
 
     Raises:
         UsageError: Bad spec, missing base model, newer zoo schema, Ray not installed.
@@ -77,13 +80,13 @@ def build(spec: BuildSpec, zoo: str | os.PathLike[str] | ZooAddress, cache: str 
         raise UsageError(f"no pre-trained {spec.arch} base for dataset '{spec.dataset}' in the cache; run "
                          f"'edgemvp pretrain --arch {spec.arch} --dataset {spec.dataset}'")
     jobs = plan(spec, base, data_root)
-    threads = threads or max(1, torch.get_num_threads() // max(1, workers))
+    threads = threads or ray_resources[0] or max(1, torch.get_num_threads() // max(1, workers))
     with _open_sink(zoo, base) as store:
         todo = [j for j in jobs if store.job_entry(j.key) is None]
         if overall is not None:
             overall.reset(total=len(jobs))
             overall.update(len(jobs) - len(todo))
-        for result in _results(todo, cache, data_root, workers, ray_address, threads, task_progress):
+        for result in _results(todo, cache, data_root, workers, ray_address, threads, task_progress, ray_resources):
             _store(store, result)
             if overall is not None:
                 overall.update(1)
@@ -119,11 +122,12 @@ def _open_sink(zoo: str | os.PathLike[str] | ZooAddress, base: BaseManifest) -> 
 
 def _results(todo: list[Job], cache: str | os.PathLike[str] | None, data_root: str | os.PathLike[str] | None,
              workers: int, ray_address: str | None, threads: int,
-             task_progress: Callable[[Job], Progress] | None) -> Iterator[JobResult]:
+             task_progress: Callable[[Job], Progress] | None,
+             ray_resources: tuple[int | None, float | None] = (None, None)) -> Iterator[JobResult]:
     cache = None if cache is None else str(Path(cache).resolve())
     data_root = None if data_root is None else str(Path(data_root).resolve())
     if ray_address is not None:
-        yield from ray_results(todo, cache, data_root, ray_address, threads)
+        yield from ray_results(todo, cache, data_root, ray_address, threads, *ray_resources)
     elif workers > 1:
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
