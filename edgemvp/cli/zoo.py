@@ -82,10 +82,7 @@ def zoo_build(ctx: Context, arch: str, dataset: str, base: str | None, tasks_fil
               seed: int, within_parent: bool, workers: int, ray_address: str | None, threads: int | None,
               cpus_per_task: int | None, gpus_per_task: float | None, zoo_dir: str | None, token_file: Path | None, ca_file: Path | None) -> None:
     """Prune the base model for N random tasks and store the results (rerun to resume)."""
-    if workers < 1:
-        raise UsageError("--workers must be at least 1")
-    if (cpus_per_task is not None or gpus_per_task is not None) and ray_address is None:
-        raise UsageError("--cpus-per-task and --gpus-per-task are for Ray builds (--ray)")
+    _check_workers(workers, ray_address, cpus_per_task, gpus_per_task)
     cfg = PruneConfig(ratio=ratio, iters=iters, lr=lr, batch_size=batch_size, prune_every=prune_every,
                       prune_fraction=prune_fraction)
     task_list = load_task_list(tasks_file, ctx.data) if tasks_file is not None else None
@@ -99,6 +96,13 @@ def zoo_build(ctx: Context, arch: str, dataset: str, base: str | None, tasks_fil
     where = folder if isinstance(folder, Path) else folder.url
     click.echo(f"zoo {where}: {report.built} task(s) built, {report.skipped} already there, "
                f"{len(report.ids)} in this build ({report.seconds:.0f} s)")
+
+
+def _check_workers(workers: int, ray_address: str | None, cpus: int | None, gpus: float | None) -> None:
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if (cpus is not None or gpus is not None) and ray_address is None:
+        raise UsageError("--cpus-per-task and --gpus-per-task are for Ray builds (--ray)")
 
 
 def _run_build(ctx: Context, spec: BuildSpec, folder: Location, workers: int = 1, ray_address: str | None = None,
