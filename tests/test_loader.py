@@ -137,3 +137,26 @@ def test_folder_batches_with_workers_equal_those_without(tmp_path: Path, monkeyp
     a = list(itertools.islice(train_batches(view, spec, 4, seed=0, workers=0), 6))
     b = list(itertools.islice(train_batches(view, spec, 4, seed=0, workers=2), 6))
     assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))
+
+
+def test_workers_send_uint8_batches_and_the_training_process_normalises(monkeypatch) -> None:
+    """What crosses from a worker to the training process is the uint8 batch (a quarter of float32's bytes in
+    shared memory and in flight); the float input is made on this side, equal to the in-thread loader's."""
+    import edgemvp.data.loader as loader
+
+    seen: list[torch.dtype] = []
+    normalised = loader._normalised
+
+    def spy(batches, spec, pin_memory):
+        def record():
+            for x, y in batches:
+                seen.append(x.dtype)
+                yield x, y
+        return normalised(record(), spec, pin_memory)
+
+    monkeypatch.setattr(loader, "_normalised", spy)
+    view, spec = _view(), InputSpec(1, 24, (0.5,), (0.25,))
+    got = list(itertools.islice(train_batches(view, spec, 100, seed=3, workers=2), 3))
+    want = list(itertools.islice(_reference_batches(view, spec, 100, seed=3), 3))
+    assert seen == [torch.uint8] * 3
+    assert all(a[0].dtype == torch.float32 and torch.equal(a[0], b[0]) for a, b in zip(got, want))

@@ -76,8 +76,10 @@ class _Ordered(torch.utils.data.Sampler):
 
 
 class _Batches(torch.utils.data.Dataset):
-    """Makes the batch of a plan (in a worker process, or in this thread with no workers): decode or slice the
-    images at the model's input size, apply the drawn augmentation, normalise."""
+    """Makes the uint8 batch of a plan (in a worker process, or in this thread with no workers): decode or slice
+    the images at the model's input size and apply the drawn augmentation. Normalising to float is left to the
+    training process (:func:`_normalised`): a uint8 batch is a quarter of the bytes in the workers' shared
+    memory and in flight."""
 
     def __init__(self, view: LabeledView, spec: InputSpec, pad: int) -> None:
         self.view, self.spec, self.pad = view, spec, pad
@@ -87,7 +89,15 @@ class _Batches(torch.utils.data.Dataset):
         spec = self.spec
         x = self.view.split.load(self.view.indices[plan.pick], spec.size, spec.crop_pct, spec.interpolation)
         x = apply_augment(x, plan.offsets, plan.flips, self.pad)
-        return to_input(x, spec), self.targets[torch.from_numpy(np.asarray(plan.pick, dtype=np.int64))]
+        return x, self.targets[torch.from_numpy(np.asarray(plan.pick, dtype=np.int64))]
+
+
+def _normalised(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], spec: InputSpec, pin_memory: bool
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The model's float input of each uint8 batch, page-locked when asked (for ``non_blocking`` CUDA copies)."""
+    for x, y in batches:
+        x = to_input(x, spec)
+        yield (x.pin_memory(), y.pin_memory()) if pin_memory else (x, y)
 
 
 def _worker_init(_: int) -> None:
@@ -107,8 +117,8 @@ def _loader(view: LabeledView, spec: InputSpec, sampler: torch.utils.data.Sample
     workers = default_workers(view) if workers is None else checks.number("workers", workers, 0, 256, integer=True)
     extra = dict(prefetch_factor=2, persistent_workers=True, worker_init_fn=_worker_init) if workers else {}
     loader = torch.utils.data.DataLoader(_Batches(view, spec, pad), sampler=sampler, batch_size=None,
-                                         num_workers=workers, pin_memory=pin_memory, **extra)
-    return iter(loader)
+                                         num_workers=workers, **extra)
+    return _normalised(iter(loader), spec, pin_memory and torch.cuda.is_available())
 
 
 def train_batches(view: LabeledView, spec: InputSpec, batch_size: int, seed: int, augmented: bool = True,
