@@ -28,10 +28,12 @@ class PretrainConfig:
     The defaults were chosen by measurement for resnet18 on Fashion-MNIST at 32 px on a 2-core CPU
     (docs/results.md): batch 256, SGD + Nesterov, peak lr 0.2 after a short warm-up, cosine to zero, label
     smoothing 0.1, random 2 px shifts (+ flip where it keeps labels); on a CPU, bf16 or fp32 and the memory
-    format by a cached probe of this machine (:func:`edgemvp.train.choose_cpu_mode`).
+    format by a cached probe of this machine (:func:`edgemvp.train.choose_cpu_mode`). 3 epochs keep the README's
+    cold start within 15 minutes on a 2-core CPU without fast bf16 (5 epochs until issue 24; ``--epochs 12``
+    for the stronger base).
     """
 
-    epochs: float = 5.0
+    epochs: float = 3.0
     batch_size: int = 256
     size: int = 32
     seed: int = 0
