@@ -22,7 +22,7 @@ from edgemvp import checks
 from edgemvp.errors import UsageError
 from edgemvp.paths import atomic_write_bytes
 from edgemvp.safeload import read_text
-from edgemvp.units import unit_space
+from edgemvp.units import Unit, unit_space
 
 SCHEMA_VERSION = 1
 
@@ -122,7 +122,8 @@ def validate(arch: str, kept: Mapping[str, tuple[int, ...]]) -> None:
 
 
 def keep_count(n: int, ratio: float, round_to: int = 1) -> int:
-    """Units kept of ``n`` when a fraction ``ratio`` is removed: max(1, round((1 - r) n)), optionally a multiple.
+    """Units kept of ``n`` when a fraction ``ratio`` is removed: max(1, round((1 - r) n)), optionally rounded to
+    the nearest multiple of ``round_to`` (at least one multiple, at most ``n``; a group kept whole stays whole).
 
     Raises:
         UsageError: ``ratio`` outside [0, 1).
@@ -130,9 +131,19 @@ def keep_count(n: int, ratio: float, round_to: int = 1) -> int:
     if not 0.0 <= ratio < 1.0:
         raise UsageError(f"ratio must be in [0, 1), got {ratio}")
     keep = max(1, round((1.0 - ratio) * n))
-    if round_to > 1:
+    if round_to > 1 and keep < n:
         keep = min(n, max(round_to, round_to * round(keep / round_to)))
     return keep
+
+
+ALIGNED_KINDS = ("channels", "mlp")  # unit kinds whose kept count is a tensor width a kernel blocks over
+
+
+def unit_keep(unit: Unit, ratio: float, round_to: int = 1) -> int:
+    """Units a group keeps at ``ratio``: channel and MLP groups rounded to a multiple of ``round_to`` (a device's
+    channel block, torch-pruning's ``round_to``), attention heads never (a head is ``head_dim`` rows already).
+    """
+    return keep_count(unit.size, ratio, round_to if unit.kind in ALIGNED_KINDS else 1)
 
 
 def full_masks(arch: str, base_sha256: str = "") -> Masks:
@@ -149,7 +160,7 @@ def masks_from_scores(arch: str, scores: Mapping[str, torch.Tensor | np.ndarray]
         arch: Architecture.
         scores: One score per unit, per unit group.
         ratio: Fraction removed in every group.
-        round_to: Keep a multiple of this many units.
+        round_to: Keep a multiple of this many channels (or MLP nodes) per group (:func:`unit_keep`).
     """
     space = unit_space(arch)
     kept = {}
@@ -157,7 +168,7 @@ def masks_from_scores(arch: str, scores: Mapping[str, torch.Tensor | np.ndarray]
         s = torch.as_tensor(np.asarray(scores[unit.name]), dtype=torch.float64).reshape(-1)
         if s.numel() != unit.size:
             raise UsageError(f"unit '{unit.name}': {s.numel()} scores for {unit.size} units")
-        k = keep_count(unit.size, ratio, round_to)
+        k = unit_keep(unit, ratio, round_to)
         order = torch.argsort(-s, stable=True)[:k]
         kept[unit.name] = tuple(sorted(order.tolist()))
     return Masks(arch, kept, base_sha256)

@@ -102,6 +102,8 @@ class PruneRequest:
             (for an ImageNet base: a class whose synset is an ImageNet class); off for the ablation.
         min_similarity: Without ``zoo`` (and ``arch``, ``base_dataset``), a task not of the offline default's
             dataset votes from the cached zoo nearest to it, which must reach this Wu-Palmer similarity.
+        round_to: Channel (and MLP node) counts kept as multiples of this; ``None`` (auto) takes the device
+            profile's channel block (:func:`run` resolves it; :func:`fit` alone reads ``None`` as 1).
     """
 
     task: TaskSpec
@@ -131,6 +133,7 @@ class PruneRequest:
     train_per_class: int | None = None
     head_from_base: bool = True
     min_similarity: float = DEFAULT_MIN_SIMILARITY
+    round_to: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -147,13 +150,21 @@ class PruneRequest:
         checks.optional("--lr", self.lr, lo=0, hi=10, lo_open=True)
         checks.optional("--budget-ms", self.budget_ms, lo=0, hi=1e7, lo_open=True)
         checks.optional("--train-per-class", self.train_per_class, lo=1, hi=10**9, integer=True)
+        checks.optional("--round-to", self.round_to, lo=1, hi=4096, integer=True)
         if self.method == "ifp" and self.iters < 1:
             raise UsageError("--method ifp needs --iters of at least 1 (it prunes while training)")
 
     def vote_spec(self) -> VoteSpec:
         """The voter's part of the request (``mvp``, ``transfer`` and ``random``)."""
         return VoteSpec(self.task, self.method, self.neighbours, self.ratio, self.temperature, self.seed,
-                        self.head_from_base)
+                        self.head_from_base, self.round_to or 1)
+
+    def voters(self) -> int | None:
+        """Entries a Wu-Palmer ranking over WordNet picks (the default zoo builds just what it can pick), else
+        None (LEEP, a user's hierarchy, or a method that ranks nothing)."""
+        if self.similarity != "wordnet" or self.hierarchy is not None or self.method not in ("mvp", "transfer"):
+            return None
+        return self.neighbours if self.method == "mvp" else 1
 
     def output_dir(self, profile: DeviceProfile) -> Path:
         return self.out if self.out is not None else Path("export") / f"{self.task.name}-{profile.name}"
@@ -169,7 +180,8 @@ class PruneRequest:
                 "neighbours": self.neighbours, "temperature": self.temperature,
                 "bn_reestimate": "auto" if self.bn_reestimate is None else self.bn_reestimate,
                 "bn_batches": self.bn_batches, "train_per_class": self.train_per_class,
-                "finetune_optim": asdict(self.finetune_optim(family)), "device": str(default_device())}
+                "finetune_optim": asdict(self.finetune_optim(family)), "device": str(default_device()),
+                "round_to": self.round_to or 1}
 
     def train_view(self, dataset: Dataset) -> LabeledView:
         """The target's training images (all, or ``train_per_class`` per class)."""
@@ -250,7 +262,8 @@ def _method_model(req: PruneRequest, zoo: Zoo, ranking: Ranking | None, batches,
     name = get_arch(base.arch).recipes.single_task_pruner
     rows = base_rows(base, task, zoo.cache) if req.head_from_base else ("",) * len(task.classes)
     full = target_model(zoo.base_model(), base.classes, base.dataset, task.dataset, task.classes, req.seed, rows)
-    cfg = PruneConfig(ratio=req.ratio, iters=req.iters, batch_size=req.batch_size, lr=req.lr, seed=req.seed)
+    cfg = PruneConfig(ratio=req.ratio, iters=req.iters, batch_size=req.batch_size, lr=req.lr, seed=req.seed,
+                      round_to=req.round_to or 1)
     out = get_pruner(name, get_arch(base.arch).family)(full, base.arch, batches, cfg, base.weights_sha256,
                                                        default_device(),
                                                        stages.progress(f"{name} J={req.iters}"))
@@ -328,12 +341,15 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
     clock = Clock()
     # everything a user can get wrong fails here with one line, before any work or any file is touched
     profile = ProfileRegistry(profiles, cache).get(req.device)
+    if req.round_to is None:
+        req = replace(req, round_to=profile.hardware.channel_block)
     out = check_out(req.output_dir(profile))
     hierarchy = load_hierarchy(req.hierarchy) if req.similarity == "wordnet" else None
     dataset = get_dataset(req.task.dataset, data_root)  # missing data: one line saying how to get it
     clock.lap("setup")
     with open_zoo(req.zoo, req.arch, req.base_dataset, cache, data_root, writable=req.add_to_zoo, say=stages.say,
-                  progress=stages.progress, task=req.task, min_similarity=req.min_similarity) as zoo:
+                  progress=stages.progress, task=req.task, min_similarity=req.min_similarity,
+                  voters=req.voters()) as zoo:
         if isinstance(zoo, LocalZoo):
             zoo.base_model()  # a damaged cached base: its one line before any note or work (loaded once anyway)
         clock.lap("base_and_zoo")

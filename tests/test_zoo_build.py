@@ -237,3 +237,48 @@ def test_build_from_a_file_of_named_past_tasks(tiny_bases, tmp_path: Path) -> No
                     str(tmp_path / "bad.yaml"), "--zoo", str(tmp_path / "zoo2"))
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, (text, r.stderr)
     assert not (tmp_path / "zoo2").exists()
+
+
+FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+def _fashion_jobs(class_sets: list[tuple[int, ...]]) -> list:
+    from edgemvp.data.tasks import TaskSpec
+    from edgemvp.zoo.jobs import Job
+
+    return [Job(TaskSpec(f"t{i}", "fashion-mnist", tuple(FASHION[c] for c in cs)), "resnet18", "fashion-mnist", "",
+                "ifp-activation", PruneConfig(), f"key{i}") for i, cs in enumerate(class_sets)]
+
+
+def test_the_default_zoos_first_build_makes_only_what_the_vote_can_pick() -> None:
+    from edgemvp.data.tasks import NAMED_TASKS, TaskSpec
+    from edgemvp.mvp.rank import rank_by_taxonomy
+    from edgemvp.zoo.defaults import nearest_jobs
+
+    rng = random.Random(0)
+    sets = [tuple(sorted(rng.sample(range(10), 5))) for _ in range(12)]
+    sets.append(sets[4])  # a task twice: equal scores, both kept when they sit at the cut
+    jobs, target = _fashion_jobs(sets), NAMED_TASKS["fashion5"]
+
+    def top(js: list, n: int) -> list[str]:
+        return rank_by_taxonomy([j.key for j in js], [(j.dataset, j.task.classes) for j in js], target, limit=n).ids
+
+    for voters in (1, 3, 5):
+        some = nearest_jobs(jobs, target, voters)
+        assert voters <= len(some) < len(jobs)
+        assert [j.key for j in some] == [j.key for j in jobs if j in some]  # plan order kept
+        assert top(some, voters) == top(jobs, voters)  # the same neighbours, nearest first
+        scores = rank_by_taxonomy([j.key for j in jobs], [(j.dataset, j.task.classes) for j in jobs], target).scores
+        cut = sorted(scores, reverse=True)[voters - 1]
+        assert {j.key for j, s in zip(jobs, scores) if s >= cut} == {j.key for j in some}  # ties included
+    assert nearest_jobs(jobs, target, len(jobs)) == jobs
+    unplaced = TaskSpec("odd", "fashion-mnist", ("Pullover", "no-such-class"))
+    assert nearest_jobs(jobs, unplaced, 3) == jobs  # LEEP scores every entry: all are built
+
+
+def test_a_selected_build_is_finished_later_with_the_same_ids(tiny_bases, tmp_path: Path) -> None:
+    zoo = tmp_path / "zoo"
+    part = build(SPEC, zoo, tiny_bases, threads=2, select=lambda jobs: jobs[1:3])
+    assert part.built == 2 and len(part.ids) == 2
+    full = build(SPEC, zoo, tiny_bases, threads=2)
+    assert full.built == 2 and full.skipped == 2 and full.ids[1:3] == part.ids

@@ -8,7 +8,7 @@ import click
 
 from edgemvp.cli.common import (CA_OPTION, DEVICE_OPTION, PROFILES_OPTION, RUNS_OPTION, TOKEN_OPTION, Bar, Context,
                                 defaults, options, pass_ctx)
-from edgemvp.cli.types import Number, Seed
+from edgemvp.cli.types import Number, NumberOrAuto, Seed
 from edgemvp.data.tasks import resolve_task
 from edgemvp.errors import BudgetExceeded
 from edgemvp.mvp.rank import SIMILARITIES
@@ -44,6 +44,9 @@ PRUNE_OPTIONS = (
                  show_default=True, help="tau of softmax(v / tau)."),
     click.option("--ratio", "-r", type=Number(0, 1, lo_open=True, hi_open=True), default=DEFAULT_RATIO,
                  show_default=True, help="Fraction of units removed per group."),
+    click.option("--round-to", type=NumberOrAuto(1, 4096, integer=True), default="auto", show_default=True,
+                 help="Keep channel (and MLP node) counts as multiples of this; auto: the device profile's channel "
+                      "block (onnxruntime's SIMD block, TensorRT's 8); 1 leaves them unaligned."),
     click.option("--seed", type=Seed(), default=REQUEST["seed"], show_default=True,
                  help="Seeds the vote, batches and init."),
     click.option("--int8", is_flag=True, help="Also write model.int8.onnx; the budget gate then applies to it."),
@@ -85,7 +88,7 @@ def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str 
               ratio: float, seed: int, int8: bool, budget_ms: float | None, measure: bool, out: Path | None,
               add_to_zoo: bool, arch: str | None, base_dataset: str | None, lr: float | None,
               train_per_class: int | None, head_from_base: bool, min_similarity: float, bn_reestimate: str,
-              no_bn_reestimate: bool, runs: int,
+              no_bn_reestimate: bool, runs: int, round_to: int | None,
               ca_file: Path | None, profiles: tuple[Path, ...]) -> None:
     """Prune the base model for a new task by voting from the nearest zoo tasks; export and check it."""
     if no_bn_reestimate and bn_reestimate == "on":
@@ -99,7 +102,7 @@ def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str 
                        neighbours, similarity, hierarchy, temperature, ratio, seed, bn_reestimate=bn,
                        int8=int8, budget_ms=budget_ms, measure=measure, out=out, add_to_zoo=add_to_zoo, runs=runs,
                        lr=lr, train_per_class=train_per_class, head_from_base=head_from_base,
-                       min_similarity=min_similarity)
+                       min_similarity=min_similarity, round_to=round_to)
     result = _run(ctx, req, profiles)
     for line in result.summary.summary_lines(result.out):
         click.echo(line)

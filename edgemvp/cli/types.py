@@ -41,6 +41,18 @@ class Number(click.ParamType):
         return "INTEGER" if self.integer else "FLOAT"
 
 
+class NumberOrAuto(Number):
+    """:class:`Number`, or the word ``auto`` (converted to None: the caller's automatic choice)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return None
+        return super().convert(value, param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:  # noqa: D102
+        return f"auto|{super().get_metavar(param, ctx)}"
+
+
 def Seed() -> Number:  # noqa: N802  (reads like the other option types)
     """The option type of ``--seed``."""
     return Number(0, SEED_MAX, integer=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgemvp.errors import UsageError
-from edgemvp.masks import Masks, keep_count
+from edgemvp.masks import Masks, unit_keep
 from edgemvp.units import unit_space
 
 DEFAULT_NEIGHBOURS = 3
@@ -48,7 +48,7 @@ class VoteResult:
 
 
 def vote(arch: str, neighbour_masks: np.ndarray, ratio: float, temperature: float = DEFAULT_TEMPERATURE,
-         seed: int = 0, base_sha256: str = "") -> VoteResult:
+         seed: int = 0, base_sha256: str = "", round_to: int = 1) -> VoteResult:
     """Sample target masks from the neighbours' kept units.
 
     Args:
@@ -58,6 +58,8 @@ def vote(arch: str, neighbour_masks: np.ndarray, ratio: float, temperature: floa
         temperature: ``tau`` > 0.
         seed: Seed of the Gumbel draw (recorded in the report).
         base_sha256: Base model the masks refer to.
+        round_to: Keep a multiple of this many channels (MLP nodes) per group, a device's channel block
+            (:func:`edgemvp.masks.unit_keep`); the draw is the same, only the count taken from it differs.
 
     Raises:
         UsageError: Non-positive temperature, no neighbours, or rows that do not match the arch.
@@ -74,7 +76,7 @@ def vote(arch: str, neighbour_masks: np.ndarray, ratio: float, temperature: floa
     keys = v / temperature + rng.gumbel(size=total)  # one draw for the whole model
     kept, votes, start = {}, {}, 0
     for unit in space.units:
-        kept[unit.name] = _top_k(keys[start:start + unit.size], keep_count(unit.size, ratio))
+        kept[unit.name] = _top_k(keys[start:start + unit.size], unit_keep(unit, ratio, round_to))
         votes[unit.name] = v[start:start + unit.size]
         start += unit.size
     return VoteResult(Masks(arch, kept, base_sha256), votes, seed, temperature, rows.shape[0])

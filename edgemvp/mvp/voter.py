@@ -84,6 +84,8 @@ class VoteSpec:
         seed: Seeds the vote and default-initialised classifier rows.
         head_from_base: Start a target class from the base's classifier row for it: a class of the base's
             own dataset, or for a stock ImageNet base a class whose synset is an ImageNet class.
+        round_to: Channel (MLP node) counts kept as multiples of this, the device's channel block (``mvp`` and
+            ``random``; ``transfer`` keeps its entry's masks as they are).
     """
 
     task: TaskSpec
@@ -93,11 +95,13 @@ class VoteSpec:
     temperature: float = DEFAULT_TEMPERATURE
     seed: int = 0
     head_from_base: bool = True
+    round_to: int = 1
 
     def __post_init__(self) -> None:
         if self.method not in VOTER_METHODS:
             raise UsageError(f"the voter makes {', '.join(VOTER_METHODS)} models, not '{self.method}'")
         check_vote_settings(self.ratio, self.temperature, self.neighbours)
+        checks.number("--round-to", self.round_to, 1, 4096, integer=True)
 
     @property
     def count(self) -> int:
@@ -132,7 +136,7 @@ def initialise(store: EntrySource, base_model: nn.Module, base: BaseManifest, sp
                   spec=base.input_spec, target_dataset=task.dataset, target_classes=task.classes, seed=spec.seed,
                   rows=rows)
     if spec.method == "random":
-        masks = random_masks(base.arch, spec.ratio, spec.seed, base_sha256=base.weights_sha256)
+        masks = random_masks(base.arch, spec.ratio, spec.seed, spec.round_to, base.weights_sha256)
         return Initial(averaged_model(masks=masks, neighbours=[], **common), masks, [], {})
     if ranking is None:
         raise UsageError(f"--method {spec.method} needs ranked zoo entries")
@@ -144,10 +148,10 @@ def initialise(store: EntrySource, base_model: nn.Module, base: BaseManifest, sp
     info: dict = {}
     if spec.method == "mvp":
         rows = store.mask_rows([e.id for e in entries])
-        result = vote(base.arch, rows, spec.ratio, spec.temperature, spec.seed, base.weights_sha256)
+        result = vote(base.arch, rows, spec.ratio, spec.temperature, spec.seed, base.weights_sha256, spec.round_to)
         masks = result.masks
         info["vote"] = {"neighbours": len(entries), "temperature": spec.temperature, "seed": spec.seed,
-                        "unanimous_kept_fraction": round(result.agreement(), 4)}
+                        "unanimous_kept_fraction": round(result.agreement(), 4), "round_to": spec.round_to}
     else:
         masks = entries[0].manifest.masks
     return Initial(averaged_model(masks=masks, neighbours=entries, **common), masks, picked, info)

@@ -28,7 +28,7 @@ class _ScoreHook(StepHook):
         device = next(model.parameters()).device
         self.scores = {n: nn.Parameter(torch.ones(u.size, device=device)) for n, u in self.units.items()}
         self.alive = {n: torch.ones(u.size, dtype=torch.bool, device=device) for n, u in self.units.items()}
-        self.finals = final_keep(arch, cfg.ratio)
+        self.finals = final_keep(arch, cfg.ratio, cfg.round_to)
         events = pruning_events({n: u.size for n, u in self.units.items()}, self.finals, cfg.prune_fraction)
         self.every = event_interval(cfg, phase_steps, events)
         self.events = 0

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from edgemvp import checks
 from edgemvp.errors import UsageError, unknown
-from edgemvp.masks import Masks, keep_count
+from edgemvp.masks import Masks, unit_keep
 from edgemvp.models.factory import FAMILIES
 from edgemvp.train import OptimConfig, Progress
 from edgemvp.units import unit_space
@@ -41,6 +41,8 @@ class PruneConfig:
         l1: AHNP's L1 weight on the scores (summed over groups of per-group mean |score|).
         seed: Seeds batches, random masks and initialisation.
         amp: Mixed precision on CUDA. CPU runs fp32 so that builds are bit-reproducible.
+        round_to: Channel (MLP node) counts kept as multiples of this, a device's channel block; 1 (the default)
+            is left out of :meth:`to_dict`, so zoo job keys of unaligned builds are what they were.
     """
 
     ratio: float = 0.9
@@ -56,9 +58,11 @@ class PruneConfig:
     l1: float = 1e-2
     seed: int = 0
     amp: bool = True
+    round_to: int = 1
 
     def __post_init__(self) -> None:
         checks.number("ratio", self.ratio, 0, 1, lo_open=True, hi_open=True)
+        checks.number("round-to", self.round_to, 1, 4096, integer=True)
         checks.number("iters", self.iters, 1, 10**9, integer=True)
         checks.number("batch size", self.batch_size, 1, 65_536, integer=True)
         checks.optional("lr", self.lr, lo=0, hi=10, lo_open=True)
@@ -79,8 +83,11 @@ class PruneConfig:
                            momentum=base.momentum)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values for manifests."""
-        return asdict(self)
+        """Plain values for manifests (``round_to`` only when it aligns)."""
+        out = asdict(self)
+        if self.round_to == 1:
+            del out["round_to"]
+        return out
 
 
 @dataclass
@@ -132,9 +139,10 @@ def get_pruner(name: str, family: Family | None = None) -> Pruner:
     return pruner
 
 
-def final_keep(arch: str, ratio: float) -> dict[str, int]:
-    """Units each group keeps at the end: max(1, round((1 - r) n)) (docs/design.md, decision 2)."""
-    return {u.name: keep_count(u.size, ratio) for u in unit_space(arch).units}
+def final_keep(arch: str, ratio: float, round_to: int = 1) -> dict[str, int]:
+    """Units each group keeps at the end: max(1, round((1 - r) n)) (docs/design.md, decision 2), channel and MLP
+    groups rounded to a multiple of ``round_to`` (:func:`edgemvp.masks.unit_keep`)."""
+    return {u.name: unit_keep(u, ratio, round_to) for u in unit_space(arch).units}
 
 
 def next_keep(have: int, final: int, fraction: float) -> int:

@@ -49,7 +49,7 @@ class _IFPHook(StepHook):
 
     def __init__(self, model: nn.Module, masks: Masks, cfg: PruneConfig, importance: Importance) -> None:
         self.model, self.masks, self.cfg, self.importance = model, masks, cfg, importance
-        self.finals = final_keep(masks.arch, cfg.ratio)
+        self.finals = final_keep(masks.arch, cfg.ratio, cfg.round_to)
         sizes = {u: len(k) for u, k in masks.kept.items()}
         self.events_needed = pruning_events(sizes, self.finals, cfg.prune_fraction)
         self.every = event_interval(cfg, cfg.iters, self.events_needed)

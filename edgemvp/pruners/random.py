@@ -15,7 +15,7 @@ from edgemvp.train import Progress, train_steps
 def random_prune(model: nn.Module, arch: str, batches: Batches, cfg: PruneConfig, base_sha256: str,
                  device: torch.device | None = None, progress: Progress | None = None) -> PruneOutcome:
     """Keep a seeded uniformly random (1 - r) of every group, shrink, then fine-tune for ``cfg.iters`` steps."""
-    masks = random_masks(arch, cfg.ratio, cfg.seed, base_sha256=base_sha256)
+    masks = random_masks(arch, cfg.ratio, cfg.seed, cfg.round_to, base_sha256=base_sha256)
     shrink(model, masks)
     family = get_arch(arch).family
     losses = train_steps(model, batches, cfg.iters, cfg.optim(family), device, progress, cfg.amp, deterministic=True)

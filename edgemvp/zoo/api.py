@@ -23,7 +23,8 @@ from edgemvp.mvp.voter import Initial, VoteSpec
 from edgemvp.paths import cache_dir
 from edgemvp.pretrain import PretrainConfig, pretrain
 from edgemvp.train import Progress
-from edgemvp.zoo.defaults import DEFAULT_ARCH, DEFAULT_DATASET, default_zoo_path, ensure_default_zoo, zoo_path
+from edgemvp.zoo.defaults import (DEFAULT_ARCH, DEFAULT_DATASET, DEFAULT_ZOO, default_zoo_path, ensure_default_zoo,
+                                  zoo_path)
 from edgemvp.zoo.local import LocalZoo
 from edgemvp.zoo.remote import RemoteZoo, ZooAddress, is_url, read_token
 from edgemvp.zoo.store import MARKER, ZooStore
@@ -161,11 +162,25 @@ def fitting_zoo(task: TaskSpec, cache: str | os.PathLike[str] | None = None,
                      f"build one: {build}, or pass --zoo")
 
 
+def _default_zoo(cache: str | os.PathLike[str] | None, data_root: str | os.PathLike[str] | None,
+                 say: Callable[[str], None], progress: Callable[[str, str], Progress | None], task: TaskSpec | None,
+                 voters: int | None) -> None:
+    """Build (or finish) the default zoo, only the target's nearest tasks when the caller ranks by WordNet."""
+    nearest = (task, voters) if task is not None and voters else None
+    report = ensure_default_zoo(cache, data_root, nearest, overall=progress("default zoo (first use)", "task"),
+                                task_progress=lambda job: progress(f"  {job.task.name}", "step"))
+    left = DEFAULT_ZOO.tasks - len(report.ids)
+    if report.built and left > 0 and task is not None:
+        say(f"zoo: built the {len(report.ids)} default-zoo tasks nearest to {task.name}; the other {left} are "
+            "built when a task needs them ('edgemvp zoo default' builds them all)")
+
+
 def open_zoo(location: Location | None, arch: str | None = None, base_dataset: str | None = None,
              cache: str | os.PathLike[str] | None = None, data_root: str | os.PathLike[str] | None = None,
              writable: bool = False, say: Callable[[str], None] = lambda line: None,
              progress: Callable[[str, str], Progress | None] = lambda desc, unit: None,
-             task: TaskSpec | None = None, min_similarity: float = DEFAULT_MIN_SIMILARITY) -> Zoo:
+             task: TaskSpec | None = None, min_similarity: float = DEFAULT_MIN_SIMILARITY,
+             voters: int | None = None) -> Zoo:
     """The zoo to vote from with the base it was built for (building the offline default on first use).
 
     Args:
@@ -182,6 +197,8 @@ def open_zoo(location: Location | None, arch: str | None = None, base_dataset: s
             another dataset than the offline default's gets the cached zoo that fits it (:func:`fitting_zoo`),
             never the offline default.
         min_similarity: What fitting means there.
+        voters: The caller ranks ``task`` by Wu-Palmer over WordNet and takes this many entries: the default
+            zoo then builds only the tasks such a ranking can pick (:func:`edgemvp.zoo.defaults.nearest_jobs`).
 
     Raises:
         UsageError: No zoo there, a zoo of another base, a refused token, ...
@@ -204,8 +221,7 @@ def open_zoo(location: Location | None, arch: str | None = None, base_dataset: s
         if (arch, dataset) == (DEFAULT_ARCH, DEFAULT_DATASET):
             ensure_default_base(cache, data_root, say, progress)
             say(f"zoo: default zoo ({default_zoo_path(cache)})")
-            ensure_default_zoo(cache, data_root, overall=progress("default zoo (first use)", "task"),
-                               task_progress=lambda job: progress(f"  {job.task.name}", "step"))
+            _default_zoo(cache, data_root, say, progress, task, voters)
             path = default_zoo_path(cache)
         else:
             path = zoo_path(arch, dataset, cache)

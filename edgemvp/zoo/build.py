@@ -50,7 +50,8 @@ def build(spec: BuildSpec, zoo: str | os.PathLike[str] | ZooAddress, cache: str 
           data_root: str | os.PathLike[str] | None = None, workers: int = 1, ray_address: str | None = None,
           threads: int | None = None, overall: Progress | None = None,
           task_progress: Callable[[Job], Progress] | None = None,
-          ray_resources: tuple[int | None, float | None] = (None, None)) -> BuildReport:
+          ray_resources: tuple[int | None, float | None] = (None, None),
+          select: Callable[[list[Job]], list[Job]] | None = None) -> BuildReport:
     """Build (or resume) a zoo.
 
     Args:
@@ -67,6 +68,7 @@ def build(spec: BuildSpec, zoo: str | os.PathLike[str] | ZooAddress, cache: str 
         task_progress: Makes a per-step progress object for a task (in-process builds only).
         ray_resources: CPUs and GPUs each Ray task asks for (None: ``threads`` CPUs; 1 GPU where the cluster
             has one). With CPUs given and no ``threads``, a task runs that many torch threads.
+        select: Picks the planned jobs to run now (the rest are left for a later build); None: all.
 
     Raises:
         UsageError: Bad spec, missing base model, newer zoo schema, Ray not installed.
@@ -80,6 +82,7 @@ def build(spec: BuildSpec, zoo: str | os.PathLike[str] | ZooAddress, cache: str 
         raise UsageError(f"no pre-trained {spec.arch} base for dataset '{spec.dataset}' in the cache; run "
                          f"'edgemvp pretrain --arch {spec.arch} --dataset {spec.dataset}'")
     jobs = plan(spec, base, data_root)
+    jobs = select(jobs) if select is not None else jobs
     threads = threads or ray_resources[0] or max(1, torch.get_num_threads() // max(1, workers))
     with _open_sink(zoo, base) as store:
         todo = [j for j in jobs if store.job_entry(j.key) is None]

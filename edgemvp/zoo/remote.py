@@ -261,6 +261,8 @@ class RemoteZoo:
                                 "base_sha256": self.base.weights_sha256}
         if not spec.head_from_base:  # sent only when off: a server of an earlier version keeps working
             body["head_from_base"] = False
+        if spec.round_to != 1:  # likewise: sent only when it aligns
+            body["round_to"] = spec.round_to
         if ranking is not None:  # the client's ranking (LEEP here, or the server's Wu-Palmer): send the nearest
             order = nearest(ranking.scores, spec.count)
             body["neighbour_ids"] = [ranking.ids[i] for i in order]

@@ -130,6 +130,7 @@ class VoteBody(_Body):
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="drawn at random when absent; returned")
     base_sha256: Sha256 | None = None
     head_from_base: bool = Field(True, description="start a class from the base's classifier row for it")
+    round_to: int = Field(1, ge=1, le=4096, description="keep channel counts as multiples of this (a device's block)")
 
 
 # --- the service ---------------------------------------------------------------------------------------------
@@ -283,7 +284,8 @@ class ZooService:
         """The voter's answer as safetensors bytes, and the seed used."""
         seed = body.seed if body.seed is not None else secrets.randbelow(2**32)
         task = self.task(body.task)
-        spec = VoteSpec(task, body.method, body.neighbours, body.ratio, body.temperature, seed, body.head_from_base)
+        spec = VoteSpec(task, body.method, body.neighbours, body.ratio, body.temperature, seed, body.head_from_base,
+                        body.round_to)
         with self.voting.enter(), self.zoo(body.base_sha256) as zoo:  # a slot first, then a connection
             ids, tasks = zoo.task_table()
             ranking = None
