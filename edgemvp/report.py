@@ -126,6 +126,12 @@ class PruneReport:
         return model_card(self.to_dict())
 
 
+def _aligned(settings: dict) -> str:
+    """``, channels in multiples of 8`` when the counts were aligned to a device's block."""
+    block = settings.get("round_to", 1)
+    return f", channels in multiples of {block}" if block and block > 1 else ""
+
+
 def summary(r: dict, out: Path) -> list[str]:
     """The short summary printed after a run, from ``report.json``'s content."""
     acc, lat, t = r["accuracy"], r["latency"], r["timings"]
@@ -140,7 +146,7 @@ def summary(r: dict, out: Path) -> list[str]:
     lines.append(f"accuracy {acc['final']:.2f}% after {r['settings']['iters']} steps{init}")
     lines.append(f"size {r['params'] / 1e6:.3f} M params ({100 * r['params_ratio']:.1f}% of "
                  f"{r['base']['params'] / 1e6:.2f} M), {r['macs'] / 1e6:.2f} M MACs ({100 * r['macs_ratio']:.1f}% of "
-                 f"{r['base']['macs'] / 1e6:.1f} M)")
+                 f"{r['base']['macs'] / 1e6:.1f} M)" + _aligned(r['settings']))
     verdict = "within budget" if lat["within_budget"] else "OVER BUDGET"
     lines.append(f"latency {lat['value_ms']:.3f} ms {lat['statistic']} ({lat['source']}, {lat['model']}) vs budget "
                  f"{lat['budget_ms']:g} ms {lat['budget_statistic']}: {verdict}")

@@ -166,6 +166,26 @@ def test_add_to_zoo_records_parents(tiny_bases, digits_zoo, tmp_path) -> None:
     assert torch.equal(model(x), exported(x))
 
 
+def test_channels_are_aligned_to_the_devices_block(tiny_bases, digits_zoo, tmp_path) -> None:
+    from edgemvp.deploy.devices import ProfileRegistry
+    from edgemvp.units import unit_space
+
+    def counts(r: dict, out: Path) -> dict[str, int]:
+        _, masks = load_pruned(out)
+        return {u.name: len(masks.kept[u.name]) for u in unit_space("resnet18").units}
+
+    auto = run(_request(digits_zoo, tmp_path / "auto", device="rpi4"), tiny_bases)
+    block = ProfileRegistry().get("rpi4").hardware.channel_block
+    assert block == 4 and auto.report["settings"]["round_to"] == 4 and auto.report["vote"]["round_to"] == 4
+    sizes = {u.name: u.size for u in unit_space("resnet18").units}
+    assert all(k % 4 == 0 or k == sizes[u] for u, k in counts(auto.report, tmp_path / "auto").items())
+    assert "channels in multiples of 4" in "\n".join(auto.summary.summary_lines(tmp_path / "auto"))
+    plain = run(_request(digits_zoo, tmp_path / "plain", device="rpi4", round_to=1), tiny_bases)
+    assert any(k % 4 for k in counts(plain.report, tmp_path / "plain").values())  # 64 at 90%: 6 kept
+    random = run(_request(digits_zoo, tmp_path / "random", device="host", method="random", round_to=8), tiny_bases)
+    assert all(k % 8 == 0 or k == sizes[u] for u, k in counts(random.report, tmp_path / "random").items())
+
+
 def test_over_budget_exits_3_and_still_writes(tiny_bases, digits_zoo, tmp_path) -> None:
     out = tmp_path / "over"
     proc = _cli(tiny_bases, "prune", "--dataset", "digits", "--classes", "3,4,5", "--device", "host", "--zoo",
@@ -195,6 +215,8 @@ def test_bad_input_is_one_clear_line(tiny_bases, digits_zoo, tmp_path) -> None:
         ([*digits, "--device", "host", "--zoo", str(tmp_path / "nope")], "zoo not found"),
         ([*digits, "--device", "host", "--zoo", str(digits_zoo), "--ratio", "1.5"], "must be in (0, 1), got 1.5"),
         ([*digits, "--device", "host", "--no-bn-reestimate", "--bn-reestimate", "on"], "contradicts"),
+        ([*digits, "--device", "host", "--zoo", str(digits_zoo), "--round-to", "0"], "--round-to"),
+        ([*digits, "--device", "host", "--zoo", str(digits_zoo), "--round-to", "eight"], "is not an integer"),
     ]
     for args, message in cases:
         proc = _cli(tiny_bases, "prune", *args)
