@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,13 +35,16 @@ from edgemvp.data.tasks import TaskSpec, task_view
 from edgemvp.deploy.budget import over_budget
 from edgemvp.deploy.devices import DeviceProfile, ProfileRegistry
 from edgemvp.deploy.export import ExportSource, deploy
-from edgemvp.errors import UsageError
+from edgemvp.deploy.search import SkeletonTimer, next_ratio, search_ratio
+from edgemvp.errors import BudgetExceeded, UsageError
 from edgemvp.manifest import BaseRef, EntryManifest
 from edgemvp.masks import Masks
 from edgemvp.models.base import BaseManifest, base_rows
 from edgemvp.models.factory import FAMILIES, create_model, get_arch
 from edgemvp.models.weights import sha256_file
 from edgemvp.mvp.average import target_model
+from edgemvp.mvp.prior import PRIOR_IMAGES, unit_importance
+from edgemvp.mvp.ratios import at_ratio, fill_order, several_ratios
 from edgemvp.mvp.rank import SIMILARITIES, Ranking, ZooTasks, load_hierarchy, nearest
 from edgemvp.mvp.rank import rank as rank_entries
 from edgemvp.mvp.similarity import Hierarchy
@@ -104,6 +107,9 @@ class PruneRequest:
             dataset votes from the cached zoo nearest to it, which must reach this Wu-Palmer similarity.
         round_to: Channel (and MLP node) counts kept as multiples of this; ``None`` (auto) takes the device
             profile's channel block (:func:`run` resolves it; :func:`fit` alone reads ``None`` as 1).
+        search: Let the latency budget (``budget_ms``, else the profile's) choose ``ratio``: the least pruning
+            whose model meets it (:mod:`edgemvp.deploy.search`); ``ratio`` is then ignored.
+        margin: With ``search``, aim this fraction below the budget (default: 10% measured, 2% estimated).
     """
 
     task: TaskSpec
@@ -134,6 +140,8 @@ class PruneRequest:
     head_from_base: bool = True
     min_similarity: float = DEFAULT_MIN_SIMILARITY
     round_to: int | None = None
+    search: bool = False
+    margin: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -151,6 +159,13 @@ class PruneRequest:
         checks.optional("--budget-ms", self.budget_ms, lo=0, hi=1e7, lo_open=True)
         checks.optional("--train-per-class", self.train_per_class, lo=1, hi=10**9, integer=True)
         checks.optional("--round-to", self.round_to, lo=1, hi=4096, integer=True)
+        checks.optional("--margin", self.margin, lo=0, hi=1, hi_open=True)
+        if self.search and self.method == "transfer":
+            raise UsageError("--method transfer keeps its zoo entry's masks: it has no ratio for a budget to choose")
+        if self.search and self.int8:
+            raise UsageError("--ratio auto sizes the fp32 model; with --int8 give a --ratio")
+        if self.margin is not None and not self.search:
+            raise UsageError("--margin is for --ratio auto (a budget that chooses the ratio)")
         if self.method == "ifp" and self.iters < 1:
             raise UsageError("--method ifp needs --iters of at least 1 (it prunes while training)")
 
@@ -166,8 +181,12 @@ class PruneRequest:
             return None
         return self.neighbours if self.method == "mvp" else 1
 
-    def output_dir(self, profile: DeviceProfile) -> Path:
-        return self.out if self.out is not None else Path("export") / f"{self.task.name}-{profile.name}"
+    def output_dir(self, profile: DeviceProfile, fleet: bool = False) -> Path:
+        """``--out``, else ``export/<task>-<device>``; for several devices, ``<out>/<task>-<device>``."""
+        folder = f"{self.task.name}-{profile.name}"
+        if self.out is None:
+            return Path("export") / folder
+        return self.out / folder if fleet else self.out
 
     def finetune_optim(self, family: str) -> OptimConfig:
         """The fine-tune optimiser: the family's recipe at ``lr`` when given."""
@@ -181,7 +200,7 @@ class PruneRequest:
                 "bn_reestimate": "auto" if self.bn_reestimate is None else self.bn_reestimate,
                 "bn_batches": self.bn_batches, "train_per_class": self.train_per_class,
                 "finetune_optim": asdict(self.finetune_optim(family)), "device": str(default_device()),
-                "round_to": self.round_to or 1}
+                "round_to": self.round_to or 1, **({"ratio_search": True} if self.search else {})}
 
     def train_view(self, dataset: Dataset) -> LabeledView:
         """The target's training images (all, or ``train_per_class`` per class)."""
@@ -245,19 +264,34 @@ def rank(zoo: Zoo, ids: list[str], tasks: ZooTasks, task: TaskSpec, dataset: Dat
     class-balanced sample of the target's training images)."""
     if req.similarity == "wordnet" and hierarchy is None:
         hierarchy = load_hierarchy(req.hierarchy)
-    return rank_entries(zoo, ids, tasks, task, req.similarity, hierarchy,
-                        limit=req.neighbours if req.method == "mvp" else 1,
+    limit = None if several_ratios(tasks) else req.neighbours if req.method == "mvp" else 1  # several: all
+    return rank_entries(zoo, ids, tasks, task, req.similarity, hierarchy, limit=limit,
                         images=lambda: balanced_sample(req.train_view(dataset), zoo.base.input_spec,
                                                        req.leep_samples, req.seed))
 
 
 # --- the run -----------------------------------------------------------------------------------------------
-def _method_model(req: PruneRequest, zoo: Zoo, ranking: Ranking | None, batches, stages: Stages) -> Initial:
+def vote_prior(req: PruneRequest, zoo: Zoo, train: LabeledView, other_votes: np.ndarray | None = None
+               ) -> np.ndarray | None:
+    """For ``mvp``, the order in which the vote fills groups beyond its neighbours' votes: the neighbours' entries
+    at other ratios (``other_votes``, per unit), then on a CNN the base's unit importance on a class-balanced
+    sample of the target's training images (:mod:`edgemvp.mvp.prior`, :mod:`edgemvp.mvp.ratios`)."""
+    if req.method != "mvp":
+        return None
+    importance = None
+    if get_arch(zoo.base.arch).family == "cnn":
+        images, _ = balanced_sample(train, zoo.base.input_spec, PRIOR_IMAGES, req.seed)
+        importance = unit_importance(zoo.base_model(), zoo.base.arch, images)
+    return fill_order(importance, other_votes)
+
+
+def _method_model(req: PruneRequest, zoo: Zoo, ranking: Ranking | None, batches, stages: Stages,
+                  prior: np.ndarray | None = None) -> Initial:
     """Masks and initial (or, for IFP, trained) model of the chosen method, the neighbours used and extra
     report fields. The voter (:mod:`edgemvp.mvp.voter`, in process or on the zoo server) makes mvp, transfer and
     random; IFP prunes the base here."""
     if req.method != "ifp":
-        return zoo.initialise(req.vote_spec(), ranking)
+        return zoo.initialise(replace(req.vote_spec(), prior=prior), ranking)
     base, task = zoo.base, req.task
     name = get_arch(base.arch).recipes.single_task_pruner
     rows = base_rows(base, task, zoo.cache) if req.head_from_base else ("",) * len(task.classes)
@@ -282,7 +316,7 @@ class Fitted:
 
 
 def fit(req: PruneRequest, zoo: Zoo, ranking: Ranking | None, dataset: Dataset, stages: Stages | None = None,
-        lap: Callable[[str], None] = lambda name: None) -> Fitted:
+        lap: Callable[[str], None] = lambda name: None, other_votes: np.ndarray | None = None) -> Fitted:
     """Build the method's sub-network for the target, re-estimate BatchNorm, fine-tune J steps (``ifp``: prune
     while training J steps) and measure test accuracy; ``lap`` is called after each stage (stages that only
     measure accuracy are named ``evaluate*``).
@@ -295,7 +329,7 @@ def fit(req: PruneRequest, zoo: Zoo, ranking: Ranking | None, dataset: Dataset, 
     torch.manual_seed(req.seed)
     device = default_device()
     batches = train_batches(train, spec, req.batch_size, req.seed, pin_memory=device.type == "cuda")
-    init = _method_model(req, zoo, ranking, batches, stages)
+    init = _method_model(req, zoo, ranking, batches, stages, vote_prior(req, zoo, train, other_votes))
     model = init.model
     # fine-tuning starts from the same RNG state wherever the initial model was made (here or on a server)
     torch.manual_seed(req.seed)
@@ -328,22 +362,65 @@ def fit(req: PruneRequest, zoo: Zoo, ranking: Ranking | None, dataset: Dataset, 
     return Fitted(model, init.masks, init.neighbours, init.info, acc)
 
 
+@dataclass(frozen=True)
+class Target:
+    """One device of a run: its request (round_to and device resolved), profile and output folder."""
+
+    req: PruneRequest
+    profile: DeviceProfile
+    out: Path
+
+
+def targets(req: PruneRequest, devices: tuple[str, ...], registry: ProfileRegistry) -> list[Target]:
+    """Resolve every device before any work (an unknown one, a duplicate or an unusable folder: one line)."""
+    profiles: list[DeviceProfile] = []
+    for name in devices:
+        profile = registry.get(name)
+        if any(p.name == profile.name for p in profiles):
+            raise UsageError(f"device '{name}' is listed twice (as '{profile.name}')")
+        profiles.append(profile)
+    found: list[Target] = []
+    for profile in profiles:  # folders are checked (and their parents made) once every device is known
+        one = replace(req, device=profile.name,
+                      round_to=req.round_to if req.round_to is not None else profile.hardware.channel_block)
+        found.append(Target(one, profile, check_out(one.output_dir(profile, fleet=len(devices) > 1))))
+    return found
+
+
+@dataclass
+class FleetResult:
+    """A run over several devices: a result per device that got a model, the budget line of those that did not."""
+
+    results: list[PruneResult]
+    failed: dict[str, str]  # device -> the line saying why no model meets its budget
+
+
 def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
         data_root: str | os.PathLike[str] | None = None, stages: Stages | None = None,
         profiles: tuple[Path, ...] = ()) -> PruneResult:
-    """Run ``edgemvp prune`` (see the module docstring): check the request, open the zoo, rank, fit, then
-    export, gate and write the run folder.
+    """Run ``edgemvp prune`` for one device (see the module docstring and :func:`run_fleet`).
 
     Raises:
         UsageError: Unknown device, missing data, empty zoo, zoo of another base, N larger than the zoo, ...
+        BudgetExceeded: ``search`` found no ratio whose model meets the budget.
+    """
+    fleet = run_fleet(req, (req.device,), cache, data_root, stages, profiles)
+    if fleet.failed:
+        raise BudgetExceeded(next(iter(fleet.failed.values())))
+    return fleet.results[0]
+
+
+def run_fleet(req: PruneRequest, devices: tuple[str, ...], cache: str | os.PathLike[str] | None = None,
+              data_root: str | os.PathLike[str] | None = None, stages: Stages | None = None,
+              profiles: tuple[Path, ...] = ()) -> FleetResult:
+    """Run ``edgemvp prune`` for one or more devices: check the request, open the zoo and rank once, then per
+    device size (``search``), vote, fit, export, gate and write its folder. Devices whose model has the same
+    ratio and channel block share one fitted model.
     """
     stages = stages or Stages()
     clock = Clock()
     # everything a user can get wrong fails here with one line, before any work or any file is touched
-    profile = ProfileRegistry(profiles, cache).get(req.device)
-    if req.round_to is None:
-        req = replace(req, round_to=profile.hardware.channel_block)
-    out = check_out(req.output_dir(profile))
+    todo = targets(req, devices, ProfileRegistry(profiles, cache))
     hierarchy = load_hierarchy(req.hierarchy) if req.similarity == "wordnet" else None
     dataset = get_dataset(req.task.dataset, data_root)  # missing data: one line saying how to get it
     clock.lap("setup")
@@ -356,10 +433,91 @@ def run(req: PruneRequest, cache: str | os.PathLike[str] | None = None,
         ids, tasks = zoo.task_table()
         ranking = _ranking(req, zoo, ids, tasks, dataset, hierarchy, stages)
         clock.lap("similarity")
-        fitted = fit(req, zoo, ranking, dataset, stages, clock.lap)
-        report = _report(req, profile, zoo, len(ids), ranking, fitted)
-        _write_run(req, profile, zoo, fitted, report, out, clock, cache, data_root)
-    return PruneResult(report, out)
+        keep = _keep_shares(zoo, ids) if ranking is not None and several_ratios(tasks) else None
+        shared = Shared(zoo, len(ids), ranking, dataset, cache, data_root, stages, dict(clock.timings),
+                        (ids, tasks, keep))
+        fleet = FleetResult([], {})
+        for target in todo:
+            try:
+                fleet.results.append(_one_device(target, shared))
+            except BudgetExceeded as err:
+                fleet.failed[target.profile.name] = str(err)
+    return fleet
+
+
+@dataclass
+class Shared:
+    """What the devices of a run share: the zoo, its ranking, the data, and the shared stages' timings."""
+
+    zoo: Zoo
+    entries: int
+    ranking: Ranking | None
+    dataset: Dataset
+    cache: str | os.PathLike[str] | None
+    data_root: str | os.PathLike[str] | None
+    stages: Stages
+    timings: dict[str, float]
+    table: tuple = ((), (), None)  # ids, tasks and (a zoo with tasks at several ratios) the kept share per id
+    fitted: dict = field(default_factory=dict)  # (ratio, round_to) -> Fitted
+
+    def ranking_at(self, req: PruneRequest) -> tuple[Ranking | None, np.ndarray | None]:
+        """The ranking with one entry per task nearest ``req.ratio``, and per unit how many of the neighbour
+        tasks' other-ratio entries kept it (:mod:`edgemvp.mvp.ratios`); as it is for a zoo of one ratio."""
+        ids, tasks, keep = self.table
+        if self.ranking is None or keep is None:
+            return self.ranking, None
+        count = req.neighbours if req.method == "mvp" else 1
+        ranking, others = at_ratio(self.ranking, ids, tasks, keep, req.ratio, count)
+        if not others or req.method != "mvp":
+            return ranking, None
+        return ranking, self.zoo.store.mask_rows(others).sum(axis=0)
+
+
+def _keep_shares(zoo: Zoo, ids: list[str]) -> dict[str, float] | None:
+    """Each entry's kept share of units, from a local zoo's index (a zoo server's ranking is taken as it is)."""
+    store = getattr(zoo, "store", None)
+    if store is None:
+        return None
+    return dict(zip(ids, store.mask_rows(ids).mean(axis=1).tolist()))
+
+
+MAX_RETRIES = 2  # shipped models over the budget that a search steps past before it gives up
+
+
+def _one_device(target: Target, shared: Shared) -> PruneResult:
+    """Size (``search``), fit, export, gate and write one device's folder; a search steps up the ratio when the
+    shipped model comes out over the budget (at most :data:`MAX_RETRIES` times)."""
+    req, profile, zoo = target.req, target.profile, shared.zoo
+    clock = Clock()
+    clock.timings = dict(shared.timings)
+    sized, timer = None, None
+    if req.search:
+        timer = SkeletonTimer(zoo.base.arch, len(req.task.classes), zoo.base.input_spec, profile, req.round_to or 1,
+                              req.measure, shared.cache)
+        budget = req.budget_ms if req.budget_ms is not None else profile.budget.latency_ms
+        sized = search_ratio(timer, zoo.base.arch, budget, profile.budget.statistic, timer.source,
+                             req.round_to or 1, req.margin)
+        req = replace(req, ratio=sized.ratio)
+        clock.lap("budget_search")
+    for attempt in range(MAX_RETRIES + 1):
+        key = (req.ratio, req.round_to)
+        ranking, other_votes = shared.ranking_at(req)
+        if key not in shared.fitted:
+            shared.fitted[key] = fit(req, zoo, ranking, shared.dataset, shared.stages, clock.lap, other_votes)
+        fitted = shared.fitted[key]
+        report = _report(req, profile, zoo, shared.entries, ranking, fitted)
+        report.search = None if sized is None else sized.to_dict()
+        tmp = _stage(req, profile, zoo, fitted, report, target.out, shared.cache, shared.data_root)
+        clock.lap("export_and_latency")
+        if report.within_budget or sized is None or attempt == MAX_RETRIES or \
+                next_ratio(sized, zoo.base.arch, report.latency["value_ms"], timer) is None:
+            if sized is not None:
+                report.search = sized.to_dict()
+            _finish(req, zoo, fitted, report, tmp, target.out, clock, sum(shared.timings.values()))
+            return PruneResult(report, target.out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        req = replace(req, ratio=sized.ratio)
+    raise AssertionError("unreachable")
 
 
 def _ranking(req: PruneRequest, zoo: Zoo, ids: list[str], tasks: ZooTasks, dataset: Dataset,
@@ -395,17 +553,27 @@ def _report(req: PruneRequest, profile: DeviceProfile, zoo: Zoo, entries: int, r
         params=params, macs=macs, keep_ratio=round(fitted.masks.keep_ratio(), 5))
 
 
-def _write_run(req: PruneRequest, profile: DeviceProfile, zoo: Zoo, fitted: Fitted, report: PruneReport, out: Path,
-               clock: Clock, cache, data_root) -> None:
-    """Export, gate, (add to the zoo) and write the run folder: in a temporary sibling, moved into place last."""
+def _stage(req: PruneRequest, profile: DeviceProfile, zoo: Zoo, fitted: Fitted, report: PruneReport, out: Path,
+           cache, data_root) -> Path:
+    """Export and gate into a temporary sibling of ``out`` (returned; removed on an error)."""
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         _export(req, profile, fitted.model, fitted.masks, zoo.base.input_spec, report, tmp, out, cache, data_root)
-        clock.lap("export_and_latency")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def _finish(req: PruneRequest, zoo: Zoo, fitted: Fitted, report: PruneReport, tmp: Path, out: Path, clock: Clock,
+            shared_seconds: float) -> None:
+    """(Add to the zoo,) write the report and card, and move the staged folder into place; ``shared_seconds``:
+    the stages this device shared with the run's others (setup, zoo, similarity)."""
+    try:
         if req.add_to_zoo:
             report.zoo["added"] = _add_to_zoo(zoo, req, zoo.base, fitted.masks, report,
-                                              [n.id for n in fitted.neighbours], tmp, clock.elapsed())
-        report.timings = {**clock.timings, "total": round(clock.elapsed(), 3)}
+                                              [n.id for n in fitted.neighbours], tmp, shared_seconds + clock.elapsed())
+        report.timings = {**clock.timings, "total": round(shared_seconds + clock.elapsed(), 3)}
         atomic_write_bytes(tmp / REPORT, json.dumps(report.to_dict(), indent=1).encode())
         atomic_write_bytes(tmp / CARD, report.model_card().encode())
         replace_dir(tmp, out)

@@ -69,6 +69,7 @@ class PruneReport:
         files: sha256 of every file in the run folder.
         versions: Tool versions.
         timings: Seconds per stage.
+        search: How a latency budget chose the ratio (:class:`edgemvp.deploy.search.SearchResult`), if it did.
     """
 
     task: TaskSpec
@@ -89,6 +90,7 @@ class PruneReport:
     files: dict[str, str] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    search: dict[str, Any] | None = None
 
     @property
     def params_ratio(self) -> float:
@@ -112,7 +114,7 @@ class PruneReport:
             "accuracy": self.accuracy.to_dict(), "params": self.params, "macs": self.macs,
             "params_ratio": self.params_ratio, "macs_ratio": self.macs_ratio, "keep_ratio": self.keep_ratio,
         }
-        for key in ("export", "latency", "files", "versions", "timings"):
+        for key in ("search", "export", "latency", "files", "versions", "timings"):
             if getattr(self, key):
                 out[key] = getattr(self, key)
         return out
@@ -147,12 +149,24 @@ def summary(r: dict, out: Path) -> list[str]:
     lines.append(f"size {r['params'] / 1e6:.3f} M params ({100 * r['params_ratio']:.1f}% of "
                  f"{r['base']['params'] / 1e6:.2f} M), {r['macs'] / 1e6:.2f} M MACs ({100 * r['macs_ratio']:.1f}% of "
                  f"{r['base']['macs'] / 1e6:.1f} M)" + _aligned(r['settings']))
+    if r.get("search"):
+        lines.append(search_line(r["search"]))
     verdict = "within budget" if lat["within_budget"] else "OVER BUDGET"
     lines.append(f"latency {lat['value_ms']:.3f} ms {lat['statistic']} ({lat['source']}, {lat['model']}) vs budget "
                  f"{lat['budget_ms']:g} ms {lat['budget_statistic']}: {verdict}")
     lines.append(f"wrote {out}/ in {t.get('total', 0):.1f} s" + (f"; added to zoo as {r['zoo']['added'][:12]}"
                                                                   if r["zoo"].get("added") else ""))
     return lines
+
+
+def search_line(search: dict) -> str:
+    """``ratio 0.37 chosen by the 33 ms budget in 8 steps (...)``: how the budget sized the model."""
+    chosen = next(s for s in reversed(search["steps"]) if s["ratio"] == search["ratio"])
+    retried = f", {len(search['retries'])} retried" if search["retries"] else ""
+    return (f"ratio {search['ratio']:g} chosen by the {search['budget_ms']:g} ms budget in {len(search['steps'])} "
+            f"steps{retried}: candidate {chosen['latency_ms']:.3f} ms {search['statistic']} ({search['source']}) <= "
+            f"aim {search['aim_ms']:.3f} ms (margin {100 * search['margin']:g}%), keeps "
+            f"{100 * chosen['keep_ratio']:.1f}% of the units")
 
 
 def model_card(report: dict) -> str:

@@ -189,11 +189,63 @@ def test_channels_are_aligned_to_the_devices_block(tiny_bases, digits_zoo, tmp_p
 def test_over_budget_exits_3_and_still_writes(tiny_bases, digits_zoo, tmp_path) -> None:
     out = tmp_path / "over"
     proc = _cli(tiny_bases, "prune", "--dataset", "digits", "--classes", "3,4,5", "--device", "host", "--zoo",
-                str(digits_zoo), "--iters", "2", "-n", "2", "--runs", "5", "--budget-ms", "0.000001", "--out", str(out))
+                str(digits_zoo), "--iters", "2", "-n", "2", "--runs", "5", "--budget-ms", "0.000001", "--ratio", "0.9",
+                "--out", str(out))
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: over budget:")
     assert "OVER BUDGET" in proc.stdout and "neighbours by leep" in proc.stdout
     assert json.loads((out / "report.json").read_text())["latency"]["within_budget"] is False
+
+
+def test_a_budget_chooses_the_ratio_and_the_report_records_each_step(tiny_bases, digits_zoo, tmp_path) -> None:
+    from edgemvp.deploy.devices import ProfileRegistry
+    from edgemvp.deploy.search import SkeletonTimer
+    from edgemvp.models.base import find_base
+
+    spec = find_base("resnet18", "digits", tiny_bases).input_spec
+    timer = SkeletonTimer("resnet18", 3, spec, ProfileRegistry().get("rpi4"), 4, cache=tiny_bases)
+    budget = (timer(0.5) + timer(0.9)) / 2 / 0.98  # an estimated device: the same figures every time
+    result = run(_request(digits_zoo, tmp_path / "sized", device="rpi4", search=True, budget_ms=budget), tiny_bases)
+    r = result.report
+    search, lat = r["search"], r["latency"]
+    assert 0.5 < search["ratio"] <= 0.9 and r["settings"]["ratio"] == search["ratio"]
+    assert r["settings"]["ratio_search"] is True and search["source"] == "estimated" == lat["source"]
+    assert lat["within_budget"] and lat["value_ms"] <= budget and lat["budget_ms"] == budget
+    steps = {s["ratio"]: s for s in search["steps"]}
+    assert steps[search["ratio"]]["within"] and steps[0.99]["within"] and not steps[0.01]["within"]
+    below = round(search["ratio"] - 0.01, 2)  # one grid step less pruning misses the aim (or has the same counts)
+    assert (below in steps and not steps[below]["within"]) or timer(below) == timer(search["ratio"])
+    assert r["vote"]["filled_by_importance"] is not None and "budget_search" in r["timings"]
+    assert "chosen by the" in "\n".join(result.summary.summary_lines(tmp_path / "sized"))
+
+
+def test_a_budget_no_model_meets_exits_3_with_one_line_and_writes_nothing(tiny_bases, digits_zoo, tmp_path) -> None:
+    out = tmp_path / "none"
+    proc = _cli(tiny_bases, "prune", "--dataset", "digits", "--classes", "3,4,5", "--device", "host", "--zoo",
+                str(digits_zoo), "--iters", "2", "-n", "2", "--runs", "5", "--budget-ms", "0.000001", "--out", str(out))
+    assert proc.returncode == 3, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no model meets the budget: the smallest latency reached is ") and "(measured)" in last
+    assert not out.exists()
+
+
+def test_one_run_for_a_fleet_writes_a_model_per_device(tiny_bases, digits_zoo, tmp_path) -> None:
+    out = tmp_path / "fleet"
+    proc = _cli(tiny_bases, "prune", "--dataset", "digits", "--classes", "3,4,5", "--device", "rpi4,host,jetson",
+                "--zoo", str(digits_zoo), "--iters", "2", "-n", "2", "--runs", "5", "--ratio", "auto", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    folders = {p.name for p in out.iterdir()}
+    task = resolve_task(None, "digits", "3,4,5").name
+    assert folders == {f"{task}-rpi4", f"{task}-host", f"{task}-jetson-nano"}, folders
+    reports = {f: json.loads((out / f / "report.json").read_text()) for f in folders}
+    assert {r["device"] for r in reports.values()} == {"rpi4", "host", "jetson-nano"}
+    assert all(r["search"] and r["latency"]["within_budget"] for r in reports.values())
+    assert {r["settings"]["round_to"] for r in reports.values()} >= {4, 8}
+    table = proc.stdout[proc.stdout.index("device "):].splitlines()
+    assert len(table) == 4 and all(any(d in row for row in table) for d in ("rpi4", "host", "jetson-nano"))
+    twice = _cli(tiny_bases, "prune", "--dataset", "digits", "--classes", "3,4,5", "--device", "jetson,jetson-nano",
+                 "--zoo", str(digits_zoo), "--out", str(tmp_path / "twice"))
+    assert twice.returncode == 2 and "listed twice" in twice.stderr and not (tmp_path / "twice").exists()
 
 
 def test_bad_input_is_one_clear_line(tiny_bases, digits_zoo, tmp_path) -> None:

@@ -8,12 +8,12 @@ import click
 
 from edgemvp.cli.common import (CA_OPTION, DEVICE_OPTION, PROFILES_OPTION, RUNS_OPTION, TOKEN_OPTION, Bar, Context,
                                 defaults, options, pass_ctx)
-from edgemvp.cli.types import Number, NumberOrAuto, Seed
+from edgemvp.cli.types import Number, NumberOrAuto, NumberOrWord, Seed
 from edgemvp.data.tasks import resolve_task
 from edgemvp.errors import BudgetExceeded
 from edgemvp.mvp.rank import SIMILARITIES
 from edgemvp.mvp.vote import DEFAULT_NEIGHBOURS, DEFAULT_RATIO, DEFAULT_TEMPERATURE
-from edgemvp.pipeline import METHODS, PruneRequest, PruneResult, Stages, run
+from edgemvp.pipeline import METHODS, FleetResult, PruneRequest, Stages, run_fleet
 from edgemvp.zoo.api import zoo_location
 
 REQUEST = defaults(PruneRequest)
@@ -42,15 +42,21 @@ PRUNE_OPTIONS = (
                  help="Class hierarchy (YAML/JSON tree) for Wu-Palmer instead of WordNet."),
     click.option("--temperature", "--tau", type=Number(0, 1e6, lo_open=True), default=DEFAULT_TEMPERATURE,
                  show_default=True, help="tau of softmax(v / tau)."),
-    click.option("--ratio", "-r", type=Number(0, 1, lo_open=True, hi_open=True), default=DEFAULT_RATIO,
-                 show_default=True, help="Fraction of units removed per group."),
+    click.option("--ratio", "-r", type=NumberOrWord(0, 1, lo_open=True, hi_open=True),
+                 help=f"Fraction of units removed per group; auto: the least the latency budget (--budget-ms, else "
+                      f"the device's) allows [default: auto with --budget-ms, else {DEFAULT_RATIO}]."),
+    click.option("--margin", type=Number(0, 1, hi_open=True),
+                 help="With --ratio auto, aim this fraction below the budget [default: 0.1 measured, 0.02 "
+                      "estimated]."),
     click.option("--round-to", type=NumberOrAuto(1, 4096, integer=True), default="auto", show_default=True,
                  help="Keep channel (and MLP node) counts as multiples of this; auto: the device profile's channel "
                       "block (onnxruntime's SIMD block, TensorRT's 8); 1 leaves them unaligned."),
     click.option("--seed", type=Seed(), default=REQUEST["seed"], show_default=True,
                  help="Seeds the vote, batches and init."),
     click.option("--int8", is_flag=True, help="Also write model.int8.onnx; the budget gate then applies to it."),
-    click.option("--budget-ms", type=Number(0, 1e7, lo_open=True), help="Override the profile's budget."),
+    click.option("--budget-ms", type=Number(0, 1e7, lo_open=True),
+                 help="Latency budget in ms at the profile's statistic, instead of the profile's; without --ratio "
+                      "it chooses the ratio."),
     click.option("--measure", is_flag=True,
                  help="Measure latency here with the profile's providers (on the device)."),
     click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
@@ -85,7 +91,7 @@ PRUNE_OPTIONS = (
 def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str | None, device: str, zoo: str | None,
               token_file: Path | None, method: str, iters: int, neighbours: int, similarity: str,
               hierarchy: Path | None, temperature: float,
-              ratio: float, seed: int, int8: bool, budget_ms: float | None, measure: bool, out: Path | None,
+              ratio: float | str | None, margin: float | None, seed: int, int8: bool, budget_ms: float | None, measure: bool, out: Path | None,
               add_to_zoo: bool, arch: str | None, base_dataset: str | None, lr: float | None,
               train_per_class: int | None, head_from_base: bool, min_similarity: float, bn_reestimate: str,
               no_bn_reestimate: bool, runs: int, round_to: int | None,
@@ -98,19 +104,44 @@ def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str 
     if ca_file is not None and zoo is None:
         raise click.UsageError("--ca-file is for a zoo server (--zoo https://...)")
     location = zoo_location(zoo, ctx.cache, token_file, ca_file) if zoo else None
-    req = PruneRequest(spec, device, location, arch, base_dataset, method, iters,
-                       neighbours, similarity, hierarchy, temperature, ratio, seed, bn_reestimate=bn,
+    devices = tuple(d.strip() for d in device.split(","))
+    if not all(devices):
+        raise click.UsageError(f"--device {device!r}: an empty device name in the list")
+    search = ratio == "auto" or (ratio is None and budget_ms is not None)
+    fixed = DEFAULT_RATIO if search or ratio is None else ratio
+    req = PruneRequest(spec, devices[0], location, arch, base_dataset, method, iters,
+                       neighbours, similarity, hierarchy, temperature, fixed, seed, bn_reestimate=bn,
                        int8=int8, budget_ms=budget_ms, measure=measure, out=out, add_to_zoo=add_to_zoo, runs=runs,
                        lr=lr, train_per_class=train_per_class, head_from_base=head_from_base,
-                       min_similarity=min_similarity, round_to=round_to)
-    result = _run(ctx, req, profiles)
-    for line in result.summary.summary_lines(result.out):
-        click.echo(line)
-    if not result.within_budget:
-        raise BudgetExceeded(result.summary.latency["verdict"])
+                       min_similarity=min_similarity, round_to=round_to, search=search, margin=margin)
+    fleet = _run(ctx, req, devices, profiles)
+    for result in fleet.results:
+        for line in result.summary.summary_lines(result.out):
+            click.echo(line)
+    if len(devices) > 1:
+        for line in fleet_table(fleet, devices):
+            click.echo(line)
+    over = [f"{r.summary.device}: {r.summary.latency['verdict']}" for r in fleet.results if not r.within_budget]
+    over += [f"{name}: {line}" for name, line in fleet.failed.items()]
+    if over:
+        raise BudgetExceeded(over[0] if len(devices) > 1 else over[0].split(": ", 1)[1])
 
 
-def _run(ctx: Context, req: PruneRequest, profiles: tuple[Path, ...]) -> PruneResult:
+def fleet_table(fleet: FleetResult, devices: tuple[str, ...]) -> list[str]:
+    """One row per device: ratio, accuracy, latency against its budget, folder (or why it has no model)."""
+    lines = ["", f"{'device':<14} {'ratio':>6} {'accuracy':>9} {'latency':>22} {'budget':>10}  folder"]
+    for r in fleet.results:
+        s, lat = r.summary, r.summary.latency
+        verdict = "" if lat["within_budget"] else "  OVER"
+        lines.append(f"{s.device:<14} {s.settings['ratio']:>6g} {s.accuracy.final:>8.2f}% "
+                     f"{lat['value_ms']:>9.3f} ms {lat['statistic']} {lat['source'][:4]:>4} "
+                     f"{lat['budget_ms']:>7g} ms  {r.out}{verdict}")
+    for name, line in fleet.failed.items():
+        lines.append(f"{name:<14} {'-':>6} {'-':>9} {'-':>22} {'-':>10}  none: {line}")
+    return lines
+
+
+def _run(ctx: Context, req: PruneRequest, devices: tuple[str, ...], profiles: tuple[Path, ...]) -> FleetResult:
     """Run the pipeline with a progress bar per stage (a zoo task's nested under the zoo's)."""
     bars: list[Bar] = []
 
@@ -123,7 +154,8 @@ def _run(ctx: Context, req: PruneRequest, profiles: tuple[Path, ...]) -> PruneRe
         return bars[-1]
 
     try:
-        return run(req, ctx.cache, ctx.data, Stages(bar, lambda line: click.echo(line, err=True)), profiles)
+        return run_fleet(req, devices, ctx.cache, ctx.data, Stages(bar, lambda line: click.echo(line, err=True)),
+                         profiles)
     finally:
         for b in bars:
             b.__exit__(*sys.exc_info())  # on an error the open bars go, and its one line stays

@@ -53,6 +53,37 @@ class NumberOrAuto(Number):
         return f"auto|{super().get_metavar(param, ctx)}"
 
 
+class NumberOrWord(Number):
+    """:class:`Number`, or the word ``auto`` (kept as ``"auto"``: unlike :class:`NumberOrAuto`, a caller can tell
+    ``auto`` from an option that was not given)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return super().convert(value, param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:  # noqa: D102
+        return f"auto|{super().get_metavar(param, ctx)}"
+
+
+class NumberList(Number):
+    """A comma-separated list of :class:`Number` values (at least one, no repeats), as a tuple."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        parts = [p.strip() for p in str(value).split(",")]
+        if not all(parts):
+            self.fail(f"{str(value)[:40]!r}: an empty item in the list", param, ctx)
+        values = tuple(super(NumberList, self).convert(p, param, ctx) for p in parts)
+        if len(set(values)) != len(values):
+            self.fail(f"{str(value)[:40]!r} lists a value twice", param, ctx)
+        return values
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:  # noqa: D102
+        return f"{super().get_metavar(param, ctx)}[,...]"
+
+
 def Seed() -> Number:  # noqa: N802  (reads like the other option types)
     """The option type of ``--seed``."""
     return Number(0, SEED_MAX, integer=True)

@@ -9,7 +9,7 @@ import click
 import torch
 
 from edgemvp.cli.common import CA_OPTION, TOKEN_OPTION, ZOO_OPTION, Bar, Context, defaults, pass_ctx
-from edgemvp.cli.types import Number, Seed
+from edgemvp.cli.types import Number, NumberList, Seed
 from edgemvp.data.tasks import load_task_list
 from edgemvp.errors import UsageError
 from edgemvp.models.base import cached_bases
@@ -51,8 +51,9 @@ def zoo() -> None:
               help="ifp-activation | ifp-taylor (CNNs), ahnp (ViT/DeiT), random (any).")
 @click.option("--iters", type=Number(1, 10_000_000, integer=True), default=PRUNE["iters"], show_default=True,
               help="Optimiser steps J per task.")
-@click.option("--ratio", type=Number(0, 1, lo_open=True, hi_open=True), default=PRUNE["ratio"], show_default=True,
-              help="Fraction of units removed per group.")
+@click.option("--ratio", "ratios", type=NumberList(0, 1, lo_open=True, hi_open=True), default=str(PRUNE["ratio"]),
+              show_default=True, help="Fraction of units removed per group; a list (0.5,0.7,0.9) prunes every task at "
+                                      "each (prune votes from the nearest, the others still rank units).")
 @click.option("--lr", type=Number(0, 10, lo_open=True), default=PRUNE["lr"],
               help="Peak learning rate [default: measured per family].")
 @click.option("--batch-size", type=Number(1, 65_536, integer=True), default=PRUNE["batch_size"], show_default=True)
@@ -78,24 +79,26 @@ def zoo() -> None:
 @CA_OPTION
 @pass_ctx
 def zoo_build(ctx: Context, arch: str, dataset: str, base: str | None, tasks_file: Path | None, n_tasks: int, classes_per_task: int, pruner: str, iters: int,
-              ratio: float, lr: float | None, batch_size: int, prune_every: int | None, prune_fraction: float,
+              ratios: tuple[float, ...], lr: float | None, batch_size: int, prune_every: int | None, prune_fraction: float,
               seed: int, within_parent: bool, workers: int, ray_address: str | None, threads: int | None,
               cpus_per_task: int | None, gpus_per_task: float | None, zoo_dir: str | None, token_file: Path | None, ca_file: Path | None) -> None:
     """Prune the base model for N random tasks and store the results (rerun to resume)."""
     _check_workers(workers, ray_address, cpus_per_task, gpus_per_task)
-    cfg = PruneConfig(ratio=ratio, iters=iters, lr=lr, batch_size=batch_size, prune_every=prune_every,
-                      prune_fraction=prune_fraction)
     task_list = load_task_list(tasks_file, ctx.data) if tasks_file is not None else None
-    spec = BuildSpec(arch, dataset, len(task_list) if task_list else n_tasks, classes_per_task, pruner, cfg, seed,
-                     within_parent, base, task_list)
+    specs = [BuildSpec(arch, dataset, len(task_list) if task_list else n_tasks, classes_per_task, pruner,
+                       PruneConfig(ratio=ratio, iters=iters, lr=lr, batch_size=batch_size, prune_every=prune_every,
+                                   prune_fraction=prune_fraction), seed, within_parent, base, task_list)
+             for ratio in ratios]  # every setting checked before any work
     folder = (zoo_location(zoo_dir, ctx.cache, token_file, ca_file) if zoo_dir
-              else zoo_path(arch, spec.base_dataset, ctx.cache))
+              else zoo_path(arch, specs[0].base_dataset, ctx.cache))
     if isinstance(folder, Path) and folder.exists() and any(folder.iterdir()):
         check_marker(folder)  # refuse a newer or foreign folder before any work
-    report = _run_build(ctx, spec, folder, workers, ray_address, threads, (cpus_per_task, gpus_per_task))
     where = folder if isinstance(folder, Path) else folder.url
-    click.echo(f"zoo {where}: {report.built} task(s) built, {report.skipped} already there, "
-               f"{len(report.ids)} in this build ({report.seconds:.0f} s)")
+    for spec in specs:  # the same tasks (same seed) at each ratio
+        report = _run_build(ctx, spec, folder, workers, ray_address, threads, (cpus_per_task, gpus_per_task))
+        at = f" at ratio {spec.config.ratio:g}" if len(specs) > 1 else ""
+        click.echo(f"zoo {where}: {report.built} task(s) built{at}, {report.skipped} already there, "
+                   f"{len(report.ids)} in this build ({report.seconds:.0f} s)")
 
 
 def _check_workers(workers: int, ray_address: str | None, cpus: int | None, gpus: float | None) -> None:

@@ -40,6 +40,7 @@ class VoteResult:
     seed: int
     temperature: float
     neighbours: int
+    filled: int = 0  # units no neighbour kept, taken by the prior's ranking
 
     def agreement(self) -> float:
         """Fraction of kept units that every neighbour kept (how unanimous the sample is)."""
@@ -47,8 +48,16 @@ class VoteResult:
         return kept / sum(len(k) for k in self.masks.kept.values())
 
 
+def _fill(votes: np.ndarray, prior: np.ndarray, k: int) -> tuple[int, ...]:
+    """Every voted unit, then the ``k - voted`` unvoted units the prior ranks highest (ties: lower index)."""
+    voted = np.flatnonzero(votes > 0)
+    rest = np.flatnonzero(votes == 0)
+    order = rest[np.argsort(-prior[rest], kind="stable")][:k - len(voted)]
+    return tuple(int(i) for i in np.sort(np.concatenate([voted, order])))
+
+
 def vote(arch: str, neighbour_masks: np.ndarray, ratio: float, temperature: float = DEFAULT_TEMPERATURE,
-         seed: int = 0, base_sha256: str = "", round_to: int = 1) -> VoteResult:
+         seed: int = 0, base_sha256: str = "", round_to: int = 1, prior: np.ndarray | None = None) -> VoteResult:
     """Sample target masks from the neighbours' kept units.
 
     Args:
@@ -60,6 +69,9 @@ def vote(arch: str, neighbour_masks: np.ndarray, ratio: float, temperature: floa
         base_sha256: Base model the masks refer to.
         round_to: Keep a multiple of this many channels (MLP nodes) per group, a device's channel block
             (:func:`edgemvp.masks.unit_keep`); the draw is the same, only the count taken from it differs.
+        prior: Per unit (unit-space order), the base's importance on the target (:mod:`edgemvp.mvp.prior`). A
+            group that keeps more units than its neighbours voted for keeps every voted unit and fills the rest
+            by this ranking rather than at random; other groups are drawn as without it.
 
     Raises:
         UsageError: Non-positive temperature, no neighbours, or rows that do not match the arch.
@@ -74,9 +86,16 @@ def vote(arch: str, neighbour_masks: np.ndarray, ratio: float, temperature: floa
     v = rows.sum(axis=0).astype(np.int64)
     rng = np.random.default_rng(seed)
     keys = v / temperature + rng.gumbel(size=total)  # one draw for the whole model
-    kept, votes, start = {}, {}, 0
+    if prior is not None and np.shape(prior) != (total,):
+        raise UsageError(f"vote prior needs {total} scores for {arch}, got shape {np.shape(prior)}")
+    kept, votes, start, filled = {}, {}, 0, 0
     for unit in space.units:
-        kept[unit.name] = _top_k(keys[start:start + unit.size], unit_keep(unit, ratio, round_to))
-        votes[unit.name] = v[start:start + unit.size]
+        group, k = v[start:start + unit.size], unit_keep(unit, ratio, round_to)
+        if prior is not None and k > int((group > 0).sum()):
+            kept[unit.name] = _fill(group, np.asarray(prior[start:start + unit.size], dtype=np.float64), k)
+            filled += k - int((group > 0).sum())
+        else:
+            kept[unit.name] = _top_k(keys[start:start + unit.size], k)
+        votes[unit.name] = group
         start += unit.size
-    return VoteResult(Masks(arch, kept, base_sha256), votes, seed, temperature, rows.shape[0])
+    return VoteResult(Masks(arch, kept, base_sha256), votes, seed, temperature, rows.shape[0], filled)

@@ -12,7 +12,7 @@ remote prune): LEEP, which needs the target's images, BatchNorm re-estimation an
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -86,6 +86,8 @@ class VoteSpec:
             own dataset, or for a stock ImageNet base a class whose synset is an ImageNet class.
         round_to: Channel (MLP node) counts kept as multiples of this, the device's channel block (``mvp`` and
             ``random``; ``transfer`` keeps its entry's masks as they are).
+        prior: The base's per-unit importance on the target (:mod:`edgemvp.mvp.prior`), which fills groups
+            that keep more units than the neighbours voted for (``mvp``); None: those are drawn at random.
     """
 
     task: TaskSpec
@@ -96,6 +98,7 @@ class VoteSpec:
     seed: int = 0
     head_from_base: bool = True
     round_to: int = 1
+    prior: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.method not in VOTER_METHODS:
@@ -148,10 +151,12 @@ def initialise(store: EntrySource, base_model: nn.Module, base: BaseManifest, sp
     info: dict = {}
     if spec.method == "mvp":
         rows = store.mask_rows([e.id for e in entries])
-        result = vote(base.arch, rows, spec.ratio, spec.temperature, spec.seed, base.weights_sha256, spec.round_to)
+        result = vote(base.arch, rows, spec.ratio, spec.temperature, spec.seed, base.weights_sha256, spec.round_to,
+                      spec.prior)
         masks = result.masks
         info["vote"] = {"neighbours": len(entries), "temperature": spec.temperature, "seed": spec.seed,
-                        "unanimous_kept_fraction": round(result.agreement(), 4), "round_to": spec.round_to}
+                        "unanimous_kept_fraction": round(result.agreement(), 4), "round_to": spec.round_to,
+                        "filled_by_importance": result.filled if spec.prior is not None else None}
     else:
         masks = entries[0].manifest.masks
     return Initial(averaged_model(masks=masks, neighbours=entries, **common), masks, picked, info)

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 Importance = Literal["activation", "taylor"]
 
 
-def _score_modules(arch: str) -> dict[str, list[str]]:
+def score_modules(arch: str) -> dict[str, list[str]]:
     """Per unit group, the modules whose outputs carry its channels (BatchNorms; convs where there is none)."""
     space = unit_space(arch)
     norms: dict[str, list[str]] = {u.name: [] for u in space.units}
@@ -57,7 +57,7 @@ class _IFPHook(StepHook):
         self.scores: dict[str, torch.Tensor] = {}
         modules = dict(model.named_modules())
         self.handles = [modules[m].register_forward_hook(self._make_hook(unit))
-                        for unit, names in _score_modules(masks.arch).items() for m in names]
+                        for unit, names in score_modules(masks.arch).items() for m in names]
 
     @property
     def done(self) -> bool:

@@ -263,6 +263,8 @@ class RemoteZoo:
             body["head_from_base"] = False
         if spec.round_to != 1:  # likewise: sent only when it aligns
             body["round_to"] = spec.round_to
+        if spec.prior is not None:  # the base's unit importance on the target's images, measured here
+            body["prior"] = [float(x) for x in spec.prior]
         if ranking is not None:  # the client's ranking (LEEP here, or the server's Wu-Palmer): send the nearest
             order = nearest(ranking.scores, spec.count)
             body["neighbour_ids"] = [ranking.ids[i] for i in order]

@@ -1,0 +1,201 @@
+"""A latency budget that chooses the model's size: the least pruning whose model meets a device's budget.
+
+For a uniform ratio ``r`` every unit group keeps :func:`edgemvp.masks.unit_keep` units (rounded to the device's
+channel block), whichever units they are; so the pruned model's shapes, and with them its latency, depend on
+``r`` alone, not on the vote. :func:`search_ratio` therefore sizes the model before any vote or training: it
+bisects on ``r`` over a grid of 0.01 (``lo`` .. ``hi``), and each candidate is a *skeleton* (the arch with
+random weights shrunk to those counts) exported with the fast legacy tracer (no parity check: the weights are
+random) and timed as the final model will be: measured with onnxruntime when edgemvp runs on the device,
+estimated by its cost model otherwise. Candidates whose counts coincide (channel blocks make neighbouring
+ratios equal) are timed once.
+
+The search aims below the budget by a margin (measured times are noisy; the shipped model is exported again,
+with the dynamo exporter, and held to the budget itself), and keeps the smallest ratio that meets the aim.
+When even ``hi`` misses it, :class:`~edgemvp.errors.BudgetExceeded` says the smallest latency reached.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from edgemvp.deploy.devices import DeviceProfile
+from edgemvp.deploy.latency import LatencyReport, latency
+from edgemvp.deploy.onnx import ExportConfig, export_raw
+from edgemvp.errors import BudgetExceeded, UsageError
+from edgemvp.masks import masks_from_scores, unit_keep
+from edgemvp.models.factory import create_model
+from edgemvp.shrink import shrink
+from edgemvp.spec import InputSpec
+from edgemvp.units import unit_space
+
+GRID = 100  # ratios are searched in steps of 1 / GRID
+LO, HI = 0.01, 0.99  # the search range of the ratio
+MARGIN = {"measured": 0.10, "estimated": 0.02}  # aim this far below the budget, by how the figure is obtained
+CANDIDATE_RUNS = 50  # timed runs per measured candidate (the shipped model gets --runs)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One candidate the search timed."""
+
+    ratio: float
+    latency_ms: float
+    keep_ratio: float  # share of the units kept
+    within: bool  # at or under the aim
+    seconds: float  # export + timing
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    """What the search chose and how (``report.json``'s ``search``)."""
+
+    ratio: float
+    budget_ms: float
+    aim_ms: float  # the budget less the margin
+    margin: float
+    statistic: str
+    source: str  # measured or estimated
+    round_to: int
+    steps: list[Step] = field(default_factory=list)
+    retries: list[dict] = field(default_factory=list)  # shipped models over the budget, and the ratio taken next
+
+    @property
+    def chosen(self) -> Step:
+        """The step of the chosen ratio (its last timing)."""
+        return next(s for s in reversed(self.steps) if s.ratio == self.ratio)
+
+    def to_dict(self) -> dict:
+        return {"ratio": self.ratio, "budget_ms": self.budget_ms, "aim_ms": round(self.aim_ms, 4),
+                "margin": self.margin, "statistic": self.statistic, "source": self.source, "round_to": self.round_to,
+                "steps": [s.to_dict() for s in self.steps], "retries": list(self.retries)}
+
+
+def counts(arch: str, ratio: float, round_to: int) -> tuple[int, ...]:
+    """Units every group keeps at a uniform ratio (what the latency depends on)."""
+    return tuple(unit_keep(u, ratio, round_to) for u in unit_space(arch).units)
+
+
+class SkeletonTimer:
+    """Times the pruned skeleton of an arch at a ratio on a device (see the module docstring), once per counts."""
+
+    def __init__(self, arch: str, classes: int, spec: InputSpec, profile: DeviceProfile, round_to: int,
+                 measure: bool = False, cache: str | os.PathLike[str] | None = None, runs: int = CANDIDATE_RUNS):
+        self.arch, self.spec, self.profile, self.round_to = arch, spec, profile, round_to
+        self.measure, self.cache, self.runs = measure, cache, runs
+        torch.manual_seed(0)
+        self.model = create_model(arch, classes, spec).eval()
+        self.space = unit_space(arch)
+        self.times: dict[tuple[int, ...], float] = {}
+
+    @property
+    def source(self) -> str:
+        return "measured" if self.measure or self.profile.is_current() else "estimated"
+
+    def report(self, ratio: float) -> LatencyReport:
+        """Export the skeleton at ``ratio`` (legacy tracer, no parity) and time it."""
+        zeros = {u.name: np.zeros(u.size) for u in self.space.units}  # ties: the first units, any would do
+        masks = masks_from_scores(self.arch, zeros, ratio, self.round_to)
+        model = shrink(copy.deepcopy(self.model), masks)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "candidate.onnx"
+            export_raw(model, self.spec, path, ExportConfig(exporter="torchscript", fallback=False))
+            return latency(path, self.profile, self.measure, self.cache, self.runs)
+
+    def __call__(self, ratio: float) -> float:
+        key = counts(self.arch, ratio, self.round_to)
+        if key not in self.times:
+            self.times[key] = self.report(ratio).value_ms
+        return self.times[key]
+
+
+def _keep_share(arch: str, ratio: float, round_to: int) -> float:
+    space = unit_space(arch)
+    return sum(counts(arch, ratio, round_to)) / sum(u.size for u in space.units)
+
+
+def probe(result: SearchResult, arch: str, time_ms: Callable[[float], float], ratio: float) -> Step:
+    """Time the model at ``ratio`` and record the step."""
+    start = time.perf_counter()
+    ms = time_ms(ratio)
+    step = Step(ratio, round(ms, 4), round(_keep_share(arch, ratio, result.round_to), 5), ms <= result.aim_ms,
+                round(time.perf_counter() - start, 3))
+    result.steps.append(step)
+    return step
+
+
+def search_ratio(time_ms: Callable[[float], float], arch: str, budget_ms: float, statistic: str, source: str,
+                 round_to: int = 1, margin: float | None = None, lo: float = LO, hi: float = HI) -> SearchResult:
+    """The smallest ratio on the grid whose model's latency is at most ``budget_ms * (1 - margin)``.
+
+    Args:
+        time_ms: Latency (ms, at ``statistic``) of the model pruned at a ratio (:class:`SkeletonTimer`).
+        arch: Architecture (for the kept share each step records).
+        budget_ms: The budget.
+        statistic: Its statistic (recorded).
+        source: ``measured`` or ``estimated`` (sets the default margin).
+        round_to: The channel block the counts are rounded to (recorded).
+        margin: Aim this fraction below the budget; default :data:`MARGIN` for the source.
+        lo, hi: The ratios searched (inclusive).
+
+    Raises:
+        BudgetExceeded: Even ``hi`` is over the aim: one line with the smallest latency reached.
+    """
+    margin = MARGIN[source] if margin is None else margin
+    if not 0 <= margin < 1:
+        raise UsageError(f"budget margin must be in [0, 1), got {margin}")
+    if not 0 < lo <= hi < 1:
+        raise UsageError(f"search range must be inside (0, 1), got {lo}..{hi}")
+    aim = budget_ms * (1 - margin)
+    result = SearchResult(hi, budget_ms, aim, margin, statistic, source, round_to)
+
+    def ok(i: int) -> bool:
+        return probe(result, arch, time_ms, i / GRID).within
+
+    low, high = round(lo * GRID), round(hi * GRID)
+    if not ok(high):
+        best = min(s.latency_ms for s in result.steps)
+        raise BudgetExceeded(f"no model meets the budget: the smallest latency reached is {best:.3f} ms {statistic} "
+                             f"({source}) at ratio {hi:g}, over the {budget_ms:g} ms budget"
+                             + (f" less its {100 * margin:g}% margin ({aim:.3f} ms)" if margin else ""))
+    if ok(low):
+        result.ratio = low / GRID
+        return result
+    while high - low > 1:  # ok(high) and not ok(low)
+        mid = (low + high) // 2
+        if ok(mid):
+            high = mid
+        else:
+            low = mid
+    result.ratio = high / GRID
+    return result
+
+
+def next_ratio(result: SearchResult, arch: str, shipped_ms: float, time_ms: Callable[[float], float]) -> float | None:
+    """After the shipped model came out over the budget: the next grid ratio up with other counts whose candidate
+    time is below the chosen one's by at least the overshoot, else None (each retry is recorded in
+    ``result.retries``)."""
+    chosen = result.chosen.latency_ms
+    need = min(chosen, chosen * result.aim_ms / shipped_ms)  # the candidate time that would have shipped at the aim
+    here = counts(arch, result.ratio, result.round_to)
+    found = None
+    start, step = round(result.ratio * GRID), 1
+    while found is None and start + step <= round(HI * GRID):  # 1, 2, 4, ... grid steps up: a few candidates
+        i = start + step
+        if counts(arch, i / GRID, result.round_to) != here and probe(result, arch, time_ms, i / GRID).latency_ms <= need:
+            found = i / GRID
+        step *= 2
+    result.retries.append({"ratio": result.ratio, "shipped_ms": round(shipped_ms, 4), "next": found})
+    if found is not None:
+        result.ratio = found
+    return found

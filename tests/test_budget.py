@@ -1,0 +1,118 @@
+"""Latency budgets that choose the model (issue 25): the ratio search, its exit-3 line, and the vote's prior."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgemvp.deploy.search import GRID, counts, next_ratio, search_ratio
+from edgemvp.errors import BudgetExceeded, UsageError
+from edgemvp.masks import unit_keep
+from edgemvp.models.factory import create_model
+from edgemvp.mvp.prior import unit_importance
+from edgemvp.mvp.vote import vote
+from edgemvp.spec import InputSpec
+from edgemvp.units import unit_space
+
+SPEC = InputSpec(3, 32, (0.5,) * 3, (0.25,) * 3)
+
+
+def _kept_share_time(arch: str = "resnet18", round_to: int = 1):
+    """A latency that falls with the share of units kept (what a real one does), and a log of calls."""
+    calls: list[float] = []
+    total = sum(u.size for u in unit_space(arch).units)
+
+    def time_ms(ratio: float) -> float:
+        calls.append(ratio)
+        return 10.0 * sum(counts(arch, ratio, round_to)) / total
+    return time_ms, calls
+
+
+def test_search_keeps_the_least_pruning_that_meets_the_aim_and_records_each_step() -> None:
+    time_ms, calls = _kept_share_time()
+    result = search_ratio(time_ms, "resnet18", budget_ms=5.0, statistic="p90", source="estimated", margin=0.1)
+    assert result.aim_ms == pytest.approx(4.5)
+    assert time_ms(result.ratio) <= 4.5 < time_ms(round(result.ratio - 1 / GRID, 2))  # the least that meets it
+    assert 0.5 < result.ratio < 0.6
+    assert len(result.steps) == len(calls) - 2 <= 9  # two endpoints and a bisection over the 0.01 grid
+    assert [s.ratio for s in result.steps][:2] == [0.99, 0.01]
+    assert all(s.within == (s.latency_ms <= 4.5) for s in result.steps)
+    record = result.to_dict()
+    assert record["ratio"] == result.ratio and len(record["steps"]) == len(result.steps)
+    assert record["source"] == "estimated" and record["margin"] == 0.1
+
+
+def test_a_budget_the_whole_model_meets_keeps_it_all_and_the_default_margin_follows_the_source() -> None:
+    time_ms, _ = _kept_share_time()
+    result = search_ratio(time_ms, "resnet18", budget_ms=100.0, statistic="p90", source="measured")
+    assert result.ratio == 0.01 and len(result.steps) == 2 and result.margin == 0.1
+    assert search_ratio(time_ms, "resnet18", 100.0, "p90", "estimated").margin == 0.02
+
+
+def test_no_model_under_the_budget_is_one_line_with_the_smallest_latency_reached() -> None:
+    time_ms, calls = _kept_share_time()
+    with pytest.raises(BudgetExceeded) as err:
+        search_ratio(time_ms, "resnet18", budget_ms=0.01, statistic="p90", source="measured")
+    line = str(err.value)
+    assert "\n" not in line and line.startswith("no model meets the budget: the smallest latency reached is")
+    assert f"{time_ms(0.99):.3f} ms p90" in line and "0.01 ms budget" in line
+    assert calls[0] == 0.99  # the most pruned model first: nothing else is tried once it misses
+    with pytest.raises(UsageError):
+        search_ratio(time_ms, "resnet18", 1.0, "p90", "measured", margin=1.0)
+
+
+def test_a_shipped_model_over_the_budget_steps_to_a_smaller_one() -> None:
+    time_ms, _ = _kept_share_time(round_to=8)
+    result = search_ratio(time_ms, "resnet18", 5.0, "p90", "measured", round_to=8)
+    chosen = result.ratio
+    nxt = next_ratio(result, "resnet18", shipped_ms=result.chosen.latency_ms * 1.3, time_ms=time_ms)
+    assert nxt is not None and nxt > chosen and result.ratio == nxt
+    assert counts("resnet18", nxt, 8) != counts("resnet18", chosen, 8)
+    assert result.steps[-1].ratio == nxt and time_ms(nxt) <= result.aim_ms / 1.3  # below the aim by the overshoot
+    assert result.retries == [{"ratio": chosen, "shipped_ms": pytest.approx(time_ms(chosen) * 1.3, abs=1e-3),
+                               "next": nxt}]
+
+
+def _rows(arch: str, keep: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.random(sum(u.size for u in unit_space(arch).units)) < keep for _ in range(2)])
+
+
+def test_the_prior_fills_groups_beyond_the_neighbours_votes_and_leaves_the_rest_alone() -> None:
+    space = unit_space("resnet18")
+    rows = _rows("resnet18", 0.1, 0)  # two neighbours that kept about a tenth each
+    prior = np.arange(rows.shape[1], dtype=float)[::-1].copy()  # lower index: more important
+    plain = vote("resnet18", rows, 0.9, seed=3)
+    high = vote("resnet18", rows, 0.9, seed=3, prior=prior)
+    low = vote("resnet18", rows, 0.4, seed=3, prior=prior)  # keeps 60%: far beyond the union
+    start = 0
+    for unit in space.units:
+        group = rows[:, start:start + unit.size].any(axis=0)
+        voted = set(np.flatnonzero(group).tolist())
+        k = unit_keep(unit, 0.4)
+        kept = set(low.masks.kept[unit.name])
+        assert voted <= kept and len(kept) == k  # every voted unit, then the prior's best of the rest
+        rest = sorted(set(range(unit.size)) - voted)[:k - len(voted)]
+        assert kept == voted | set(rest), unit.name
+        if unit_keep(unit, 0.9) <= len(voted):  # within the votes: drawn exactly as without a prior
+            assert high.masks.kept[unit.name] == plain.masks.kept[unit.name]
+        start += unit.size
+    assert low.filled == sum(unit_keep(u, 0.4) for u in space.units) - sum(
+        min(unit_keep(u, 0.4), int(rows[:, s:s + u.size].any(axis=0).sum()))
+        for u, s in zip(space.units, np.cumsum([0] + [u.size for u in space.units])[:-1]))
+    with pytest.raises(UsageError):
+        vote("resnet18", rows, 0.5, prior=prior[:10])
+
+
+def test_unit_importance_reads_every_unit_from_the_targets_images() -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet18", 4, SPEC)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.randn(8, 3, 32, 32)
+    scores = unit_importance(model, "resnet18", images)
+    space = unit_space("resnet18")
+    assert scores.shape == (sum(u.size for u in space.units),) and (scores >= 0).all() and scores.std() > 0
+    assert np.array_equal(scores, unit_importance(model, "resnet18", images))  # deterministic
+    assert not np.array_equal(scores, unit_importance(model, "resnet18", images * 3 + 1))  # it reads the images
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # eval mode: no statistic moved
+    assert unit_importance(create_model("vit_tiny", 4, SPEC), "vit_tiny", images) is None
