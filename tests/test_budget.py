@@ -116,3 +116,59 @@ def test_unit_importance_reads_every_unit_from_the_targets_images() -> None:
     assert not np.array_equal(scores, unit_importance(model, "resnet18", images * 3 + 1))  # it reads the images
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # eval mode: no statistic moved
     assert unit_importance(create_model("vit_tiny", 4, SPEC), "vit_tiny", images) is None
+
+
+def _ranking_of(ids, scores):
+    from edgemvp.mvp.rank import Ranking
+
+    return Ranking(list(ids), np.asarray(scores, dtype=float), "wordnet")
+
+
+def test_each_task_votes_at_the_ratio_nearest_the_targets_and_its_other_ratios_are_returned() -> None:
+    from edgemvp.mvp.ratios import at_ratio, fill_order, several_ratios
+
+    a, b, c = ("d", ("x", "y")), ("d", ("x", "z")), ("d", ("y", "z"))
+    ids = ["a5", "a9", "b5", "b9", "c9"]
+    tasks = [a, a, b, b, c]
+    keep = {"a5": 0.5, "a9": 0.1, "b5": 0.52, "b9": 0.11, "c9": 0.1}
+    assert several_ratios(tasks) and not several_ratios([a, b, c])
+    ranking = _ranking_of(ids, [0.9, 0.9, 0.8, 0.8, 0.85])
+    low, others = at_ratio(ranking, ids, tasks, keep, ratio=0.5, count=2)
+    assert low.ids == ["a5", "b5", "c9"] and list(low.scores) == [0.9, 0.8, 0.85]
+    assert others == ["a9"]  # the other ratio of the two nearest tasks (a, c); c has no other
+    high, others = at_ratio(ranking, ids, tasks, keep, ratio=0.9, count=3)
+    assert high.ids == ["a9", "b9", "c9"] and others == ["a5", "b5"]
+    votes = np.array([0.0, 2.0, 1.0])
+    order = fill_order(np.array([5.0, 0.0, 9.0]), votes)
+    assert list(np.argsort(-order)) == [1, 2, 0]  # other-ratio votes first, importance within a count
+    assert fill_order(None, votes) is votes or np.array_equal(fill_order(None, votes), votes)
+    assert fill_order(np.array([1.0]), None)[0] == 1.0
+
+
+def test_zoo_build_takes_a_ratio_list_and_prune_votes_from_the_nearest(tiny_bases, tmp_path) -> None:
+    import json
+    import os
+
+    from edgemvp.zoo import ZooStore
+    from tests.helpers import edgemvp
+
+    env = {**os.environ, "EDGEMVP_CACHE": str(tiny_bases)}
+    zoo = tmp_path / "zoo"
+    built = edgemvp("zoo", "build", "--dataset", "digits", "--tasks", "3", "--classes-per-task", "3", "--iters", "6",
+                    "--batch-size", "16", "--ratio", "0.5,0.9", "--zoo", str(zoo), env=env)
+    assert built.returncode == 0, built.stderr
+    assert "at ratio 0.5" in built.stdout and "at ratio 0.9" in built.stdout
+    with ZooStore.open(zoo) as store:
+        rows = store.db.execute("SELECT id FROM entries").fetchall()
+        shares = sorted(round(float(store.mask_rows([r[0]]).mean()), 1) for r in rows)
+    assert len(rows) == 6 and shares[:3] == [0.1] * 3 and shares[3:] == [0.5] * 3
+    out = tmp_path / "p"
+    proc = edgemvp("prune", "--dataset", "digits", "--classes", "3,4,5", "--device", "rpi4", "--zoo", str(zoo),
+                   "--iters", "2", "-n", "2", "--ratio", "0.5", "--similarity", "leep", "--out", str(out), env=env)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads((out / "report.json").read_text())
+    assert len({tuple(n["classes"]) for n in r["neighbours"]}) == 2  # two tasks, not one task at two ratios
+    with ZooStore.open(zoo) as store:
+        assert all(abs(store.mask_rows([n["id"]]).mean() - 0.5) < 0.1 for n in r["neighbours"])
+    bad = edgemvp("zoo", "build", "--dataset", "digits", "--ratio", "0.5,0.5", "--zoo", str(zoo), env=env)
+    assert bad.returncode == 2 and "twice" in bad.stderr

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -85,20 +86,25 @@ def zoo_build(ctx: Context, arch: str, dataset: str, base: str | None, tasks_fil
     """Prune the base model for N random tasks and store the results (rerun to resume)."""
     _check_workers(workers, ray_address, cpus_per_task, gpus_per_task)
     task_list = load_task_list(tasks_file, ctx.data) if tasks_file is not None else None
+    cfg = PruneConfig(iters=iters, lr=lr, batch_size=batch_size, prune_every=prune_every,
+                      prune_fraction=prune_fraction)
     specs = [BuildSpec(arch, dataset, len(task_list) if task_list else n_tasks, classes_per_task, pruner,
-                       PruneConfig(ratio=ratio, iters=iters, lr=lr, batch_size=batch_size, prune_every=prune_every,
-                                   prune_fraction=prune_fraction), seed, within_parent, base, task_list)
+                       replace(cfg, ratio=ratio), seed, within_parent, base, task_list)
              for ratio in ratios]  # every setting checked before any work
     folder = (zoo_location(zoo_dir, ctx.cache, token_file, ca_file) if zoo_dir
               else zoo_path(arch, specs[0].base_dataset, ctx.cache))
     if isinstance(folder, Path) and folder.exists() and any(folder.iterdir()):
         check_marker(folder)  # refuse a newer or foreign folder before any work
-    where = folder if isinstance(folder, Path) else folder.url
     for spec in specs:  # the same tasks (same seed) at each ratio
         report = _run_build(ctx, spec, folder, workers, ray_address, threads, (cpus_per_task, gpus_per_task))
-        at = f" at ratio {spec.config.ratio:g}" if len(specs) > 1 else ""
-        click.echo(f"zoo {where}: {report.built} task(s) built{at}, {report.skipped} already there, "
-                   f"{len(report.ids)} in this build ({report.seconds:.0f} s)")
+        _built_line(folder, report, spec.config.ratio if len(specs) > 1 else None)
+
+
+def _built_line(folder: Location, report: BuildReport, ratio: float | None) -> None:
+    where = folder if isinstance(folder, Path) else folder.url
+    at = f" at ratio {ratio:g}" if ratio is not None else ""
+    click.echo(f"zoo {where}: {report.built} task(s) built{at}, {report.skipped} already there, "
+               f"{len(report.ids)} in this build ({report.seconds:.0f} s)")
 
 
 def _check_workers(workers: int, ray_address: str | None, cpus: int | None, gpus: float | None) -> None:
