@@ -86,8 +86,7 @@ def zoo_build(ctx: Context, arch: str, dataset: str, base: str | None, tasks_fil
     """Prune the base model for N random tasks and store the results (rerun to resume)."""
     _check_workers(workers, ray_address, cpus_per_task, gpus_per_task)
     task_list = load_task_list(tasks_file, ctx.data) if tasks_file is not None else None
-    cfg = PruneConfig(iters=iters, lr=lr, batch_size=batch_size, prune_every=prune_every,
-                      prune_fraction=prune_fraction)
+    cfg = PruneConfig(iters=iters, lr=lr, batch_size=batch_size, prune_every=prune_every, prune_fraction=prune_fraction)
     specs = [BuildSpec(arch, dataset, len(task_list) if task_list else n_tasks, classes_per_task, pruner,
                        replace(cfg, ratio=ratio), seed, within_parent, base, task_list)
              for ratio in ratios]  # every setting checked before any work
