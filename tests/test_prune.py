@@ -219,6 +219,21 @@ def test_a_budget_chooses_the_ratio_and_the_report_records_each_step(tiny_bases,
     assert "chosen by the" in "\n".join(result.summary.summary_lines(tmp_path / "sized"))
 
 
+def test_a_shipped_model_over_the_budget_makes_the_search_step_up(tiny_bases, digits_zoo, tmp_path,
+                                                                  monkeypatch) -> None:
+    import edgemvp.pipeline as pipeline
+
+    verdicts = iter(["over budget: (the first shipped model, as if timing noise had pushed it over)"])
+    real = pipeline.over_budget
+    monkeypatch.setattr(pipeline, "over_budget", lambda *a, **k: next(verdicts, None) or real(*a, **k))
+    result = run(_request(digits_zoo, tmp_path / "retry", device="rpi4", search=True, budget_ms=1000.0), tiny_bases)
+    search = result.report["search"]
+    assert len(search["retries"]) == 1 and search["retries"][0]["ratio"] == 0.01  # the whole model fitted first
+    assert search["ratio"] == search["retries"][0]["next"] > 0.01 == search["steps"][1]["ratio"]
+    assert result.report["settings"]["ratio"] == search["ratio"] and result.within_budget
+    assert "1 retried" in "\n".join(result.summary.summary_lines(tmp_path / "retry"))
+
+
 def test_a_budget_no_model_meets_exits_3_with_one_line_and_writes_nothing(tiny_bases, digits_zoo, tmp_path) -> None:
     out = tmp_path / "none"
     proc = _cli(tiny_bases, "prune", "--dataset", "digits", "--classes", "3,4,5", "--device", "host", "--zoo",
@@ -248,6 +263,27 @@ def test_one_run_for_a_fleet_writes_a_model_per_device(tiny_bases, digits_zoo, t
     assert twice.returncode == 2 and "listed twice" in twice.stderr and not (tmp_path / "twice").exists()
 
 
+def test_a_fleet_device_no_model_fits_gets_its_line_and_the_others_their_models(tiny_bases, digits_zoo,
+                                                                                 tmp_path) -> None:
+    from edgemvp.deploy.devices import ProfileRegistry
+    from edgemvp.deploy.search import SkeletonTimer
+    from edgemvp.models.base import find_base
+
+    spec, registry = find_base("resnet18", "digits", tiny_bases).input_spec, ProfileRegistry()
+    fastest = {d: SkeletonTimer("resnet18", 3, spec, registry.get(d), b, cache=tiny_bases)(0.99)
+               for d, b in (("rpi4", 4), ("jetson-nano", 8))}
+    slow, fast = sorted(fastest, key=fastest.get, reverse=True)
+    budget = (fastest[slow] + fastest[fast]) / 2 / 0.98  # the faster device fits at 0.99, the slower never
+    out = tmp_path / "fleet"
+    proc = _cli(tiny_bases, "prune", "--dataset", "digits", "--classes", "3,4,5", "--device", "rpi4,jetson",
+                "--zoo", str(digits_zoo), "--iters", "2", "-n", "2", "--budget-ms", str(budget), "--out", str(out))
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {slow}: no model meets the budget")
+    task = resolve_task(None, "digits", "3,4,5").name
+    assert {p.name for p in out.iterdir()} == {f"{task}-{fast}"}
+    assert any(row.startswith(slow) and "none: no model meets" in row for row in proc.stdout.splitlines())
+
+
 def test_bad_input_is_one_clear_line(tiny_bases, digits_zoo, tmp_path) -> None:
     from tests.helpers import make_entry
 
@@ -269,6 +305,13 @@ def test_bad_input_is_one_clear_line(tiny_bases, digits_zoo, tmp_path) -> None:
         ([*digits, "--device", "host", "--no-bn-reestimate", "--bn-reestimate", "on"], "contradicts"),
         ([*digits, "--device", "host", "--zoo", str(digits_zoo), "--round-to", "0"], "--round-to"),
         ([*digits, "--device", "host", "--zoo", str(digits_zoo), "--round-to", "eight"], "is not an integer"),
+        ([*digits, "--device", "host", "--zoo", str(digits_zoo), "--margin", "0.1"], "--margin is for --ratio auto"),
+        ([*digits, "--device", "host", "--zoo", str(digits_zoo), "--margin", "1"], "--margin"),
+        ([*digits, "--device", "host", "--zoo", str(digits_zoo), "--ratio", "auto", "--int8"], "with --int8 give"),
+        ([*digits, "--device", "host", "--zoo", str(digits_zoo), "--ratio", "auto", "--method", "transfer"],
+         "has no ratio for a budget to choose"),
+        ([*digits, "--device", "host,", "--zoo", str(digits_zoo)], "an empty device name"),
+        ([*digits, "--device", "host,toaster", "--zoo", str(digits_zoo)], "unknown device 'toaster'"),
     ]
     for args, message in cases:
         proc = _cli(tiny_bases, "prune", *args)

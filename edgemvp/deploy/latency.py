@@ -130,27 +130,36 @@ def percentiles(times_ms: np.ndarray) -> dict[str, float]:
     return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(np.mean(times_ms))}
 
 
+MAX_RUNS = 100_000
+
+
 def measure(path: str | os.PathLike[str], profile: DeviceProfile, runs: int = 100, warmup: int = 10,
-            statistic: str | None = None, required_providers: bool = False) -> LatencyReport:
+            statistic: str | None = None, required_providers: bool = False, min_seconds: float = 0.0
+            ) -> LatencyReport:
     """Measure batch-1 latency with onnxruntime here, with the profile's providers and threads.
 
     Args:
         path: ONNX file.
         profile: The device (its runtime block is used).
-        runs: Timed runs after ``warmup`` untimed ones.
+        runs: Timed runs after ``warmup`` untimed ones (at least; see ``min_seconds``).
         statistic: Reported statistic (default: the profile budget's).
         required_providers: Refuse when none of the profile's providers exists here.
+        min_seconds: Keep timing until this much time has passed too (at most :data:`MAX_RUNS` runs): a
+            sub-millisecond model's 100 runs fit in a few ms, where one burst of load from another process
+            moves its p90 by a third.
     """
     session = make_session(path, profile.runtime, required_providers)
     feeds = batch1_input(session)
     for _ in range(warmup):
         session.run(None, feeds)
-    times = np.empty(runs)
-    for i in range(runs):
+    times: list[float] = []
+    begin = time.perf_counter()
+    while len(times) < runs or (time.perf_counter() - begin < min_seconds and len(times) < MAX_RUNS):
         start = time.perf_counter()
         session.run(None, feeds)
-        times[i] = (time.perf_counter() - start) * 1e3
-    stats = percentiles(times)
+        times.append((time.perf_counter() - start) * 1e3)
+    runs = len(times)
+    stats = percentiles(np.asarray(times))
     stat = statistic or profile.budget.statistic
     provider = session.get_providers()[0]
     precision = profile.export.precision if provider == profile.runtime.providers[0].name else "fp32"
@@ -252,8 +261,10 @@ def estimate(path: str | os.PathLike[str], profile: DeviceProfile, cache: str | 
 
 
 def latency(path: str | os.PathLike[str], profile: DeviceProfile, force_measure: bool = False,
-            cache: str | os.PathLike[str] | None = None, runs: int = 100) -> LatencyReport:
-    """Measured when on the device (detected, or ``force_measure``), else estimated."""
+            cache: str | os.PathLike[str] | None = None, runs: int = 100, min_seconds: float = 0.0) -> LatencyReport:
+    """Measured when on the device (detected, or ``force_measure``; ``runs`` and ``min_seconds`` as in
+    :func:`measure`), else estimated."""
     if force_measure or profile.is_current():
-        return measure(path, profile, runs=runs, required_providers=force_measure and not profile.is_current())
+        return measure(path, profile, runs=runs, required_providers=force_measure and not profile.is_current(),
+                       min_seconds=min_seconds)
     return estimate(path, profile, cache)
