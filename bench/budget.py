@@ -216,6 +216,17 @@ def _plot(res: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _cpu() -> str:
+    """The CPU's model name (``platform.processor()`` says only ``x86_64`` on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", type=Path, default=Path("docs/budget.json"))
@@ -223,7 +234,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("32", "224"), default=None)
     args = parser.parse_args()
     host = ProfileRegistry().get("host")
-    res: dict = {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+    res: dict = {"cpu": _cpu(), "torch_threads": torch.get_num_threads(),
                  "cache": os.environ.get("EDGEMVP_CACHE")}
     if args.json.is_file():  # a part run alone keeps the other's figures
         res = {**json.loads(args.json.read_text()), **res}
