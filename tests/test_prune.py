@@ -223,13 +223,20 @@ def test_a_shipped_model_over_the_budget_makes_the_search_step_up(tiny_bases, di
                                                                   monkeypatch) -> None:
     import edgemvp.pipeline as pipeline
 
+    from edgemvp.deploy.devices import ProfileRegistry
+    from edgemvp.deploy.search import SkeletonTimer
+    from edgemvp.models.base import find_base
+
+    spec = find_base("resnet18", "digits", tiny_bases).input_spec
+    budget = SkeletonTimer("resnet18", 3, spec, ProfileRegistry().get("rpi4"), 4, cache=tiny_bases)(0.9) / 0.98
     verdicts = iter(["over budget: (the first shipped model, as if timing noise had pushed it over)"])
     real = pipeline.over_budget
     monkeypatch.setattr(pipeline, "over_budget", lambda *a, **k: next(verdicts, None) or real(*a, **k))
-    result = run(_request(digits_zoo, tmp_path / "retry", device="rpi4", search=True, budget_ms=1000.0), tiny_bases)
+    result = run(_request(digits_zoo, tmp_path / "retry", device="rpi4", search=True, budget_ms=budget), tiny_bases)
     search = result.report["search"]
-    assert len(search["retries"]) == 1 and search["retries"][0]["ratio"] == 0.01  # the whole model fitted first
-    assert search["ratio"] == search["retries"][0]["next"] > 0.01 == search["steps"][1]["ratio"]
+    first = search["retries"][0]["ratio"]
+    assert len(search["retries"]) == 1 and first <= 0.9  # the first fitted model, sent back once
+    assert search["ratio"] == search["retries"][0]["next"] > first
     assert result.report["settings"]["ratio"] == search["ratio"] and result.within_budget
     assert "1 retried" in "\n".join(result.summary.summary_lines(tmp_path / "retry"))
 
@@ -263,6 +270,7 @@ def test_one_run_for_a_fleet_writes_a_model_per_device(tiny_bases, digits_zoo, t
     assert twice.returncode == 2 and "listed twice" in twice.stderr and not (tmp_path / "twice").exists()
 
 
+@pytest.mark.slow
 def test_a_fleet_device_no_model_fits_gets_its_line_and_the_others_their_models(tiny_bases, digits_zoo,
                                                                                  tmp_path) -> None:
     from edgemvp.deploy.devices import ProfileRegistry

@@ -40,7 +40,7 @@ GRID = 100  # ratios are searched in steps of 1 / GRID
 LO, HI = 0.01, 0.99  # the search range of the ratio
 MARGIN = {"measured": 0.10, "estimated": 0.02}  # aim this far below the budget, by how the figure is obtained
 CANDIDATE_RUNS = 50  # timed runs per measured candidate, at least (the shipped model gets --runs)
-CANDIDATE_SECONDS = 0.25  # and at least this long (the shipped model: edgemvp.deploy.export.MEASURE_SECONDS)
+CANDIDATE_SECONDS = 0.25  # and at least this long (the shipped model: 5 ms per --runs run, 0.5 s at 100)
 
 
 @dataclass(frozen=True)
