@@ -32,9 +32,10 @@ from edgemvp import checks
 from edgemvp.data.datasets import Dataset, get_dataset
 from edgemvp.data.loader import LabeledView, balanced_sample, eval_batches, train_batches
 from edgemvp.data.tasks import TaskSpec, task_view
-from edgemvp.deploy.budget import over_budget
+from edgemvp.deploy.budget import over_budget, size_over_budget
 from edgemvp.deploy.devices import DeviceProfile, ProfileRegistry
-from edgemvp.deploy.export import ExportSource, deploy
+from edgemvp.deploy.export import MEASURE_SECONDS_PER_RUN, ExportSource, deploy
+from edgemvp.deploy.latency import latency
 from edgemvp.deploy.search import SkeletonTimer, next_ratio, search_ratio
 from edgemvp.errors import BudgetExceeded, UsageError
 from edgemvp.manifest import BaseRef, EntryManifest
@@ -481,6 +482,7 @@ def _keep_shares(zoo: Zoo, ids: list[str]) -> dict[str, float] | None:
     return dict(zip(ids, store.mask_rows(ids).mean(axis=1).tolist()))
 
 
+CONFIRM_RUNS = 4  # a measured miss is measured again over this many times the runs (and seconds)
 MAX_RETRIES = 2  # shipped models over the budget that a search steps past before it gives up
 
 
@@ -591,11 +593,20 @@ def _export(req: PruneRequest, profile: DeviceProfile, model, masks: Masks, spec
                     force_measure=req.measure)
     # the export step ran in the temporary folder: name files by where they will be
     exported = staged.relocated(tmp, out)
-    atomic_write_bytes(tmp / "export.json", exported.to_json())
-    onnx_name = "model.int8.onnx" if req.int8 else "model.onnx"
-    shipped = exported.latency["int8" if req.int8 else "fp32"]
+    onnx_name, precision = ("model.int8.onnx", "int8") if req.int8 else ("model.onnx", "fp32")
+    shipped = exported.latency[precision]
     size_mb = (tmp / onnx_name).stat().st_size / 2 ** 20
     verdict = over_budget(shipped, profile, req.budget_ms, size_mb)
+    first = None
+    if verdict and shipped.source == "measured" and size_over_budget(profile, size_mb) is None:
+        # a measured miss is measured again, CONFIRM_RUNS times as long, before it fails the run or costs a refit:
+        # the longer window is the figure reported (a burst of load moves a short window's p90 by a third)
+        first = shipped
+        shipped = replace(latency(tmp / onnx_name, profile, req.measure, cache, CONFIRM_RUNS * req.runs,
+                                  MEASURE_SECONDS_PER_RUN * CONFIRM_RUNS * req.runs), model=str(out / onnx_name))
+        exported = replace(exported, latency={**exported.latency, precision: shipped})
+        verdict = over_budget(shipped, profile, req.budget_ms, size_mb)
+    atomic_write_bytes(tmp / "export.json", exported.to_json())
     export_info = exported.export.to_dict()
     report.export = {"opset": export_info["opset"], "parity": export_info["parity"],
                         "exporter": export_info["exporter"],
@@ -604,7 +615,8 @@ def _export(req: PruneRequest, profile: DeviceProfile, model, masks: Masks, spec
                          "budget_ms": req.budget_ms if req.budget_ms is not None else profile.budget.latency_ms,
                          "budget_statistic": profile.budget.statistic, "model_size_mb": round(size_mb, 3),
                          "model_size_budget_mb": profile.budget.model_size_mb, "within_budget": verdict is None,
-                         "verdict": verdict, "all": {k: v.to_dict() for k, v in exported.latency.items()}}
+                         "verdict": verdict, "all": {k: v.to_dict() for k, v in exported.latency.items()},
+                         "first_measurement_ms": None if first is None else first.value_ms}
     report.files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
     report.versions = tool_versions()
 

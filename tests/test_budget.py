@@ -68,9 +68,28 @@ def test_a_shipped_model_over_the_budget_steps_to_a_smaller_one() -> None:
     nxt = next_ratio(result, "resnet18", shipped_ms=result.chosen.latency_ms * 1.3, time_ms=time_ms)
     assert nxt is not None and nxt > chosen and result.ratio == nxt
     assert counts("resnet18", nxt, 8) != counts("resnet18", chosen, 8)
-    assert result.steps[-1].ratio == nxt and time_ms(nxt) <= result.aim_ms / 1.3  # below the aim by the overshoot
+    assert nxt in [s.ratio for s in result.steps] and time_ms(nxt) <= result.aim_ms / 1.3  # below the aim by the overshoot
     assert result.retries == [{"ratio": chosen, "shipped_ms": pytest.approx(time_ms(chosen) * 1.3, abs=1e-3),
                                "next": nxt}]
+
+
+def test_the_step_up_takes_the_least_pruning_below_the_overshoot_not_a_doubling_point() -> None:
+    time_ms, _ = _kept_share_time()
+    result = search_ratio(time_ms, "resnet18", 5.0, "p90", "measured")
+    chosen = result.chosen.latency_ms
+    need = chosen * result.aim_ms / (chosen * 1.05)
+    nxt = next_ratio(result, "resnet18", shipped_ms=chosen * 1.05, time_ms=time_ms)
+    assert nxt is not None and time_ms(nxt) <= need < time_ms(round(nxt - 1 / GRID, 2))  # the least that meets it
+    assert len(result.retries) == 1
+
+
+def test_the_step_up_reaches_the_most_pruned_model_when_only_it_fits() -> None:
+    def time_ms(ratio: float) -> float:  # flat until 0.99 (per-node overheads): only the last grid point is faster
+        return 1.0 if ratio >= 0.99 else 4.0
+    result = search_ratio(time_ms, "resnet18", 5.0, "p90", "measured")
+    assert result.ratio == 0.01
+    assert next_ratio(result, "resnet18", shipped_ms=5.0, time_ms=time_ms) == 0.99
+    assert next_ratio(result, "resnet18", shipped_ms=9.0, time_ms=time_ms) is None  # nothing above 0.99
 
 
 def _rows(arch: str, keep: float, seed: int) -> np.ndarray:

@@ -183,20 +183,32 @@ def search_ratio(time_ms: Callable[[float], float], arch: str, budget_ms: float,
 
 
 def next_ratio(result: SearchResult, arch: str, shipped_ms: float, time_ms: Callable[[float], float]) -> float | None:
-    """After the shipped model came out over the budget: the next grid ratio up with other counts whose candidate
-    time is below the chosen one's by at least the overshoot, else None (each retry is recorded in
-    ``result.retries``)."""
+    """After the shipped model came out over the budget: the least pruning above the chosen ratio, with other counts,
+    whose candidate time is below the chosen one's by at least the overshoot; else None. An exponential search
+    (1, 2, 4, ... grid steps up, the last one at :data:`HI`) brackets it and a bisection finds it, so a noisy miss
+    costs the fewest units. Each retry is recorded in ``result.retries``."""
     chosen = result.chosen.latency_ms
     need = min(chosen, chosen * result.aim_ms / shipped_ms)  # the candidate time that would have shipped at the aim
     here = counts(arch, result.ratio, result.round_to)
-    found = None
-    start, step = round(result.ratio * GRID), 1
-    while found is None and start + step <= round(HI * GRID):  # 1, 2, 4, ... grid steps up: a few candidates
-        i = start + step
-        if counts(arch, i / GRID, result.round_to) != here and probe(result, arch, time_ms, i / GRID).latency_ms <= need:
-            found = i / GRID
-        step *= 2
-    result.retries.append({"ratio": result.ratio, "shipped_ms": round(shipped_ms, 4), "next": found})
-    if found is not None:
-        result.ratio = found
-    return found
+
+    def fits(i: int) -> bool:
+        return counts(arch, i / GRID, result.round_to) != here and probe(result, arch, time_ms, i / GRID).latency_ms <= need
+
+    low, top, step, found = round(result.ratio * GRID), round(HI * GRID), 1, None  # low: known not to fit
+    while found is None and low < top:
+        i = min(low + step, top)
+        if fits(i):
+            found = i
+        else:
+            low, step = i, step * 2
+    while found is not None and found - low > 1:  # fits(found), not fits(low)
+        mid = (low + found) // 2
+        if fits(mid):
+            found = mid
+        else:
+            low = mid
+    ratio = None if found is None else found / GRID
+    result.retries.append({"ratio": result.ratio, "shipped_ms": round(shipped_ms, 4), "next": ratio})
+    if ratio is not None:
+        result.ratio = ratio
+    return ratio
