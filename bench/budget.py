@@ -37,7 +37,7 @@ from edgemvp.data.tasks import resolve_task
 from edgemvp.deploy.devices import ProfileRegistry
 from edgemvp.deploy.latency import measure
 from edgemvp.deploy.onnx import ExportConfig, export_model
-from edgemvp.deploy.search import SkeletonTimer, counts, search_ratio
+from edgemvp.deploy.search import SkeletonTimer, counts, like_trained, search_ratio
 from edgemvp.errors import BudgetExceeded
 from edgemvp.masks import masks_from_scores
 from edgemvp.models.factory import create_model
@@ -128,7 +128,7 @@ def part_32(host, tmp: Path) -> dict:
 def _skeleton(ratio: float, round_to: int):
     torch.manual_seed(0)
     zeros = {u.name: np.zeros(u.size) for u in unit_space("resnet18").units}
-    model = create_model("resnet18", 1000, RGB224)
+    model = like_trained(create_model("resnet18", 1000, RGB224))  # the statistics of a trained model
     return shrink(model, masks_from_scores("resnet18", zeros, ratio, round_to)).eval() if ratio else model.eval()
 
 

@@ -8,6 +8,7 @@ included), on the ``jetson`` profile (latency estimated), with the base and the 
 (warm). Per target, interleaved so that load from other processes hits all alike:
 
 * ``mvp``: ``prune --task T --device jetson`` (ratio 0.9, the default);
+* ``mvp-ts``: the same with ``--exporter torchscript`` (the legacy tracer for the shipped model, parity-checked);
 * ``auto``: ``prune --task T --device jetson --budget-ms B`` with B = 0.6 ms, a budget a little above the
   0.9 model's 0.52 ms estimate (the Jetson's cost model is flat there: it chooses about 0.68);
 * ``auto-33``: ``prune --task T --device jetson --ratio auto``: the profile's 33 ms budget, which keeps almost
@@ -34,7 +35,8 @@ TARGETS = (("--task", "fashion5"),
            ("--dataset", "fashion-mnist", "--classes", "T-shirt/top,Trouser,Coat,Sneaker,Ankle boot"),
            ("--dataset", "fashion-mnist", "--classes", "Trouser,Dress,Coat,Sandal,Bag"),
            ("--dataset", "fashion-mnist", "--classes", "T-shirt/top,Pullover,Shirt,Sneaker,Ankle boot"))
-METHODS = {"mvp": (), "auto": ("--budget-ms", "0.6"), "auto-33": ("--ratio", "auto"),
+METHODS = {"mvp": (), "mvp-ts": ("--exporter", "torchscript"), "auto": ("--budget-ms", "0.6"),
+           "auto-33": ("--ratio", "auto"),
            "ifp1000": ("--method", "ifp", "--iters", "1000")}
 
 

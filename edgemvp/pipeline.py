@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, get_args
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from edgemvp.deploy.budget import over_budget, size_over_budget
 from edgemvp.deploy.devices import DeviceProfile, ProfileRegistry
 from edgemvp.deploy.export import MEASURE_SECONDS_PER_RUN, ExportSource, deploy
 from edgemvp.deploy.latency import latency
+from edgemvp.deploy.onnx import ExportConfig, Exporter
 from edgemvp.deploy.search import SkeletonTimer, next_ratio, search_ratio
 from edgemvp.errors import BudgetExceeded, UsageError
 from edgemvp.manifest import BaseRef, EntryManifest
@@ -143,6 +144,7 @@ class PruneRequest:
     round_to: int | None = None
     search: bool = False
     margin: float | None = None
+    exporter: str = ExportConfig().exporter
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -167,6 +169,8 @@ class PruneRequest:
             raise UsageError("--ratio auto sizes the fp32 model; with --int8 give a --ratio")
         if self.margin is not None and not self.search:
             raise UsageError("--margin is for --ratio auto (a budget that chooses the ratio)")
+        if self.exporter not in get_args(Exporter):
+            raise UsageError(f"unknown exporter '{self.exporter}'; valid: {', '.join(get_args(Exporter))}")
         if self.method == "ifp" and self.iters < 1:
             raise UsageError("--method ifp needs --iters of at least 1 (it prunes while training)")
 
@@ -589,8 +593,8 @@ def _export(req: PruneRequest, profile: DeviceProfile, model, masks: Masks, spec
     tmp.mkdir(parents=True)
     save_pruned(model, masks, spec, len(req.task.classes), tmp)
     src = ExportSource(model, masks.arch, spec, tmp, None, req.task)
-    staged = deploy(src, profile, tmp, req.int8, req.task, cache=cache, data_root=data_root, runs=req.runs,
-                    force_measure=req.measure)
+    staged = deploy(src, profile, tmp, req.int8, req.task, ExportConfig(exporter=req.exporter), cache=cache,
+                    data_root=data_root, runs=req.runs, force_measure=req.measure)
     # the export step ran in the temporary folder: name files by where they will be
     exported = staged.relocated(tmp, out)
     onnx_name, precision = ("model.int8.onnx", "int8") if req.int8 else ("model.onnx", "fp32")

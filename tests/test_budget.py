@@ -204,3 +204,31 @@ def test_zoo_build_takes_a_ratio_list_and_prune_votes_from_the_nearest(tiny_base
     assert len({tuple(n["classes"]) for n in r["neighbours"]}) == 2  # two tasks, not one task at two ratios
     with ZooStore.open(zoo) as store:
         assert all(abs(store.mask_rows([n["id"]]).mean() - 0.5) < 0.1 for n in r["neighbours"])
+
+
+def test_the_candidate_skeleton_exports_the_graph_of_a_trained_model(tmp_path) -> None:
+    import onnx
+
+    from edgemvp.deploy.devices import ProfileRegistry
+    from edgemvp.deploy.onnx import ExportConfig, export_raw
+    from edgemvp.deploy.search import SkeletonTimer
+    from edgemvp.masks import masks_from_scores
+    from edgemvp.shrink import shrink
+
+    spec = InputSpec(1, 32, (0.5,), (0.25,))
+    timer = SkeletonTimer("resnet18", 5, spec, ProfileRegistry().get("host"), 16)
+    candidate = onnx.load(timer.export(0.69, tmp_path / "candidate.onnx"))
+    torch.manual_seed(1)
+    model = create_model("resnet18", 5, spec).train()  # a few real steps move BatchNorm off its fresh state
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(torch.randn(8, 1, 32, 32)), torch.randint(0, 5, (8,))).backward()
+        opt.step()
+    zeros = {u.name: np.zeros(u.size) for u in unit_space("resnet18").units}
+    trained = shrink(model.eval(), masks_from_scores("resnet18", zeros, 0.69, 16))
+    export_raw(trained, spec, tmp_path / "trained.onnx", ExportConfig(exporter="torchscript", fallback=False))
+    shipped = onnx.load(tmp_path / "trained.onnx")
+    ops = [n.op_type for n in candidate.graph.node]
+    assert "Identity" not in ops  # a fresh BatchNorm's shared all-zero biases: onnxruntime ran that graph 27% faster
+    assert ops == [n.op_type for n in shipped.graph.node]

@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from edgemvp.deploy.devices import DeviceProfile
 from edgemvp.deploy.latency import LatencyReport, latency
@@ -82,6 +83,33 @@ class SearchResult:
                 "steps": [s.to_dict() for s in self.steps], "retries": list(self.retries)}
 
 
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+def like_trained(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give a fresh model's normalisation layers seeded, trained-looking statistics and affine parameters.
+
+    A fresh BatchNorm (mean 0, variance 1, scale 1, shift 0) folds into all-zero convolution biases, which the
+    exporter shares as one initializer; onnxruntime then optimises the graph differently, and such a skeleton
+    measured 27% faster than the trained model of the same shapes (docs/results.md, issue 25). Distinct
+    statistics make the skeleton's graph the shipped model's.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, NORMS):
+                continue
+            for name in ("weight", "running_var"):
+                if getattr(module, name, None) is not None:
+                    t = getattr(module, name)
+                    t.copy_(0.5 + torch.rand(t.shape, generator=gen))
+            for name in ("bias", "running_mean"):
+                if getattr(module, name, None) is not None:
+                    t = getattr(module, name)
+                    t.copy_(0.1 * torch.randn(t.shape, generator=gen))
+    return model
+
+
 def counts(arch: str, ratio: float, round_to: int) -> tuple[int, ...]:
     """Units every group keeps at a uniform ratio (what the latency depends on)."""
     return tuple(unit_keep(u, ratio, round_to) for u in unit_space(arch).units)
@@ -95,7 +123,7 @@ class SkeletonTimer:
         self.arch, self.spec, self.profile, self.round_to = arch, spec, profile, round_to
         self.measure, self.cache, self.runs = measure, cache, runs
         torch.manual_seed(0)
-        self.model = create_model(arch, classes, spec).eval()
+        self.model = like_trained(create_model(arch, classes, spec)).eval()
         self.space = unit_space(arch)
         self.times: dict[tuple[int, ...], float] = {}
 
@@ -103,14 +131,18 @@ class SkeletonTimer:
     def source(self) -> str:
         return "measured" if self.measure or self.profile.is_current() else "estimated"
 
-    def report(self, ratio: float) -> LatencyReport:
-        """Export the skeleton at ``ratio`` (legacy tracer, no parity) and time it."""
+    def export(self, ratio: float, path: Path) -> Path:
+        """Write the skeleton at ``ratio`` to ``path`` (legacy tracer, no parity: the weights are random)."""
         zeros = {u.name: np.zeros(u.size) for u in self.space.units}  # ties: the first units, any would do
         masks = masks_from_scores(self.arch, zeros, ratio, self.round_to)
-        model = shrink(copy.deepcopy(self.model), masks)
+        export_raw(shrink(copy.deepcopy(self.model), masks), self.spec, path,
+                   ExportConfig(exporter="torchscript", fallback=False))
+        return path
+
+    def report(self, ratio: float) -> LatencyReport:
+        """Export the skeleton at ``ratio`` and time it."""
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "candidate.onnx"
-            export_raw(model, self.spec, path, ExportConfig(exporter="torchscript", fallback=False))
+            path = self.export(ratio, Path(tmp) / "candidate.onnx")
             return latency(path, self.profile, self.measure, self.cache, self.runs, CANDIDATE_SECONDS)
 
     def __call__(self, ratio: float) -> float:
