@@ -111,7 +111,8 @@ def test_baselines_run_through_the_same_path(tiny_bases, digits_zoo, tmp_path) -
     for method in ("random", "transfer", "ifp"):
         reports[method] = run(_request(digits_zoo, tmp_path / method, method=method, iters=12), tiny_bases).report
         assert ARTIFACTS <= {p.name for p in (tmp_path / method).iterdir()}
-    assert load_pruned(tmp_path / "random")[1].kept == random_masks("resnet18", 0.9, 0).kept
+    block = reports["random"]["settings"]["round_to"]  # the host's channel block (--round-to auto)
+    assert load_pruned(tmp_path / "random")[1].kept == random_masks("resnet18", 0.9, 0, block).kept
     nearest = reports["transfer"]["neighbours"]
     assert len(nearest) == 1
     with ZooStore.open(digits_zoo) as store:
