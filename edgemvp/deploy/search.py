@@ -91,7 +91,7 @@ def like_trained(model: nn.Module, seed: int = 0) -> nn.Module:
 
     A fresh BatchNorm (mean 0, variance 1, scale 1, shift 0) folds into all-zero convolution biases, which the
     exporter shares as one initializer; onnxruntime then optimises the graph differently, and such a skeleton
-    measured 27% faster than the trained model of the same shapes (docs/results.md, issue 25). Distinct
+    measured about 30% faster than the trained model of the same shapes (docs/results.md, issue 25). Distinct
     statistics make the skeleton's graph the shipped model's.
     """
     gen = torch.Generator().manual_seed(seed)
@@ -224,7 +224,9 @@ def next_ratio(result: SearchResult, arch: str, shipped_ms: float, time_ms: Call
     here = counts(arch, result.ratio, result.round_to)
 
     def fits(i: int) -> bool:
-        return counts(arch, i / GRID, result.round_to) != here and probe(result, arch, time_ms, i / GRID).latency_ms <= need
+        if counts(arch, i / GRID, result.round_to) == here:
+            return False
+        return probe(result, arch, time_ms, i / GRID).latency_ms <= need
 
     low, top, step, found = round(result.ratio * GRID), round(HI * GRID), 1, None  # low: known not to fit
     while found is None and low < top:
