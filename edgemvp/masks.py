@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -152,8 +152,33 @@ def full_masks(arch: str, base_sha256: str = "") -> Masks:
     return Masks(arch, {u.name: tuple(range(u.size)) for u in space.units}, base_sha256)
 
 
+def check_counts(arch: str, counts: Sequence[int]) -> tuple[int, ...]:
+    """Per-group keep counts (unit-space order, a per-group allocation): one per group, each in 1..its size.
+
+    Raises:
+        UsageError: Another number of counts, or a count outside its group's range.
+    """
+    space = unit_space(arch)
+    if len(counts) != len(space.units):
+        raise UsageError(f"{arch} has {len(space.units)} unit groups; got {len(counts)} keep counts")
+    out = []
+    for unit, k in zip(space.units, counts):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= unit.size:
+            raise UsageError(f"unit '{unit.name}' keeps 1..{unit.size} units, not {k!r}")
+        out.append(int(k))
+    return tuple(out)
+
+
+def group_keep(arch: str, ratio: float, round_to: int = 1, counts: Sequence[int] | None = None) -> tuple[int, ...]:
+    """Units each group keeps (unit-space order): ``counts`` when given (checked), else :func:`unit_keep` at the
+    uniform ``ratio``."""
+    if counts is not None:
+        return check_counts(arch, counts)
+    return tuple(unit_keep(u, ratio, round_to) for u in unit_space(arch).units)
+
+
 def masks_from_scores(arch: str, scores: Mapping[str, torch.Tensor | np.ndarray], ratio: float,
-                      round_to: int = 1, base_sha256: str = "") -> Masks:
+                      round_to: int = 1, base_sha256: str = "", counts: Sequence[int] | None = None) -> Masks:
     """Keep the highest-scoring units of every group (ties broken by lower index).
 
     Args:
@@ -161,23 +186,25 @@ def masks_from_scores(arch: str, scores: Mapping[str, torch.Tensor | np.ndarray]
         scores: One score per unit, per unit group.
         ratio: Fraction removed in every group.
         round_to: Keep a multiple of this many channels (or MLP nodes) per group (:func:`unit_keep`).
+        counts: Per group, the units to keep instead (a per-group allocation; ``ratio`` and ``round_to`` unused).
     """
     space = unit_space(arch)
     kept = {}
-    for unit in space.units:
+    for unit, k in zip(space.units, group_keep(arch, ratio, round_to, counts)):
         s = torch.as_tensor(np.asarray(scores[unit.name]), dtype=torch.float64).reshape(-1)
         if s.numel() != unit.size:
             raise UsageError(f"unit '{unit.name}': {s.numel()} scores for {unit.size} units")
-        k = unit_keep(unit, ratio, round_to)
         order = torch.argsort(-s, stable=True)[:k]
         kept[unit.name] = tuple(sorted(order.tolist()))
     return Masks(arch, kept, base_sha256)
 
 
-def random_masks(arch: str, ratio: float, seed: int, round_to: int = 1, base_sha256: str = "") -> Masks:
-    """Uniformly random masks at a ratio (the random-pruning baseline), reproducible from ``seed``."""
+def random_masks(arch: str, ratio: float, seed: int, round_to: int = 1, base_sha256: str = "",
+                 counts: Sequence[int] | None = None) -> Masks:
+    """Uniformly random masks at a ratio or per-group ``counts`` (the random-pruning baseline), reproducible from
+    ``seed``."""
     gen = torch.Generator().manual_seed(seed)
     space = unit_space(arch)
     scores = {u.name: torch.rand(u.size, generator=gen) for u in space.units}
-    return masks_from_scores(arch, scores, ratio, round_to, base_sha256)
+    return masks_from_scores(arch, scores, ratio, round_to, base_sha256, counts)
 

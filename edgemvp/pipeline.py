@@ -37,7 +37,8 @@ from edgemvp.deploy.devices import DeviceProfile, ProfileRegistry
 from edgemvp.deploy.export import MEASURE_SECONDS_PER_RUN, ExportSource, deploy
 from edgemvp.deploy.latency import latency
 from edgemvp.deploy.onnx import ExportConfig, Exporter
-from edgemvp.deploy.search import SkeletonTimer, next_ratio, search_ratio
+from edgemvp.deploy.allocate import ALLOCATIONS, Allocation, SkeletonCost, allocate
+from edgemvp.deploy.search import SearchResult, SkeletonTimer, next_ratio, search_ratio
 from edgemvp.errors import BudgetExceeded, UsageError
 from edgemvp.manifest import BaseRef, EntryManifest
 from edgemvp.masks import Masks
@@ -112,6 +113,11 @@ class PruneRequest:
         search: Let the latency budget (``budget_ms``, else the profile's) choose ``ratio``: the least pruning
             whose model meets it (:mod:`edgemvp.deploy.search`); ``ratio`` is then ignored.
         margin: With ``search``, aim this fraction below the budget (default: 10% measured, 2% estimated).
+        exporter: ONNX exporter of the shipped model.
+        allocate: With ``search``, ``uniform`` (every group at the chosen ratio) or ``greedy`` (then per-group
+            counts: remove where the cost model saves most latency for the least importance lost,
+            :mod:`edgemvp.deploy.allocate`; ``mvp`` and ``random``).
+        counts: Per-group keep counts (unit-space order) instead of ``ratio``'s (set by the greedy allocation).
     """
 
     task: TaskSpec
@@ -145,6 +151,8 @@ class PruneRequest:
     search: bool = False
     margin: float | None = None
     exporter: str = ExportConfig().exporter
+    allocate: str = "uniform"
+    counts: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -169,6 +177,13 @@ class PruneRequest:
             raise UsageError("--ratio auto sizes the fp32 model; with --int8 give a --ratio")
         if self.margin is not None and not self.search:
             raise UsageError("--margin is for --ratio auto (a budget that chooses the ratio)")
+        if self.allocate not in ALLOCATIONS:
+            raise UsageError(f"unknown allocation '{self.allocate}'; valid: {', '.join(ALLOCATIONS)}")
+        if self.allocate == "greedy" and not self.search:
+            raise UsageError("--allocate greedy is for --ratio auto (a budget that sizes the model)")
+        if (self.allocate == "greedy" or self.counts is not None) and self.method not in ("mvp", "random"):
+            raise UsageError(f"--method {self.method} prunes every group at one ratio: a per-group allocation is "
+                             "for mvp and random")
         if self.exporter not in get_args(Exporter):
             raise UsageError(f"unknown exporter '{self.exporter}'; valid: {', '.join(get_args(Exporter))}")
         if self.method == "ifp" and self.iters < 1:
@@ -177,7 +192,7 @@ class PruneRequest:
     def vote_spec(self) -> VoteSpec:
         """The voter's part of the request (``mvp``, ``transfer`` and ``random``)."""
         return VoteSpec(self.task, self.method, self.neighbours, self.ratio, self.temperature, self.seed,
-                        self.head_from_base, self.round_to or 1)
+                        self.head_from_base, self.round_to or 1, counts=self.counts)
 
     def voters(self) -> int | None:
         """Entries a Wu-Palmer ranking over WordNet picks (the default zoo builds just what it can pick), else
@@ -205,7 +220,8 @@ class PruneRequest:
                 "bn_reestimate": "auto" if self.bn_reestimate is None else self.bn_reestimate,
                 "bn_batches": self.bn_batches, "train_per_class": self.train_per_class,
                 "finetune_optim": asdict(self.finetune_optim(family)), "device": str(default_device()),
-                "round_to": self.round_to or 1, **({"ratio_search": True} if self.search else {})}
+                "round_to": self.round_to or 1, **({"ratio_search": True} if self.search else {}),
+                **({"allocate": self.allocate} if self.search else {})}
 
     def train_view(self, dataset: Dataset) -> LabeledView:
         """The target's training images (all, or ``train_per_class`` per class)."""
@@ -283,11 +299,16 @@ def vote_prior(req: PruneRequest, zoo: Zoo, train: LabeledView, other_votes: np.
     sample of the target's training images (:mod:`edgemvp.mvp.prior`, :mod:`edgemvp.mvp.ratios`)."""
     if req.method != "mvp":
         return None
-    importance = None
-    if get_arch(zoo.base.arch).family == "cnn":
-        images, _ = balanced_sample(train, zoo.base.input_spec, PRIOR_IMAGES, req.seed)
-        importance = unit_importance(zoo.base_model(), zoo.base.arch, images)
-    return fill_order(importance, other_votes)
+    return fill_order(base_importance(req, zoo, train), other_votes)
+
+
+def base_importance(req: PruneRequest, zoo: Zoo, train: LabeledView) -> np.ndarray | None:
+    """On a CNN, the base's unit importance on a class-balanced sample of the target's training images
+    (:mod:`edgemvp.mvp.prior`); None for other families."""
+    if get_arch(zoo.base.arch).family != "cnn":
+        return None
+    images, _ = balanced_sample(train, zoo.base.input_spec, PRIOR_IMAGES, req.seed)
+    return unit_importance(zoo.base_model(), zoo.base.arch, images)
 
 
 def _method_model(req: PruneRequest, zoo: Zoo, ranking: Ranking | None, batches, stages: Stages,
@@ -420,7 +441,7 @@ def run_fleet(req: PruneRequest, devices: tuple[str, ...], cache: str | os.PathL
               profiles: tuple[Path, ...] = ()) -> FleetResult:
     """Run ``edgemvp prune`` for one or more devices: check the request, open the zoo and rank once, then per
     device size (``search``), vote, fit, export, gate and write its folder. Devices whose model has the same
-    ratio and channel block share one fitted model.
+    ratio, channel block and counts share one fitted model.
     """
     stages = stages or Stages()
     clock = Clock()
@@ -463,7 +484,7 @@ class Shared:
     stages: Stages
     timings: dict[str, float]
     table: tuple = ((), (), None)  # ids, tasks and (a zoo with tasks at several ratios) the kept share per id
-    fitted: dict = field(default_factory=dict)  # (ratio, round_to) -> Fitted
+    fitted: dict = field(default_factory=dict)  # (ratio, round_to, counts) -> Fitted
 
     def ranking_at(self, req: PruneRequest) -> tuple[Ranking | None, np.ndarray | None]:
         """The ranking with one entry per task nearest ``req.ratio``, and per unit how many of the neighbour
@@ -490,39 +511,88 @@ CONFIRM_RUNS = 4  # a measured miss is measured again over this many times the r
 MAX_RETRIES = 2  # shipped models over the budget that a search steps past before it gives up
 
 
+@dataclass
+class Sizing:
+    """How a budget sizes one device's model: the uniform search and, with ``--allocate greedy``, the allocation."""
+
+    result: SearchResult
+    timer: SkeletonTimer
+    cost: SkeletonCost | None = None
+    importance: np.ndarray | None = None
+    allocation: Allocation | None = None
+
+    def apply(self, req: PruneRequest) -> PruneRequest:
+        """The request at the chosen size."""
+        counts = None if self.allocation is None or self.allocation.fell_back else self.allocation.counts
+        return replace(req, ratio=self.result.ratio, counts=counts)
+
+    def to_dict(self) -> dict:
+        out = self.result.to_dict()
+        if self.allocation is not None:
+            out["allocation"] = {**self.allocation.to_dict(), "constants": self.cost.constants_source}
+        return out
+
+    def step_up(self, shipped_ms: float) -> bool:
+        """After a shipped model over the budget: a smaller model whose candidate is faster by the overshoot (the
+        allocation goes on from its counts; failing that, or uniform, :func:`next_ratio`); False when none is."""
+        if self.allocation is not None and not self.allocation.fell_back:
+            need = self.allocation.latency_ms * self.result.aim_ms / shipped_ms
+            more = allocate(self.timer, self.cost, self.importance, self.result.ratio, need, self.allocation.counts)
+            self.result.retries.append({"keep_ratio": round(self.allocation.keep_ratio, 5),
+                                        "shipped_ms": round(shipped_ms, 4),
+                                        "next_keep_ratio": None if more.fell_back else round(more.keep_ratio, 5)})
+            if not more.fell_back:
+                self.allocation = more
+                return True
+            self.allocation = None  # the uniform ratio then steps up as without an allocation
+        return next_ratio(self.result, self.timer.arch, shipped_ms, self.timer) is not None
+
+
+def _size(req: PruneRequest, profile: DeviceProfile, shared: Shared) -> Sizing:
+    """The uniform search (and the greedy allocation) for one device."""
+    zoo = shared.zoo
+    timer = SkeletonTimer(zoo.base.arch, len(req.task.classes), zoo.base.input_spec, profile, req.round_to or 1,
+                          req.measure, shared.cache)
+    budget = req.budget_ms if req.budget_ms is not None else profile.budget.latency_ms
+    sizing = Sizing(search_ratio(timer, zoo.base.arch, budget, profile.budget.statistic, timer.source,
+                                 req.round_to or 1, req.margin), timer)
+    if req.allocate == "greedy":
+        sizing.cost = SkeletonCost(timer, shared.cache)
+        sizing.importance = base_importance(req, zoo, req.train_view(shared.dataset))
+        sizing.allocation = allocate(timer, sizing.cost, sizing.importance, sizing.result.ratio,
+                                     sizing.result.aim_ms)
+    return sizing
+
+
 def _one_device(target: Target, shared: Shared) -> PruneResult:
     """Size (``search``), fit, export, gate and write one device's folder; a search steps up the ratio when the
     shipped model comes out over the budget (at most :data:`MAX_RETRIES` times)."""
     req, profile, zoo = target.req, target.profile, shared.zoo
     clock = Clock()
     clock.timings = dict(shared.timings)
-    sized, timer = None, None
+    sizing = None
     if req.search:
-        timer = SkeletonTimer(zoo.base.arch, len(req.task.classes), zoo.base.input_spec, profile, req.round_to or 1,
-                              req.measure, shared.cache)
-        budget = req.budget_ms if req.budget_ms is not None else profile.budget.latency_ms
-        sized = search_ratio(timer, zoo.base.arch, budget, profile.budget.statistic, timer.source,
-                             req.round_to or 1, req.margin)
-        req = replace(req, ratio=sized.ratio)
+        sizing = _size(req, profile, shared)
+        req = sizing.apply(req)
         clock.lap("budget_search")
     for attempt in range(MAX_RETRIES + 1):
-        key = (req.ratio, req.round_to)
+        key = (req.ratio, req.round_to, req.counts)
         ranking, other_votes = shared.ranking_at(req)
         if key not in shared.fitted:
             shared.fitted[key] = fit(req, zoo, ranking, shared.dataset, shared.stages, clock.lap, other_votes)
         fitted = shared.fitted[key]
         report = _report(req, profile, zoo, shared.entries, ranking, fitted)
-        report.search = None if sized is None else sized.to_dict()
+        report.search = None if sizing is None else sizing.to_dict()
         tmp = _stage(req, profile, zoo, fitted, report, target.out, shared.cache, shared.data_root)
         clock.lap("export_and_latency")
-        if report.within_budget or sized is None or attempt == MAX_RETRIES or \
-                next_ratio(sized, zoo.base.arch, report.latency["value_ms"], timer) is None:
-            if sized is not None:
-                report.search = sized.to_dict()
+        if report.within_budget or sizing is None or attempt == MAX_RETRIES or \
+                not sizing.step_up(report.latency["value_ms"]):
+            if sizing is not None:
+                report.search = sizing.to_dict()
             _finish(req, zoo, fitted, report, tmp, target.out, clock, sum(shared.timings.values()))
             return PruneResult(report, target.out)
         shutil.rmtree(tmp, ignore_errors=True)
-        req = replace(req, ratio=sized.ratio)
+        req = sizing.apply(req)
     raise AssertionError("unreachable")
 
 

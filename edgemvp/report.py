@@ -168,7 +168,18 @@ def search_line(search: dict) -> str:
     return (f"ratio {search['ratio']:g} chosen by the {search['budget_ms']:g} ms budget in {len(search['steps'])} "
             f"steps{retried}: candidate {chosen['latency_ms']:.3f} ms {search['statistic']} ({search['source']}) <= "
             f"aim {search['aim_ms']:.3f} ms (margin {100 * search['margin']:g}%), keeps "
-            f"{100 * chosen['keep_ratio']:.1f}% of the units")
+            f"{100 * chosen['keep_ratio']:.1f}% of the units" + allocation_line(search.get("allocation")))
+
+
+def allocation_line(alloc: dict | None) -> str:
+    """``; greedy per-group allocation: keeps 38.3% ...`` (empty without an allocation)."""
+    if not alloc:
+        return ""
+    if alloc["fell_back"]:
+        return f"; the greedy allocation stayed over the aim in {len(alloc['checks'])} rounds: uniform counts kept"
+    return (f"; greedy per-group allocation from ratio {alloc['start_ratio']:g}: {len(alloc['removals'])} blocks "
+            f"removed in {len(alloc['checks'])} rounds, candidate {alloc['latency_ms']:.3f} ms, keeps "
+            f"{100 * alloc['keep_ratio']:.1f}% of the units")
 
 
 def model_card(report: dict) -> str:

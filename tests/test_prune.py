@@ -242,6 +242,29 @@ def test_a_budget_chooses_the_ratio_and_the_report_records_each_step(tiny_bases,
     assert "chosen by the" in "\n".join(result.summary.summary_lines(tmp_path / "sized"))
 
 
+def test_a_greedy_allocation_sizes_each_group_and_the_report_records_it(tiny_bases, digits_zoo, tmp_path) -> None:
+    from edgemvp.deploy.devices import ProfileRegistry
+    from edgemvp.deploy.search import SkeletonTimer
+    from edgemvp.masks import Masks
+    from edgemvp.models.base import find_base
+    from edgemvp.units import unit_space
+
+    spec = find_base("resnet18", "digits", tiny_bases).input_spec
+    budget = SkeletonTimer("resnet18", 3, spec, ProfileRegistry().get("rpi4"), 4, cache=tiny_bases)(0.8) / 0.98
+    out = tmp_path / "greedy"
+    result = run(_request(digits_zoo, out, device="rpi4", search=True, budget_ms=budget, allocate="greedy"),
+                 tiny_bases)
+    r = result.report
+    alloc = r["search"]["allocation"]
+    assert not alloc["fell_back"] and alloc["removals"] and alloc["latency_ms"] <= r["search"]["aim_ms"]
+    masks = Masks.load(out / "masks.json", "resnet18")
+    assert {u.name: len(masks.kept[u.name]) for u in unit_space("resnet18").units} == alloc["counts"]
+    assert r["keep_ratio"] == alloc["keep_ratio"] > alloc["uniform_keep_ratio"]
+    assert r["vote"]["counts"] == list(alloc["counts"].values()) and r["settings"]["allocate"] == "greedy"
+    assert r["latency"]["within_budget"] and alloc["constants"] == "fitted"
+    assert "greedy per-group allocation" in "\n".join(result.summary.summary_lines(out))
+
+
 def test_a_shipped_model_over_the_budget_makes_the_search_step_up(tiny_bases, digits_zoo, tmp_path,
                                                                   monkeypatch) -> None:
     import edgemvp.pipeline as pipeline
@@ -341,6 +364,11 @@ def test_bad_input_is_one_clear_line(tiny_bases, digits_zoo, tmp_path) -> None:
         ([*digits, "--device", "host", "--zoo", str(digits_zoo), "--ratio", "auto", "--int8"], "with --int8 give"),
         ([*digits, "--device", "host", "--zoo", str(digits_zoo), "--ratio", "auto", "--method", "transfer"],
          "has no ratio for a budget to choose"),
+        ([*digits, "--device", "host", "--zoo", str(digits_zoo), "--allocate", "greedy"],
+         "--allocate greedy is for --ratio auto"),
+        ([*digits, "--device", "host", "--zoo", str(digits_zoo), "--ratio", "auto", "--allocate", "greedy", "--method",
+          "ifp"], "a per-group allocation is for mvp and random"),
+        ([*digits, "--device", "host", "--zoo", str(digits_zoo), "--allocate", "best"], "'best' is not one of"),
         ([*digits, "--device", "host,", "--zoo", str(digits_zoo)], "an empty device name"),
         ([*digits, "--device", "host,toaster", "--zoo", str(digits_zoo)], "unknown device 'toaster'"),
     ]

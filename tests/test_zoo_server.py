@@ -117,6 +117,28 @@ def test_initial_weights_are_bit_identical(tiny_bases, zoo_dir, server, tmp_path
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_a_per_group_allocation_votes_the_same_through_http_and_in_process(tiny_bases, zoo_dir, server,
+                                                                          tmp_path) -> None:
+    from edgemvp.data.datasets import get_dataset
+    from edgemvp.units import unit_space
+
+    units = unit_space("resnet18").units
+    counts = tuple(max(1, u.size // (2 + i % 3)) for i, u in enumerate(units))
+    req = replace(_request(zoo_dir, tmp_path, neighbours=2, seed=3), counts=counts)
+    dataset = get_dataset("digits")
+    with LocalZoo.open(zoo_dir, cache=tiny_bases) as here, RemoteZoo.connect(ZooAddress(server)) as there:
+        answers = []
+        for zoo in (here, there):
+            ids, tasks = zoo.task_table()
+            answers.append(zoo.initialise(req.vote_spec(), rank(zoo, ids, tasks, req.task, dataset, req)))
+    a, b = answers
+    assert a.masks == b.masks and tuple(len(a.masks.kept[u.name]) for u in units) == counts
+    assert a.info["vote"]["counts"] == list(counts) == b.info["vote"]["counts"]
+    body = {"task": {"dataset": "digits", "classes": list(TASK)}, "method": "random", "counts": [1, 2]}
+    bad = httpx.post(f"{server}/vote", json=body, timeout=120)
+    assert bad.status_code == 422 and "has 12 unit groups" in bad.json()["detail"]
+
+
 def test_vote_returns_the_seed_it_drew(server, base) -> None:
     body = {"task": {"dataset": "digits", "classes": list(TASK)}, "method": "random", "ratio": 0.8}
     first = httpx.post(f"{server}/vote", json=body, timeout=120)

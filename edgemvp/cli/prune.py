@@ -11,6 +11,7 @@ from edgemvp.cli.common import (CA_OPTION, DEVICE_OPTION, PROFILES_OPTION, RUNS_
                                 defaults, options, pass_ctx)
 from edgemvp.cli.types import Number, NumberOrAuto, NumberOrWord, Seed
 from edgemvp.data.tasks import resolve_task
+from edgemvp.deploy.allocate import ALLOCATIONS
 from edgemvp.deploy.onnx import ExportConfig, Exporter
 from edgemvp.errors import BudgetExceeded
 from edgemvp.mvp.rank import SIMILARITIES
@@ -50,6 +51,9 @@ PRUNE_OPTIONS = (
     click.option("--margin", type=Number(0, 1, hi_open=True),
                  help="With --ratio auto, aim this fraction below the budget [default: 0.1 measured, 0.02 "
                       "estimated]."),
+    click.option("--allocate", type=click.Choice(ALLOCATIONS), default="uniform", show_default=True,
+                 help="With --ratio auto: uniform (every group at the chosen ratio) or greedy (per-group counts: "
+                      "remove where the device's cost model saves most latency for the least importance lost)."),
     click.option("--round-to", type=NumberOrAuto(1, 4096, integer=True), default="auto", show_default=True,
                  help="Keep channel (and MLP node) counts as multiples of this; auto: the device profile's channel "
                       "block (onnxruntime's SIMD block, TensorRT's 8); 1 leaves them unaligned."),
@@ -96,7 +100,8 @@ PRUNE_OPTIONS = (
 def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str | None, device: str, zoo: str | None,
               token_file: Path | None, method: str, iters: int, neighbours: int, similarity: str,
               hierarchy: Path | None, temperature: float,
-              ratio: float | str | None, margin: float | None, seed: int, int8: bool, budget_ms: float | None, measure: bool, out: Path | None,
+              ratio: float | str | None, margin: float | None, allocate: str, seed: int, int8: bool,
+              budget_ms: float | None, measure: bool, out: Path | None,
               add_to_zoo: bool, arch: str | None, base_dataset: str | None, lr: float | None,
               train_per_class: int | None, head_from_base: bool, min_similarity: float, bn_reestimate: str,
               no_bn_reestimate: bool, exporter: str, runs: int, round_to: int | None,
@@ -119,7 +124,7 @@ def prune_cmd(ctx: Context, task: str | None, dataset: str | None, classes: str 
                        int8=int8, budget_ms=budget_ms, measure=measure, out=out, add_to_zoo=add_to_zoo, runs=runs,
                        lr=lr, train_per_class=train_per_class, head_from_base=head_from_base,
                        min_similarity=min_similarity, round_to=round_to, search=search, margin=margin,
-                       exporter=exporter)
+                       exporter=exporter, allocate=allocate)
     fleet = _run(ctx, req, devices, profiles)
     for result in fleet.results:
         for line in result.summary.summary_lines(result.out):

@@ -131,25 +131,29 @@ class SkeletonTimer:
     def source(self) -> str:
         return "measured" if self.measure or self.profile.is_current() else "estimated"
 
-    def export(self, ratio: float, path: Path) -> Path:
-        """Write the skeleton at ``ratio`` to ``path`` (legacy tracer, no parity: the weights are random)."""
+    def export(self, ratio: float, path: Path, counts: tuple[int, ...] | None = None) -> Path:
+        """Write the skeleton at ``ratio`` (or per-group ``counts``) to ``path`` (legacy tracer, no parity: the
+        weights are random)."""
         zeros = {u.name: np.zeros(u.size) for u in self.space.units}  # ties: the first units, any would do
-        masks = masks_from_scores(self.arch, zeros, ratio, self.round_to)
+        masks = masks_from_scores(self.arch, zeros, ratio, self.round_to, counts=counts)
         export_raw(shrink(copy.deepcopy(self.model), masks), self.spec, path,
                    ExportConfig(exporter="torchscript", fallback=False))
         return path
 
-    def report(self, ratio: float) -> LatencyReport:
-        """Export the skeleton at ``ratio`` and time it."""
+    def report(self, ratio: float, counts: tuple[int, ...] | None = None) -> LatencyReport:
+        """Export the skeleton at ``ratio`` (or ``counts``) and time it."""
         with tempfile.TemporaryDirectory() as tmp:
-            path = self.export(ratio, Path(tmp) / "candidate.onnx")
+            path = self.export(ratio, Path(tmp) / "candidate.onnx", counts)
             return latency(path, self.profile, self.measure, self.cache, self.runs, CANDIDATE_SECONDS)
 
-    def __call__(self, ratio: float) -> float:
-        key = counts(self.arch, ratio, self.round_to)
+    def at(self, key: tuple[int, ...]) -> float:
+        """The skeleton's time with these per-group counts (timed once per counts)."""
         if key not in self.times:
-            self.times[key] = self.report(ratio).value_ms
+            self.times[key] = self.report(0.0, key).value_ms
         return self.times[key]
+
+    def __call__(self, ratio: float) -> float:
+        return self.at(counts(self.arch, ratio, self.round_to))
 
 
 def _keep_share(arch: str, ratio: float, round_to: int) -> float:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgemvp.errors import UsageError
-from edgemvp.masks import Masks, unit_keep
+from edgemvp.masks import Masks, group_keep
 from edgemvp.units import unit_space
 
 DEFAULT_NEIGHBOURS = 3
@@ -57,7 +57,8 @@ def _fill(votes: np.ndarray, prior: np.ndarray, k: int) -> tuple[int, ...]:
 
 
 def vote(arch: str, neighbour_masks: np.ndarray, ratio: float, temperature: float = DEFAULT_TEMPERATURE,
-         seed: int = 0, base_sha256: str = "", round_to: int = 1, prior: np.ndarray | None = None) -> VoteResult:
+         seed: int = 0, base_sha256: str = "", round_to: int = 1, prior: np.ndarray | None = None,
+         counts: tuple[int, ...] | None = None) -> VoteResult:
     """Sample target masks from the neighbours' kept units.
 
     Args:
@@ -72,9 +73,11 @@ def vote(arch: str, neighbour_masks: np.ndarray, ratio: float, temperature: floa
         prior: Per unit (unit-space order), the base's importance on the target (:mod:`edgemvp.mvp.prior`). A
             group that keeps more units than its neighbours voted for keeps every voted unit and fills the rest
             by this ranking rather than at random; other groups are drawn as without it.
+        counts: Per group (unit-space order), the units to keep instead of the uniform ``ratio``'s: a per-group
+            allocation (:mod:`edgemvp.deploy.allocate`); the draw is the same.
 
     Raises:
-        UsageError: Non-positive temperature, no neighbours, or rows that do not match the arch.
+        UsageError: Non-positive temperature, no neighbours, rows that do not match the arch, or bad counts.
     """
     if not temperature > 0:
         raise UsageError(f"--temperature must be positive, got {temperature}")
@@ -89,8 +92,8 @@ def vote(arch: str, neighbour_masks: np.ndarray, ratio: float, temperature: floa
     if prior is not None and np.shape(prior) != (total,):
         raise UsageError(f"vote prior needs {total} scores for {arch}, got shape {np.shape(prior)}")
     kept, votes, start, filled = {}, {}, 0, 0
-    for unit in space.units:
-        group, k = v[start:start + unit.size], unit_keep(unit, ratio, round_to)
+    for unit, k in zip(space.units, group_keep(arch, ratio, round_to, counts)):
+        group = v[start:start + unit.size]
         if prior is not None and k > int((group > 0).sum()):
             kept[unit.name] = _fill(group, np.asarray(prior[start:start + unit.size], dtype=np.float64), k)
             filled += k - int((group > 0).sum())

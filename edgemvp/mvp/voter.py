@@ -88,6 +88,8 @@ class VoteSpec:
             ``random``; ``transfer`` keeps its entry's masks as they are).
         prior: The base's per-unit importance on the target (:mod:`edgemvp.mvp.prior`), which fills groups
             that keep more units than the neighbours voted for (``mvp``); None: those are drawn at random.
+        counts: Per unit group (unit-space order), the units to keep instead of the uniform ``ratio``'s: a
+            per-group allocation under a latency budget (``mvp`` and ``random``; :mod:`edgemvp.deploy.allocate`).
     """
 
     task: TaskSpec
@@ -99,6 +101,7 @@ class VoteSpec:
     head_from_base: bool = True
     round_to: int = 1
     prior: np.ndarray | None = field(default=None, compare=False, repr=False)
+    counts: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.method not in VOTER_METHODS:
@@ -139,7 +142,7 @@ def initialise(store: EntrySource, base_model: nn.Module, base: BaseManifest, sp
                   spec=base.input_spec, target_dataset=task.dataset, target_classes=task.classes, seed=spec.seed,
                   rows=rows)
     if spec.method == "random":
-        masks = random_masks(base.arch, spec.ratio, spec.seed, spec.round_to, base.weights_sha256)
+        masks = random_masks(base.arch, spec.ratio, spec.seed, spec.round_to, base.weights_sha256, spec.counts)
         return Initial(averaged_model(masks=masks, neighbours=[], **common), masks, [], {})
     if ranking is None:
         raise UsageError(f"--method {spec.method} needs ranked zoo entries")
@@ -152,11 +155,12 @@ def initialise(store: EntrySource, base_model: nn.Module, base: BaseManifest, sp
     if spec.method == "mvp":
         rows = store.mask_rows([e.id for e in entries])
         result = vote(base.arch, rows, spec.ratio, spec.temperature, spec.seed, base.weights_sha256, spec.round_to,
-                      spec.prior)
+                      spec.prior, spec.counts)
         masks = result.masks
         info["vote"] = {"neighbours": len(entries), "temperature": spec.temperature, "seed": spec.seed,
                         "unanimous_kept_fraction": round(result.agreement(), 4), "round_to": spec.round_to,
-                        "filled_by_importance": result.filled if spec.prior is not None else None}
+                        "filled_by_importance": result.filled if spec.prior is not None else None,
+                        **({"counts": list(spec.counts)} if spec.counts is not None else {})}
     else:
         masks = entries[0].manifest.masks
     return Initial(averaged_model(masks=masks, neighbours=entries, **common), masks, picked, info)

@@ -265,6 +265,8 @@ class RemoteZoo:
             body["round_to"] = spec.round_to
         if spec.prior is not None:  # the base's unit importance on the target's images, measured here
             body["prior"] = [float(x) for x in spec.prior]
+        if spec.counts is not None:  # a per-group allocation: sent only when there is one
+            body["counts"] = [int(k) for k in spec.counts]
         if ranking is not None:  # the client's ranking (LEEP here, or the server's Wu-Palmer): send the nearest
             order = nearest(ranking.scores, spec.count)
             body["neighbour_ids"] = [ranking.ids[i] for i in order]

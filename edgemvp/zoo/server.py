@@ -133,6 +133,9 @@ class VoteBody(_Body):
     round_to: int = Field(1, ge=1, le=4096, description="keep channel counts as multiples of this (a device's block)")
     prior: Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(max_length=1_000_000)] | None = Field(
         None, description="per unit, the base's importance on the target: fills groups beyond the neighbours' votes")
+    counts: Annotated[list[Annotated[int, Field(ge=1, le=1_000_000)]], Field(min_length=1, max_length=100_000)] \
+        | None = Field(None, description="per unit group, the units to keep (a per-group allocation) instead of the "
+                                         "ratio's")
 
 
 # --- the service ---------------------------------------------------------------------------------------------
@@ -287,7 +290,8 @@ class ZooService:
         seed = body.seed if body.seed is not None else secrets.randbelow(2**32)
         task = self.task(body.task)
         spec = VoteSpec(task, body.method, body.neighbours, body.ratio, body.temperature, seed, body.head_from_base,
-                        body.round_to, None if body.prior is None else np.asarray(body.prior, dtype=np.float64))
+                        body.round_to, None if body.prior is None else np.asarray(body.prior, dtype=np.float64),
+                        None if body.counts is None else tuple(body.counts))
         with self.voting.enter(), self.zoo(body.base_sha256) as zoo:  # a slot first, then a connection
             ids, tasks = zoo.task_table()
             ranking = None
