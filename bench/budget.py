@@ -5,8 +5,8 @@ Usage: EDGEMVP_CACHE=... python bench/budget.py [--json docs/budget.json] [--png
 32 px (the offline default: the Fashion-MNIST resnet18 base and its default zoo, from the cache): for fashion5
 and three other five-class Fashion-MNIST targets, ``edgemvp prune`` (MVP, J = 100, ``host``) at the uniform
 ratios 0.5, 0.7, 0.8, 0.9 and 0.95, with channels aligned to the host's block (``--round-to auto``) and not
-(``--round-to 1``); then ``--ratio auto`` at three budgets. Every run's p90 is onnxruntime's, measured by the
-run itself (100 runs) and re-measured here afterwards on its shipped ``model.onnx``: the 13 models of a target
+(``--round-to 1``); then ``--ratio auto`` at three budgets, uniform and ``--allocate greedy``. Every run's p90 is onnxruntime's, measured by the
+run itself (100 runs) and re-measured here afterwards on its shipped ``model.onnx``: the 16 models of a target
 side by side, in 5 interleaved rounds (each model 100 runs and at least 0.3 s a round, the order rotated every
 round), the median of a model's round p90s kept; so the budget runs and the uniform ratios they are compared
 with are timed in the same moments of a machine whose speed drifts. The budgets are fixed shares (8%, 15%,
@@ -99,22 +99,33 @@ def part_32(host, tmp: Path) -> dict:
     out: dict = {"dense_skeleton_p90": dense, "budgets": budgets, "targets": {}}
     for name in TARGETS:
         task = _task(name)
-        rows: dict = {"uniform": [], "budget": []}
+        rows: dict = {"uniform": [], "budget": [], "greedy": []}
         kept: list[Path] = []
+        order: list[dict] = []
         for ratio in RATIOS:
             for round_to in (16, 1):
                 kept.append(tmp / f"m{len(kept)}.onnx")
                 row = _prune(task, tmp / "u", kept[-1], host, ratio=ratio, round_to=round_to)
                 rows["uniform"].append(row)
+                order.append(row)
                 print(f"{task.name} r={ratio} x{round_to}: {row['accuracy']:.2f}% {row['p90']:.3f} ms "
                       f"{row['seconds']} s", flush=True)
         for budget in budgets:
             kept.append(tmp / f"m{len(kept)}.onnx")
             row = _prune(task, tmp / "b", kept[-1], host, search=True, budget_ms=budget)
             rows["budget"].append(row)
+            order.append(row)
             print(f"{task.name} budget {budget} ms: r={row['ratio']} {row['accuracy']:.2f}% {row['p90']:.3f} ms "
                   f"in {len(row['search']['steps'])} steps, {row['seconds']} s", flush=True)
-        for row, p90 in zip(rows["uniform"] + rows["budget"], _side_by_side(kept, host)):
+            kept.append(tmp / f"m{len(kept)}.onnx")
+            row = _prune(task, tmp / "g", kept[-1], host, search=True, budget_ms=budget, allocate="greedy")
+            rows["greedy"].append(row)
+            order.append(row)
+            alloc = row["search"]["allocation"]
+            print(f"{task.name} budget {budget} ms greedy: keeps {alloc['keep_ratio']:.3f} (uniform "
+                  f"{alloc['uniform_keep_ratio']:.3f}) {row['accuracy']:.2f}% {row['p90']:.3f} ms, {row['seconds']} s",
+                  flush=True)
+        for row, p90 in zip(order, _side_by_side(kept, host)):  # order: the rows of kept's models, as kept
             row["p90_remeasured"] = p90
         for path in kept:
             path.unlink()
@@ -191,6 +202,20 @@ def _tables(res: dict) -> None:
             print(f"| {name} | {b['budget_ms']} | {b['ratio']} | {len(b['search']['steps'])} | {b['p90']:.3f} / "
                   f"{b['p90_remeasured']:.3f} | {b['within_budget'] and b['p90_remeasured'] <= b['budget_ms']} | "
                   f"{b['accuracy']:.2f}% | {best_s} | {sum(s['seconds'] for s in b['search']['steps']):.1f} |")
+    print("\n| target | budget ms | greedy: keeps (uniform keeps) | removals / rounds | p90 ms (run / re-measured) | "
+          "within | accuracy | uniform --ratio auto | best uniform under budget | s (uniform auto s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, rows in a["targets"].items():
+        for g, b in zip(rows.get("greedy", []), rows["budget"]):
+            al = g["search"]["allocation"]
+            under = [r for r in rows["uniform"] if r["p90_remeasured"] <= g["budget_ms"]]
+            best = max(under, key=lambda r: r["accuracy"]) if under else None
+            best_s = f"{best['accuracy']:.2f}%" if best else "none"
+            print(f"| {name} | {g['budget_ms']} | {al['keep_ratio']:.3f} ({al['uniform_keep_ratio']:.3f})"
+                  f"{' fell back' if al['fell_back'] else ''} | {len(al['removals'])} / {len(al['checks'])} | "
+                  f"{g['p90']:.3f} / {g['p90_remeasured']:.3f} | "
+                  f"{g['within_budget'] and g['p90_remeasured'] <= g['budget_ms']} | {g['accuracy']:.2f}% | "
+                  f"{b['accuracy']:.2f}% | {best_s} | {g['seconds']} ({b['seconds']}) |")
     c = res["224px"]
     print(f"\n224 px: dense p90 {c['dense_p90']:.3f} ms\n")
     print("| ratio | aligned x16 p90 ms | unaligned p90 ms |")
@@ -221,7 +246,10 @@ def _plot(res: dict, path: Path) -> None:
         for b in rows["budget"]:
             ax.axvline(b["budget_ms"], color="grey", lw=0.6, ls="--")
             ax.plot(b["p90_remeasured"], b["accuracy"], "r*", ms=11)
+        for g in rows.get("greedy", []):
+            ax.plot(g["p90_remeasured"], g["accuracy"], "gD", ms=7)
         ax.plot([], [], "r*", label="--ratio auto at a budget (dashed)")
+        ax.plot([], [], "gD", label="... --allocate greedy")
         ax.set_xscale("log")
         ax.set_title(f"{name}, 32 px")
         ax.set_xlabel("measured p90 (ms)")

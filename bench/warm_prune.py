@@ -13,6 +13,7 @@ included), on the ``jetson`` profile (latency estimated), with the base and the 
   0.9 model's 0.52 ms estimate (the Jetson's cost model is flat there: it chooses about 0.68);
 * ``auto-33``: ``prune --task T --device jetson --ratio auto``: the profile's 33 ms budget, which keeps almost
   the whole model (a larger model to fine-tune, export and check);
+* ``auto-greedy``: ``auto`` with ``--allocate greedy`` (per-group counts under the same budget);
 * ``ifp1000``: ``prune --task T --device jetson --method ifp --iters 1000``.
 
 Each report's per-stage timings are kept. ``OMP_NUM_THREADS`` (and torch's threads) are set to ``--threads``.
@@ -36,7 +37,7 @@ TARGETS = (("--task", "fashion5"),
            ("--dataset", "fashion-mnist", "--classes", "Trouser,Dress,Coat,Sandal,Bag"),
            ("--dataset", "fashion-mnist", "--classes", "T-shirt/top,Pullover,Shirt,Sneaker,Ankle boot"))
 METHODS = {"mvp": (), "mvp-ts": ("--exporter", "torchscript"), "auto": ("--budget-ms", "0.6"),
-           "auto-33": ("--ratio", "auto"),
+           "auto-33": ("--ratio", "auto"), "auto-greedy": ("--budget-ms", "0.6", "--allocate", "greedy"),
            "ifp1000": ("--method", "ifp", "--iters", "1000")}
 
 
@@ -95,7 +96,8 @@ def main() -> None:
                 print(f"{m}: 1/{statistics.median(ratios):.1f} of ifp1000 (per-target medians of the ratios)")
     if "auto" in summary and "mvp" in summary:
         print(f"auto / mvp: {summary['auto'] / summary['mvp']:.2f}x; auto-33 / mvp: "
-              f"{summary.get('auto-33', float('nan')) / summary['mvp']:.2f}x")
+              f"{summary.get('auto-33', float('nan')) / summary['mvp']:.2f}x; auto-greedy / mvp: "
+              f"{summary.get('auto-greedy', float('nan')) / summary['mvp']:.2f}x")
     args.json.write_text(json.dumps({"cpu": _cpu(), "threads": args.threads,
                                      "rows": rows, "median_wall_s": summary}, indent=1))
 

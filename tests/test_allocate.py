@@ -34,12 +34,13 @@ def test_the_greedy_removes_where_saving_per_importance_lost_is_largest_and_stop
     assert c == [4, 2] and len(removed) == 1  # no group drops below its floor, even over the aim
 
 
-def test_rank_shares_are_scale_free_and_blocks_keep_counts_aligned() -> None:
+def test_rank_shares_are_of_the_whole_models_importance_and_blocks_keep_counts_aligned() -> None:
     space = unit_space("resnet18")
     imp = np.concatenate([np.arange(u.size, dtype=float) * (10.0 ** i) for i, u in enumerate(space.units)])
     shares = rank_shares("resnet18", imp)
-    assert all(np.isclose(s.sum(), 1) and np.all(np.diff(s) <= 0) for s in shares)
-    assert np.allclose(shares[0], shares[1])  # same sizes and shapes of importance, 10x apart: the same shares
+    assert np.isclose(sum(s.sum() for s in shares), 1) and all(np.all(np.diff(s) <= 0) for s in shares)
+    assert np.allclose(shares[1], 10 * shares[0])  # a group carrying 10x the activation weighs 10x
+    assert all(np.isclose(s.sum(), 1) for s in rank_shares("resnet18", None))  # no prior: equal within groups
     assert all(b % 8 == 0 for b, u in zip(blocks("resnet18", 8), space.units) if u.kind in ALIGNED_KINDS)
 
 

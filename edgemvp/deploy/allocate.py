@@ -15,9 +15,10 @@ largest ratio of latency saved to importance lost, until the model meets the aim
   measured at, so after the greedy has reached the aim by them the counts are timed as the search times its
   candidates (measured on the device, estimated otherwise) and, while that is still over, the savings are measured
   again at the new counts and the removal goes on (at most :data:`ROUNDS` times).
-* *Importance lost* is the share of the group's importance on the target that the removed ranks carry: the
-  base's mean activation per unit on the target's images (:mod:`edgemvp.mvp.prior`), sorted, as a fraction of the
-  group's total (scale-free, so groups of different layers compare); equal shares where there is no prior (ViTs).
+* *Importance lost* is the share of the model's importance on the target that the removed ranks carry: the
+  base's mean activation per unit on the target's images (:mod:`edgemvp.mvp.prior`; a residual stream's
+  channels summed over the layers that carry them), sorted within the group, as a fraction of the whole
+  model's; equal shares within each group where there is no prior (ViTs).
 
 No group drops below what the uniform ratio :data:`~edgemvp.deploy.search.HI` keeps. When the rounds end over the
 aim, the allocation falls back to the uniform counts the search chose (they met it). The vote then draws each group's
@@ -52,7 +53,7 @@ class Removal:
     group: str
     keep: int  # the group's count after it
     saved_ms: float  # the latency the cost model says it saves (in the timer's units)
-    lost: float  # the share of the group's importance on the target it removed
+    lost: float  # the share of the model's importance on the target it removed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,14 +83,22 @@ class Allocation:
 
 
 def rank_shares(arch: str, importance: np.ndarray | None) -> list[np.ndarray]:
-    """Per group, the share of its importance each rank carries (sorted descending; equal without importance)."""
+    """Per group, each rank's share of the whole model's importance (sorted descending within the group; without
+    importance, every group's ranks share equally in the group).
+
+    Shares of the whole model, not of the group: the prior sums a residual-coupled channel's activation over
+    every BatchNorm that carries it, so a channel of a residual stream, which every block of its stage reads,
+    weighs that much more. Normalised per group instead, the greedy thinned the residual streams to one block
+    first and lost accuracy (docs/results.md, issue 25).
+    """
+    space = unit_space(arch)
+    if importance is None:
+        return [np.full(u.size, 1.0 / u.size) for u in space.units]
+    imp = np.clip(np.asarray(importance, dtype=np.float64), 0, None)
+    total = imp.sum() if imp.sum() > 0 else 1.0
     out, start = [], 0
-    for unit in unit_space(arch).units:
-        if importance is None:
-            out.append(np.full(unit.size, 1.0 / unit.size))
-        else:
-            s = np.sort(np.clip(np.asarray(importance[start:start + unit.size], dtype=np.float64), 0, None))[::-1]
-            out.append(s / s.sum() if s.sum() > 0 else np.full(unit.size, 1.0 / unit.size))
+    for unit in space.units:
+        out.append(np.sort(imp[start:start + unit.size])[::-1] / total)
         start += unit.size
     return out
 
