@@ -2,15 +2,15 @@
 
 Usage: EDGEMVP_CACHE=... python bench/budget.py [--json docs/budget.json] [--png docs/budget.png]
 
-32 px (the offline default: the Fashion-MNIST resnet18 base and its default zoo, from the cache): for fashion5
-and three other five-class Fashion-MNIST targets, ``edgemvp prune`` (MVP, J = 100, ``host``) at the uniform
-ratios 0.5, 0.7, 0.8, 0.9 and 0.95, with channels aligned to the host's block (``--round-to auto``) and not
-(``--round-to 1``); then ``--ratio auto`` at three budgets, uniform and ``--allocate greedy``. Every run's p90 is onnxruntime's, measured by the
-run itself (100 runs) and re-measured here afterwards on its shipped ``model.onnx``: the 16 models of a target
-side by side, in 5 interleaved rounds (each model 100 runs and at least 0.3 s a round, the order rotated every
-round), the median of a model's round p90s kept; so the budget runs and the uniform ratios they are compared
-with are timed in the same moments of a machine whose speed drifts. The budgets are fixed shares (8%, 15%,
-30%) of the dense skeleton's p90 measured at the start, not chosen from any result.
+32 px (the offline default: the Fashion-MNIST resnet18 base and its default zoo, from the cache): for fashion5 and
+three other five-class Fashion-MNIST targets, ``edgemvp prune`` (MVP, J = 100, ``host``) at the uniform ratios 0.5,
+0.7, 0.8, 0.9 and 0.95, with channels aligned to the host's block (``--round-to auto``) and not (``--round-to 1``);
+then ``--ratio auto`` at three budgets, uniform and ``--allocate greedy``. Every run's p90 is onnxruntime's,
+measured by the run itself (100 runs) and re-measured here afterwards on its shipped ``model.onnx``: the 16 models
+of a target side by side, in 5 interleaved rounds (each model 100 runs and at least 0.3 s a round, the order rotated
+every round), the median of a model's round p90s kept; so the budget runs and the uniform ratios they are compared
+with are timed in the same moments of a machine whose speed drifts. The budgets are fixed shares (8%, 15%, 30%) of
+the dense skeleton's p90 measured at the start, not chosen from any result.
 
 224 px (3-channel resnet18, the input the pre-trained bases deploy at): latency only (no 224-px base is trained
 here): the skeleton at the same uniform ratios, aligned and not, exported with the default exporter and

@@ -176,7 +176,8 @@ def allocation_line(alloc: dict | None) -> str:
     if not alloc:
         return ""
     if alloc["fell_back"]:
-        return f"; the greedy allocation stayed over the aim in {len(alloc['checks'])} rounds: uniform counts kept"
+        return (f"; the greedy allocation did not meet the aim above the uniform counts in {len(alloc['checks'])} "
+                f"rounds: uniform counts kept")
     return (f"; greedy per-group allocation from ratio {alloc['start_ratio']:g}: {len(alloc['removals'])} blocks "
             f"removed in {len(alloc['checks'])} rounds, candidate {alloc['latency_ms']:.3f} ms, keeps "
             f"{100 * alloc['keep_ratio']:.1f}% of the units")

@@ -71,6 +71,23 @@ def test_an_aim_the_rounds_cannot_reach_falls_back_to_the_uniform_counts(timer, 
     assert out.fell_back and out.counts == counts("resnet18", 0.9, 4) and not out.checks[-1]["within"]
 
 
+class _Slow:
+    """The real timer plus a constant: a slow, noisy measurement that no removal undoes."""
+
+    def __init__(self, timer: SkeletonTimer, offset: float):
+        self.arch, self.round_to, self.real, self.offset = timer.arch, timer.round_to, timer, offset
+
+    def at(self, key):
+        return self.real.at(key) + self.offset
+
+
+def test_removals_that_would_keep_fewer_units_than_the_uniform_counts_fall_back_to_them(timer, tiny_bases) -> None:
+    aim = timer(0.8)
+    out = allocate(_Slow(timer, aim / 2), SkeletonCost(timer, tiny_bases), None, 0.8, aim)
+    assert out.fell_back and out.counts == counts("resnet18", 0.8, 4)
+    assert all(c["keep_ratio"] >= out.uniform_keep_ratio for c in out.checks)  # it never timed fewer units
+
+
 def test_voted_counts_are_the_allocations_and_the_masks_load_strictly() -> None:
     space = unit_space("resnet18")
     want = tuple(max(1, u.size // (2 + i % 3)) for i, u in enumerate(space.units))

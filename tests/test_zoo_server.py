@@ -98,19 +98,24 @@ def test_prune_via_server_equals_local_prune(tiny_bases, zoo_dir, server, tmp_pa
         assert remote["similarity"]["kind"] == "leep" and "falling back to LEEP" in remote["similarity"]["note"]
 
 
-def test_initial_weights_are_bit_identical(tiny_bases, zoo_dir, server, tmp_path) -> None:
-    """The voter's answer itself (masks + averaged init, before any fine-tuning) through HTTP and in process."""
+def _here_and_there(req: PruneRequest, zoo_dir, cache, server) -> list:
+    """The voter's answer to ``req`` in process and through HTTP."""
     from edgemvp.data.datasets import get_dataset
 
-    (tmp_path / "tree.yaml").write_text(TREE)
-    req = _request(zoo_dir, tmp_path, hierarchy=tmp_path / "tree.yaml", neighbours=3, seed=7, temperature=0.5)
     dataset = get_dataset("digits")
-    with LocalZoo.open(zoo_dir, cache=tiny_bases) as here, RemoteZoo.connect(ZooAddress(server)) as there:
+    with LocalZoo.open(zoo_dir, cache=cache) as here, RemoteZoo.connect(ZooAddress(server)) as there:
         answers = []
         for zoo in (here, there):
             ids, tasks = zoo.task_table()
             answers.append(zoo.initialise(req.vote_spec(), rank(zoo, ids, tasks, req.task, dataset, req)))
-    a, b = answers
+    return answers
+
+
+def test_initial_weights_are_bit_identical(tiny_bases, zoo_dir, server, tmp_path) -> None:
+    """The voter's answer itself (masks + averaged init, before any fine-tuning) through HTTP and in process."""
+    (tmp_path / "tree.yaml").write_text(TREE)
+    req = _request(zoo_dir, tmp_path, hierarchy=tmp_path / "tree.yaml", neighbours=3, seed=7, temperature=0.5)
+    a, b = _here_and_there(req, zoo_dir, tiny_bases, server)
     assert a.masks == b.masks and a.info == b.info and a.info["vote"]["seed"] == 7
     assert [n.id for n in a.neighbours] == [n.id for n in b.neighbours] and len(a.neighbours) == 3
     sa, sb = a.model.state_dict(), b.model.state_dict()
@@ -119,19 +124,12 @@ def test_initial_weights_are_bit_identical(tiny_bases, zoo_dir, server, tmp_path
 
 def test_a_per_group_allocation_votes_the_same_through_http_and_in_process(tiny_bases, zoo_dir, server,
                                                                           tmp_path) -> None:
-    from edgemvp.data.datasets import get_dataset
     from edgemvp.units import unit_space
 
     units = unit_space("resnet18").units
     counts = tuple(max(1, u.size // (2 + i % 3)) for i, u in enumerate(units))
     req = replace(_request(zoo_dir, tmp_path, neighbours=2, seed=3), counts=counts)
-    dataset = get_dataset("digits")
-    with LocalZoo.open(zoo_dir, cache=tiny_bases) as here, RemoteZoo.connect(ZooAddress(server)) as there:
-        answers = []
-        for zoo in (here, there):
-            ids, tasks = zoo.task_table()
-            answers.append(zoo.initialise(req.vote_spec(), rank(zoo, ids, tasks, req.task, dataset, req)))
-    a, b = answers
+    a, b = _here_and_there(req, zoo_dir, tiny_bases, server)
     assert a.masks == b.masks and tuple(len(a.masks.kept[u.name]) for u in units) == counts
     assert a.info["vote"]["counts"] == list(counts) == b.info["vote"]["counts"]
     body = {"task": {"dataset": "digits", "classes": list(TASK)}, "method": "random", "counts": [1, 2]}

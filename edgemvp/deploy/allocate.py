@@ -21,7 +21,8 @@ largest ratio of latency saved to importance lost, until the model meets the aim
   model's; equal shares within each group where there is no prior (ViTs).
 
 No group drops below what the uniform ratio :data:`~edgemvp.deploy.search.HI` keeps. When the rounds end over the
-aim, the allocation falls back to the uniform counts the search chose (they met it). The vote then draws each group's
+aim, or the removals come to keep fewer units than the uniform counts the search chose (a noisy measured figure
+can drive them there), the allocation falls back to those uniform counts (they met the aim). The vote then draws each group's
 count from its neighbours' votes as it draws a uniform one.
 """
 from __future__ import annotations
@@ -70,7 +71,7 @@ class Allocation:
     latency_ms: float  # the timer's figure of ``counts``
     keep_ratio: float  # share of all units kept
     uniform_keep_ratio: float  # the uniform search's
-    fell_back: bool = False  # the rounds ended over the aim: the uniform counts are kept
+    fell_back: bool = False  # over the aim after the rounds, or below the uniform counts: those are kept
     removals: list[Removal] = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)  # each round's timing: counts' latency and whether within
 
@@ -188,6 +189,8 @@ def allocate(timer: SkeletonTimer, cost: Callable[[tuple[int, ...]], float], imp
     step, shares = blocks(arch, rt), rank_shares(arch, importance)
     out = Allocation(tuple(c), names, start_ratio, aim_ms, float("nan"), sum(c) / total, sum(uniform) / total)
     for _ in range(ROUNDS):
+        if sum(c) < sum(uniform):  # fewer units than the uniform counts, which met the aim: no point going on
+            break
         timed = timer.at(tuple(c))
         out.checks.append({"keep_ratio": round(sum(c) / total, 5), "latency_ms": round(timed, 4),
                            "within": timed <= aim_ms})
