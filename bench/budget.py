@@ -65,15 +65,20 @@ def _remeasure(path: Path, host, runs: int = 300) -> float:
 ROUNDS = 5  # interleaved re-measurement rounds per target
 
 
-def _side_by_side(paths: list[Path], host, rounds: int = ROUNDS) -> list[float]:
-    """Each model's p90: the median over ``rounds`` interleaved rounds (order rotated each round)."""
+def _side_by_side_rounds(paths: list[Path], host, rounds: int = ROUNDS) -> list[list[float]]:
+    """Each model's p90 in each of ``rounds`` interleaved rounds (order rotated each round)."""
     p90s: list[list[float]] = [[] for _ in paths]
     for k in range(rounds):
         order = list(range(len(paths)))
         order = order[k % len(order):] + order[:k % len(order)]
         for i in order:
             p90s[i].append(measure(paths[i], host, runs=100, warmup=10, min_seconds=0.3).stats["p90"])
-    return [float(np.median(p)) for p in p90s]
+    return p90s
+
+
+def _side_by_side(paths: list[Path], host, rounds: int = ROUNDS) -> list[float]:
+    """Each model's p90: the median over ``rounds`` interleaved rounds."""
+    return [float(np.median(p)) for p in _side_by_side_rounds(paths, host, rounds)]
 
 
 def _prune(task, out: Path, keep: Path, host, **kw) -> dict:

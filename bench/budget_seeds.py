@@ -1,15 +1,16 @@
 """Benchmark: the budget-driven ratio against the best uniform ratio, over seeds (issue 25).
 
 Usage: EDGEMVP_CACHE=... PYTHONPATH=. python bench/budget_seeds.py [--seeds 0,1,2,3,4]
-       [--json docs/budget_seeds.json]
+       [--budgets 0.08,0.15,0.30] [--json docs/budget_seeds.json]
 
 bench/budget.py compares one ``--ratio auto`` run per target and budget with the best of the uniform ratios under
 the same budget, all at seed 0, and its misses are a few test images. This bench asks whether those differences
 are larger than what the seed alone moves. The same four 32-px targets, the same ``host`` profile (latency
-measured) and the same three budgets (8%, 15%, 30% of the dense skeleton's p90, measured at the start); at every
-seed (it seeds the vote's sampling, the new rows and the fine-tune batches): the uniform ratios 0.5-0.95 with
-channels aligned (``--round-to auto``), then ``--ratio auto`` at each budget. A target's shipped models of one seed
-are re-measured side by side as in bench/budget.py.
+measured) and the same three budgets (8%, 15%, 30% of the dense skeleton's p90, measured at the start; or the
+ones ``--budgets`` fixes before the run, since that p90 differs from run to run); at every seed (it seeds the
+vote's sampling, the new rows and the fine-tune batches): the uniform ratios 0.5-0.95 with channels aligned
+(``--round-to auto``), then ``--ratio auto`` at each budget. A target's shipped models of one seed are re-measured
+side by side as in bench/budget.py, and each round's p90 is kept with the median.
 
 The comparison, per target and budget: the budget-driven runs' mean accuracy over the seeds against the best mean
 accuracy of a uniform ratio whose median re-measured p90 over the seeds is within the budget; the paired
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.budget import RATIOS, SHARES_32, TARGETS, _cpu, _prune, _side_by_side, _task
+from bench.budget import RATIOS, SHARES_32, TARGETS, _cpu, _prune, _side_by_side_rounds, _task
 from edgemvp.deploy.devices import ProfileRegistry
 from edgemvp.deploy.search import SkeletonTimer
 from edgemvp.spec import InputSpec
@@ -42,8 +43,8 @@ def _one_seed(task, seed: int, budgets: list[float], host, tmp: Path) -> dict:
     for budget in budgets:
         kept.append(tmp / f"m{len(kept)}.onnx")
         rows["budget"].append(_prune(task, tmp / "b", kept[-1], host, search=True, budget_ms=budget, seed=seed))
-    for row, p90 in zip(rows["uniform"] + rows["budget"], _side_by_side(kept, host)):
-        row["p90_remeasured"] = p90
+    for row, p90s in zip(rows["uniform"] + rows["budget"], _side_by_side_rounds(kept, host)):
+        row["p90_remeasured"], row["p90_rounds"] = float(np.median(p90s)), p90s
     for path in kept:
         path.unlink()
     line = " ".join(f"{r['ratio']}:{r['accuracy']:.2f}" for r in rows["uniform"] + rows["budget"])
@@ -112,13 +113,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--json", type=Path, default=Path("docs/budget_seeds.json"))
+    parser.add_argument("--budgets", default="", help="budgets in ms, comma-separated, fixed before the run "
+                        "(default: 8/15/30%% of the dense skeleton's p90 measured at the start)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     host = ProfileRegistry().get("host")
     spec = InputSpec(1, 32, (0.2860,), (0.3530,))  # only the shape matters for the skeleton's latency
     dense = SkeletonTimer("resnet18", 5, spec, host, 16, runs=300)(0.01)
     res: dict = {"cpu": _cpu(), "torch_threads": torch.get_num_threads(), "seeds": seeds,
-                 "dense_skeleton_p90": dense, "budgets": [round(s * dense, 4) for s in SHARES_32], "targets": {}}
+                 "dense_skeleton_p90": dense, "targets": {},
+                 "budgets": ([float(b) for b in args.budgets.split(",")] if args.budgets
+                             else [round(s * dense, 4) for s in SHARES_32])}
     with tempfile.TemporaryDirectory() as tmp:
         for name in TARGETS:
             task = _task(name)
