@@ -1,7 +1,7 @@
 """Benchmark: the budget-driven ratio against the best uniform ratio, over seeds (issue 25).
 
 Usage: EDGEMVP_CACHE=... PYTHONPATH=. python bench/budget_seeds.py [--seeds 0,1,2,3,4]
-       [--budgets 0.08,0.15,0.30] [--json docs/budget_seeds.json]
+       [--budgets 0.12,0.26,0.50] [--readings 1,3] [--json docs/budget_seeds.json]
 
 bench/budget.py compares one ``--ratio auto`` run per target and budget with the best of the uniform ratios under
 the same budget, all at seed 0, and its misses are a few test images. This bench asks whether those differences
@@ -28,21 +28,28 @@ import numpy as np
 import torch
 
 from bench.budget import RATIOS, SHARES_32, TARGETS, _cpu, _prune, _side_by_side_rounds, _task
+from edgemvp.deploy import search
 from edgemvp.deploy.devices import ProfileRegistry
 from edgemvp.deploy.search import SkeletonTimer
 from edgemvp.spec import InputSpec
 
+READINGS = search.CANDIDATE_READINGS
 
-def _one_seed(task, seed: int, budgets: list[float], host, tmp: Path) -> dict:
-    """One target at one seed: the uniform ratios (x16), then the budgets; all re-measured side by side."""
+
+def _one_seed(task, seed: int, variants: list[tuple[float, int]], host, tmp: Path) -> dict:
+    """One target at one seed: the uniform ratios (x16), then each (budget, candidate readings) variant; all
+    re-measured side by side."""
     rows: dict = {"uniform": [], "budget": []}
     kept: list[Path] = []
     for ratio in RATIOS:
         kept.append(tmp / f"m{len(kept)}.onnx")
         rows["uniform"].append(_prune(task, tmp / "u", kept[-1], host, ratio=ratio, round_to=16, seed=seed))
-    for budget in budgets:
+    for budget, readings in variants:
         kept.append(tmp / f"m{len(kept)}.onnx")
+        search.CANDIDATE_READINGS = readings  # SkeletonTimer reads it when the prune builds one
         rows["budget"].append(_prune(task, tmp / "b", kept[-1], host, search=True, budget_ms=budget, seed=seed))
+        rows["budget"][-1]["readings"] = readings
+    search.CANDIDATE_READINGS = READINGS
     for row, p90s in zip(rows["uniform"] + rows["budget"], _side_by_side_rounds(kept, host)):
         row["p90_remeasured"], row["p90_rounds"] = float(np.median(p90s)), p90s
     for path in kept:
@@ -65,12 +72,13 @@ def _best_uniform(seeds: list[dict], budget: float) -> tuple[int, list[float]] |
 def compare(res: dict) -> list[dict]:
     """Per target and budget: mean accuracies over seeds, the paired difference and the per-seed verdicts."""
     out = []
+    variants = res.get("variants") or [(b, None) for b in res["budgets"]]  # the 2026-12-05 run: one reading
     for name, seeds in res["targets"].items():
-        for j, budget in enumerate(res["budgets"]):
+        for j, (budget, readings) in enumerate(variants):
             runs = [s["budget"][j] for s in seeds]
             acc = [r["accuracy"] for r in runs]
             best = _best_uniform(seeds, budget)
-            row = {"target": name, "budget_ms": budget, "ratios": [r["ratio"] for r in runs],
+            row = {"target": name, "budget_ms": budget, "readings": readings, "ratios": [r["ratio"] for r in runs],
                    "accuracy_mean": float(np.mean(acc)), "accuracy_std": float(np.std(acc, ddof=1)),
                    "within_gate": sum(bool(r["within_budget"]) for r in runs),
                    "within_side_by_side": sum(r["p90_remeasured"] <= budget for r in runs), "seeds": len(runs)}
@@ -98,14 +106,14 @@ def _tables(res: dict, rows: list[dict]) -> None:
             acc = [s["uniform"][i]["accuracy"] for s in seeds]
             p90 = np.median([s["uniform"][i]["p90_remeasured"] for s in seeds])
             print(f"| {name} | {ratio} | {np.mean(acc):.2f}% ± {np.std(acc, ddof=1):.2f} | {p90:.3f} |")
-    print(f"\n| target | budget ms | chosen ratios | within, gate / side by side (of {n}) | accuracy, mean ± std | "
-          f"best uniform under budget, mean ± std | paired difference ± s.e. | at least as accurate, per seed |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n| target | budget ms | candidate readings | chosen ratios | within, gate / side by side (of {n}) | "
+          f"accuracy, mean ± std | best uniform under budget, mean ± std | paired difference ± s.e. | at least as accurate, per seed |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         best = (f"{r['best_mean']:.2f}% ± {r['best_std']:.2f} ({r['best_ratio']})" if "best_mean" in r else "none")
         diff = f"{r['diff_mean']:+.2f} ± {r['diff_se']:.2f}" if "diff_mean" in r else "-"
-        print(f"| {r['target']} | {r['budget_ms']} | {', '.join(str(x) for x in r['ratios'])} | {r['within_gate']} / "
-              f"{r['within_side_by_side']} | {r['accuracy_mean']:.2f}% ± {r['accuracy_std']:.2f} | {best} | {diff} | "
+        print(f"| {r['target']} | {r['budget_ms']} | {r['readings'] or 1} | {', '.join(str(x) for x in r['ratios'])} | "
+              f"{r['within_gate']} / {r['within_side_by_side']} | {r['accuracy_mean']:.2f}% ± {r['accuracy_std']:.2f} | {best} | {diff} | "
               f"{r['at_least_best_per_seed']} of {n} |")
 
 
@@ -115,6 +123,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("docs/budget_seeds.json"))
     parser.add_argument("--budgets", default="", help="budgets in ms, comma-separated, fixed before the run "
                         "(default: 8/15/30%% of the dense skeleton's p90 measured at the start)")
+    parser.add_argument("--readings", default=str(READINGS), help="candidate readings to compare, comma-separated "
+                        "(each budget is run once per value; the median of that many readings times a candidate)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     host = ProfileRegistry().get("host")
@@ -124,12 +134,13 @@ def main() -> None:
                  "dense_skeleton_p90": dense, "targets": {},
                  "budgets": ([float(b) for b in args.budgets.split(",")] if args.budgets
                              else [round(s * dense, 4) for s in SHARES_32])}
+    res["variants"] = [[b, int(k)] for b in res["budgets"] for k in args.readings.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         for name in TARGETS:
             task = _task(name)
             res["targets"][task.name] = []
             for seed in seeds:
-                res["targets"][task.name].append(_one_seed(task, seed, res["budgets"], host, Path(tmp)))
+                res["targets"][task.name].append(_one_seed(task, seed, res["variants"], host, Path(tmp)))
                 args.json.write_text(json.dumps(res, indent=1))
     res["comparison"] = compare(res)
     args.json.write_text(json.dumps(res, indent=1))
