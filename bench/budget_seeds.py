@@ -107,13 +107,15 @@ def _tables(res: dict, rows: list[dict]) -> None:
             p90 = np.median([s["uniform"][i]["p90_remeasured"] for s in seeds])
             print(f"| {name} | {ratio} | {np.mean(acc):.2f}% ± {np.std(acc, ddof=1):.2f} | {p90:.3f} |")
     print(f"\n| target | budget ms | candidate readings | chosen ratios | within, gate / side by side (of {n}) | "
-          f"accuracy, mean ± std | best uniform under budget, mean ± std | paired difference ± s.e. | at least as accurate, per seed |")
+          f"accuracy, mean ± std | best uniform under budget, mean ± std | paired difference ± s.e. | "
+          f"at least as accurate, per seed |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         best = (f"{r['best_mean']:.2f}% ± {r['best_std']:.2f} ({r['best_ratio']})" if "best_mean" in r else "none")
         diff = f"{r['diff_mean']:+.2f} ± {r['diff_se']:.2f}" if "diff_mean" in r else "-"
         print(f"| {r['target']} | {r['budget_ms']} | {r['readings'] or 1} | {', '.join(str(x) for x in r['ratios'])} | "
-              f"{r['within_gate']} / {r['within_side_by_side']} | {r['accuracy_mean']:.2f}% ± {r['accuracy_std']:.2f} | {best} | {diff} | "
+              f"{r['within_gate']} / {r['within_side_by_side']} | {r['accuracy_mean']:.2f}% ± {r['accuracy_std']:.2f} | "
+              f"{best} | {diff} | "
               f"{r['at_least_best_per_seed']} of {n} |")
 
 
