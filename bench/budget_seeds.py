@@ -114,8 +114,8 @@ def _tables(res: dict, rows: list[dict]) -> None:
         best = (f"{r['best_mean']:.2f}% ± {r['best_std']:.2f} ({r['best_ratio']})" if "best_mean" in r else "none")
         diff = f"{r['diff_mean']:+.2f} ± {r['diff_se']:.2f}" if "diff_mean" in r else "-"
         print(f"| {r['target']} | {r['budget_ms']} | {r['readings'] or 1} | {', '.join(str(x) for x in r['ratios'])} | "
-              f"{r['within_gate']} / {r['within_side_by_side']} | {r['accuracy_mean']:.2f}% ± {r['accuracy_std']:.2f} | "
-              f"{best} | {diff} | "
+              f"{r['within_gate']} / {r['within_side_by_side']} | "
+              f"{r['accuracy_mean']:.2f}% ± {r['accuracy_std']:.2f} | {best} | {diff} | "
               f"{r['at_least_best_per_seed']} of {n} |")
 
 
