@@ -31,6 +31,7 @@ from bench.budget import RATIOS, SHARES_32, TARGETS, _cpu, _prune, _side_by_side
 from edgemvp.deploy import search
 from edgemvp.deploy.devices import ProfileRegistry
 from edgemvp.deploy.search import SkeletonTimer
+from edgemvp.errors import BudgetExceeded
 from edgemvp.spec import InputSpec
 
 READINGS = search.CANDIDATE_READINGS
@@ -47,14 +48,20 @@ def _one_seed(task, seed: int, variants: list[tuple[float, int]], host, tmp: Pat
     for budget, readings in variants:
         kept.append(tmp / f"m{len(kept)}.onnx")
         search.CANDIDATE_READINGS = readings  # SkeletonTimer reads it when the prune builds one
-        rows["budget"].append(_prune(task, tmp / "b", kept[-1], host, search=True, budget_ms=budget, seed=seed))
-        rows["budget"][-1]["readings"] = readings
+        try:
+            row = _prune(task, tmp / "b", kept[-1], host, search=True, budget_ms=budget, seed=seed)
+        except BudgetExceeded as err:  # prune's exit 3: no model, and the run counts as a miss
+            row = {"accuracy": None, "ratio": None, "within_budget": False, "budget_ms": budget, "exit3": str(err)}
+            kept.pop()
+        rows["budget"].append({**row, "readings": readings})
     search.CANDIDATE_READINGS = READINGS
-    for row, p90s in zip(rows["uniform"] + rows["budget"], _side_by_side_rounds(kept, host)):
+    shipped = [r for r in rows["uniform"] + rows["budget"] if r["accuracy"] is not None]  # kept's rows, in order
+    for row, p90s in zip(shipped, _side_by_side_rounds(kept, host)):
         row["p90_remeasured"], row["p90_rounds"] = float(np.median(p90s)), p90s
     for path in kept:
         path.unlink()
-    line = " ".join(f"{r['ratio']}:{r['accuracy']:.2f}" for r in rows["uniform"] + rows["budget"])
+    line = " ".join(f"{r['ratio']}:{r['accuracy']:.2f}" if r["accuracy"] is not None else "exit3"
+                    for r in rows["uniform"] + rows["budget"])
     print(f"{task.name} seed {seed}: {line}", flush=True)
     return rows
 
@@ -76,21 +83,24 @@ def compare(res: dict) -> list[dict]:
     for name, seeds in res["targets"].items():
         for j, (budget, readings) in enumerate(variants):
             runs = [s["budget"][j] for s in seeds]
-            acc = [r["accuracy"] for r in runs]
+            done = [k for k, r in enumerate(runs) if r["accuracy"] is not None]  # the others exited 3
+            acc = [runs[k]["accuracy"] for k in done]
             best = _best_uniform(seeds, budget)
             row = {"target": name, "budget_ms": budget, "readings": readings, "ratios": [r["ratio"] for r in runs],
-                   "accuracy_mean": float(np.mean(acc)), "accuracy_std": float(np.std(acc, ddof=1)),
-                   "within_gate": sum(bool(r["within_budget"]) for r in runs),
-                   "within_side_by_side": sum(r["p90_remeasured"] <= budget for r in runs), "seeds": len(runs)}
-            if best is not None:
+                   "accuracy_mean": float(np.mean(acc)) if acc else None,
+                   "accuracy_std": float(np.std(acc, ddof=1)) if len(acc) > 1 else None,
+                   "within_gate": sum(bool(r["within_budget"]) for r in runs), "exit3": len(runs) - len(done),
+                   "within_side_by_side": sum(r.get("p90_remeasured", np.inf) <= budget for r in runs),
+                   "seeds": len(runs)}
+            if best is not None and len(done) > 1:
                 i, uacc = best
-                diff = np.array(acc) - np.array(uacc)
+                diff = np.array(acc) - np.array([uacc[k] for k in done])
                 row.update(best_ratio=RATIOS[i], best_mean=float(np.mean(uacc)), best_std=float(np.std(uacc, ddof=1)),
                            diff_mean=float(diff.mean()), diff_se=float(diff.std(ddof=1) / np.sqrt(len(diff))))
             per_seed = []
             for s, r in zip(seeds, runs):  # the single-seed verdict of bench/budget.py, seed by seed
                 under = [u["accuracy"] for u in s["uniform"] if u["p90_remeasured"] <= budget]
-                per_seed.append(not under or r["accuracy"] >= max(under))
+                per_seed.append(r["accuracy"] is not None and (not under or r["accuracy"] >= max(under)))
             row["at_least_best_per_seed"] = sum(per_seed)
             out.append(row)
     return out
@@ -113,15 +123,18 @@ def _tables(res: dict, rows: list[dict]) -> None:
     for r in rows:
         best = (f"{r['best_mean']:.2f}% ± {r['best_std']:.2f} ({r['best_ratio']})" if "best_mean" in r else "none")
         diff = f"{r['diff_mean']:+.2f} ± {r['diff_se']:.2f}" if "diff_mean" in r else "-"
-        print(f"| {r['target']} | {r['budget_ms']} | {r['readings'] or 1} | {', '.join(str(x) for x in r['ratios'])} | "
-              f"{r['within_gate']} / {r['within_side_by_side']} | "
-              f"{r['accuracy_mean']:.2f}% ± {r['accuracy_std']:.2f} | {best} | {diff} | "
+        ratios = ", ".join("exit 3" if x is None else str(x) for x in r["ratios"])
+        acc = "-" if r["accuracy_mean"] is None else f"{r['accuracy_mean']:.2f}%" + (
+            "" if r["accuracy_std"] is None else f" ± {r['accuracy_std']:.2f}")
+        print(f"| {r['target']} | {r['budget_ms']} | {r['readings'] or 1} | {ratios} | "
+              f"{r['within_gate']} / {r['within_side_by_side']} | {acc} | {best} | {diff} | "
               f"{r['at_least_best_per_seed']} of {n} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--targets", default="0,1,2,3", help="indices into bench/budget.py's TARGETS")
     parser.add_argument("--json", type=Path, default=Path("docs/budget_seeds.json"))
     parser.add_argument("--budgets", default="", help="budgets in ms, comma-separated, fixed before the run "
                         "(default: 8/15/30%% of the dense skeleton's p90 measured at the start)")
@@ -138,7 +151,7 @@ def main() -> None:
                              else [round(s * dense, 4) for s in SHARES_32])}
     res["variants"] = [[b, int(k)] for b in res["budgets"] for k in args.readings.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in TARGETS:
+        for name in [TARGETS[int(i)] for i in args.targets.split(",")]:
             task = _task(name)
             res["targets"][task.name] = []
             for seed in seeds:

@@ -42,7 +42,7 @@ LO, HI = 0.01, 0.99  # the search range of the ratio
 MARGIN = {"measured": 0.10, "estimated": 0.02}  # aim this far below the budget, by how the figure is obtained
 CANDIDATE_RUNS = 50  # timed runs per measured candidate, at least (the shipped model gets --runs)
 CANDIDATE_SECONDS = 0.25  # and at least this long (the shipped model: 5 ms per --runs run, 0.5 s at 100)
-CANDIDATE_READINGS = 3  # a measured candidate's time: the median of this many readings (one on a cost model)
+CANDIDATE_READINGS = 1  # a measured candidate's time: the median of this many readings (3 measured no better)
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,8 @@ class SkeletonTimer:
 
     def report(self, ratio: float, counts: tuple[int, ...] | None = None) -> LatencyReport:
         """Export the skeleton at ``ratio`` (or ``counts``) and time it: measured, the reading with the median
-        figure of :attr:`readings` (one reading's p90 over 50 runs moved by 30% on a noisy 2-core host, and a
-        single lucky reading sent the search, and its retry, to the wrong ratio: docs/results.md, issue 25)."""
+        figure of :attr:`readings` (default 1: on a noisy 2-core host, where one reading moved by 30%, the median
+        of 3 chose no better and searched 20-35% longer; docs/results.md, issue 25); an estimate once."""
         with tempfile.TemporaryDirectory() as tmp:
             path = self.export(ratio, Path(tmp) / "candidate.onnx", counts)
             reports = [latency(path, self.profile, self.measure, self.cache, self.runs, CANDIDATE_SECONDS)]
