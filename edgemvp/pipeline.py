@@ -545,7 +545,8 @@ class Sizing:
                 self.allocation = more
                 return True
             self.allocation = None  # the uniform ratio then steps up as without an allocation
-        return next_ratio(self.result, self.timer.arch, shipped_ms, self.timer) is not None
+        retime = self.timer.afresh if self.timer.source == "measured" else None  # an estimate is the same again
+        return next_ratio(self.result, self.timer.arch, shipped_ms, self.timer, retime) is not None
 
 
 def _size(req: PruneRequest, profile: DeviceProfile, shared: Shared) -> Sizing:

@@ -93,6 +93,25 @@ def test_the_step_up_reaches_the_most_pruned_model_when_only_it_fits() -> None:
     assert next_ratio(result, "resnet18", shipped_ms=9.0, time_ms=time_ms) is None  # nothing above 0.99
 
 
+def test_the_step_up_scales_the_overshoot_by_a_fresh_timing_not_by_the_lucky_reading_that_chose_the_ratio() -> None:
+    true, _ = _kept_share_time()
+
+    def time_ms(ratio: float) -> float:  # the search's one reading at 0.5 came in 45% low
+        return 0.55 * true(ratio) if ratio == 0.5 else true(ratio)
+
+    def search() -> tuple:
+        result = search_ratio(time_ms, "resnet18", 5.0, "p90", "measured")
+        assert result.ratio == 0.5  # chosen by the lucky reading: 0.49 and below read their true times
+        return result, true(0.5)  # the shipped model: the candidate's true time, over the 4.5 ms aim
+    result, shipped = search()
+    lucky = next_ratio(result, "resnet18", shipped, time_ms)  # scaled by the lucky reading: asks for 2.5 ms
+    assert lucky is not None and true(lucky) <= 0.55 * result.aim_ms and lucky >= 0.7
+    result, shipped = search()
+    nxt = next_ratio(result, "resnet18", shipped, time_ms, retime=true)
+    assert nxt is not None and true(nxt) <= result.aim_ms < true(round(nxt - 1 / GRID, 2))  # the least that fits
+    assert nxt < 0.6 and result.retries[0]["chosen_retimed_ms"] == pytest.approx(shipped, abs=1e-4)
+
+
 def _rows(arch: str, keep: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.stack([rng.random(sum(u.size for u in unit_space(arch).units)) < keep for _ in range(2)])
